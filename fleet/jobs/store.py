@@ -1,0 +1,720 @@
+"""The jobs store: jobs and executions in SQLite, the AWS IoT Jobs rules, no network.
+
+Every operation validates first, then mutates inside one SQLite transaction, then computes
+what AWS would push because of it. Pushes (``notify``, ``notify-next``, jobs events) are
+appended to an outbox of :class:`Publish` effects that the network shell drains *after* it
+sent its reply (spec §5.2: ``update/accepted`` precedes the notifications it causes).
+
+Notifications follow one rule, applied to every change (spec §5.2): for each affected thing
+``notify`` goes out when the *set* of pending executions changed and ``notify-next`` when
+the *head* of the pending list (what ``$next`` would return) changed.
+
+Time comes from an injected ``now()``; randomness (sweep order, event ids) from an injected
+``random.Random``. Durable: WAL journal, ``synchronous=NORMAL`` (a killed process loses no
+committed transaction).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import random
+import re
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from devicesim.wire import topics
+from devicesim.wire.codec import dumps
+from devicesim.wire.enums import JobExecutionStatus as X
+from devicesim.wire.enums import JobStatus as J
+from devicesim.wire.messages import (
+    JobExecutionsChangedEvent,
+    NextJobExecutionChangedEvent,
+    validate_status_details,
+    validate_step_timeout,
+)
+from fleet.jobs import lifecycle
+from fleet.jobs.errors import (
+    InvalidRequestException,
+    LimitExceededException,
+    ResourceAlreadyExistsException,
+    ResourceNotFoundException,
+    TerminalStateException,
+    VersionConflictException,
+)
+from fleet.jobs.records import Execution, Job
+from fleet.jobs.settings import ServiceSettings, TerminalDescribe
+
+log = logging.getLogger(__name__)
+
+MAX_DOCUMENT_CHARS = 32768
+MAX_DESCRIPTION_CHARS = 2028
+MAX_TIMEOUT_MINUTES = 10080
+_REASON_CODE = re.compile(r"[A-Z0-9_]{1,128}")
+_THING_ARN = re.compile(r"arn:aws[a-z-]*:iot:[a-z0-9-]*:\d*:(thing|thinggroup)/(.+)")
+_PENDING = (X.IN_PROGRESS.value, X.QUEUED.value)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY, status TEXT NOT NULL, document TEXT NOT NULL, description TEXT,
+    target_selection TEXT NOT NULL, targets TEXT NOT NULL, created_at REAL NOT NULL,
+    last_updated_at REAL NOT NULL, completed_at REAL, force_canceled INTEGER NOT NULL,
+    reason_code TEXT, comment TEXT, in_progress_timeout_minutes INTEGER, namespace_id TEXT,
+    seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS executions (
+    job_id TEXT NOT NULL, thing_name TEXT NOT NULL, execution_number INTEGER NOT NULL,
+    status TEXT NOT NULL, status_details TEXT NOT NULL, queued_at REAL NOT NULL,
+    started_at REAL, last_updated_at REAL NOT NULL, version_number INTEGER NOT NULL,
+    force_canceled INTEGER NOT NULL, step_deadline REAL, in_progress_deadline REAL,
+    sweep_at REAL, seq INTEGER NOT NULL, PRIMARY KEY (thing_name, job_id));
+CREATE INDEX IF NOT EXISTS executions_by_job ON executions (job_id, seq);
+CREATE INDEX IF NOT EXISTS executions_pending ON executions (thing_name, status, seq);
+CREATE INDEX IF NOT EXISTS executions_sweep ON executions (sweep_at) WHERE sweep_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS executions_timers ON executions (status, step_deadline,
+    in_progress_deadline) WHERE status = 'IN_PROGRESS';
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_EXECUTION_COLUMNS = ("job_id, thing_name, execution_number, status, status_details, queued_at,"
+                      " started_at, last_updated_at, version_number, force_canceled,"
+                      " step_deadline, in_progress_deadline, sweep_at, seq")
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """An effect: publish ``payload`` on ``topic`` (QoS 1)."""
+
+    topic: str
+    payload: bytes
+
+
+PendingKey = tuple[tuple[str, int], ...]
+
+
+class JobsStore:
+    """AWS IoT Jobs state and rules. Not thread-safe: one owner (the service's event loop)."""
+
+    def __init__(self, path: Path | str, settings: ServiceSettings | None = None, *,
+                 now: Callable[[], float], rng: random.Random | None = None) -> None:
+        self.settings = settings or ServiceSettings()
+        self._now = now
+        self._rng = rng or random.Random(0)
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._outbox: list[Publish] = []
+        self._tx_effects: list[Publish] | None = None
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- effects -------------------------------------------------------------------------
+
+    def drain(self) -> list[Publish]:
+        """The pushes caused since the last drain, in order."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    def _emit(self, topic: str, payload: bytes) -> None:
+        assert self._tx_effects is not None, "effects are emitted inside a transaction"
+        self._tx_effects.append(Publish(topic, payload))
+
+    @contextmanager
+    def _tx(self, things: Iterable[str] = ()) -> Iterator[None]:
+        """One transaction touching the pending lists of ``things``.
+
+        On success, notifications for every affected thing are computed from the pending
+        lists before and after, and all effects join the outbox. On error nothing changes.
+        """
+        affected = set(things)
+        before: dict[str, PendingKey] = {}
+        self._tx_effects = []
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for thing in affected:
+                before[thing] = self._pending_key(thing)
+            yield
+            for thing in sorted(affected):
+                self._notify_if_changed(thing, before[thing])
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            self._tx_effects = None
+            raise
+        self._db.execute("COMMIT")
+        self._outbox.extend(self._tx_effects)
+        self._tx_effects = None
+
+    def _notify_if_changed(self, thing: str, before: PendingKey) -> None:
+        pending = self._pending(thing)
+        after = tuple(e.key for e in pending)
+        now = self._now()
+        if set(after) != set(before):
+            jobs: dict[str, list[Any]] = {}
+            for e in pending[: self.settings.max_pending_listed]:
+                jobs.setdefault(e.status.value, []).append(e.summary())
+            self._emit(topics.notify(thing),
+                       dumps(JobExecutionsChangedEvent(jobs=jobs, timestamp=int(now))))
+        if after[:1] != before[:1]:
+            head = pending[0] if pending else None
+            execution = None if head is None else head.data(now, self._document(head.job_id))
+            self._emit(topics.notify_next(thing),
+                       dumps(NextJobExecutionChangedEvent(execution=execution,
+                                                          timestamp=int(now))))
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _execution_from(self, row: sqlite3.Row) -> Execution:
+        return Execution(
+            job_id=row["job_id"], thing_name=row["thing_name"],
+            execution_number=row["execution_number"], status=X(row["status"]),
+            status_details=json.loads(row["status_details"]), queued_at=row["queued_at"],
+            started_at=row["started_at"], last_updated_at=row["last_updated_at"],
+            version_number=row["version_number"], force_canceled=bool(row["force_canceled"]),
+            step_deadline=row["step_deadline"], in_progress_deadline=row["in_progress_deadline"],
+            sweep_at=row["sweep_at"], seq=row["seq"])
+
+    def _job_from(self, row: sqlite3.Row) -> Job:
+        return Job(
+            job_id=row["job_id"], job_arn=self.job_arn(row["job_id"]), status=J(row["status"]),
+            document=row["document"], description=row["description"],
+            target_selection=row["target_selection"], targets=tuple(json.loads(row["targets"])),
+            created_at=row["created_at"], last_updated_at=row["last_updated_at"],
+            completed_at=row["completed_at"], force_canceled=bool(row["force_canceled"]),
+            reason_code=row["reason_code"], comment=row["comment"],
+            in_progress_timeout_minutes=row["in_progress_timeout_minutes"],
+            namespace_id=row["namespace_id"])
+
+    def _pending(self, thing: str) -> list[Execution]:
+        rows = self._db.execute(
+            f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE thing_name = ? AND status IN"
+            " (?, ?) ORDER BY status = 'QUEUED', seq", (thing, *_PENDING)).fetchall()
+        return [self._execution_from(r) for r in rows]
+
+    def _pending_key(self, thing: str) -> PendingKey:
+        rows = self._db.execute(
+            "SELECT job_id, execution_number FROM executions WHERE thing_name = ? AND status IN"
+            " (?, ?) ORDER BY status = 'QUEUED', seq", (thing, *_PENDING)).fetchall()
+        return tuple((r[0], r[1]) for r in rows)
+
+    def _get_job(self, job_id: str) -> Job:
+        row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise ResourceNotFoundException(f"Job {job_id} not found")
+        return self._job_from(row)
+
+    def _find_execution(self, job_id: str, thing: str) -> Execution | None:
+        row = self._db.execute(
+            f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE thing_name = ? AND job_id = ?",
+            (thing, job_id)).fetchone()
+        return None if row is None else self._execution_from(row)
+
+    def _get_execution(self, job_id: str, thing: str, execution_number: int | None) -> Execution:
+        execution = self._find_execution(job_id, thing)
+        if execution is None or (execution_number is not None
+                                 and execution.execution_number != execution_number):
+            raise ResourceNotFoundException(
+                f"Job Execution {job_id} not found for thing {thing}")
+        return execution
+
+    def _document(self, job_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT document FROM jobs WHERE job_id = ?",
+                               (job_id,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def _next_seq(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+        seq = int(row[0]) + 1 if row else 1
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(seq),))
+        return seq
+
+    def job_arn(self, job_id: str) -> str:
+        s = self.settings
+        return f"arn:aws:iot:{s.region}:{s.account_id}:job/{job_id}"
+
+    def thing_arn(self, thing: str) -> str:
+        s = self.settings
+        return f"arn:aws:iot:{s.region}:{s.account_id}:thing/{thing}"
+
+    # -- writing -------------------------------------------------------------------------
+
+    def _write_execution(self, e: Execution) -> None:
+        self._db.execute(
+            f"INSERT OR REPLACE INTO executions ({_EXECUTION_COLUMNS}) VALUES"
+            " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (e.job_id, e.thing_name, e.execution_number, e.status.value,
+             json.dumps(e.status_details), e.queued_at, e.started_at, e.last_updated_at,
+             e.version_number, int(e.force_canceled), e.step_deadline, e.in_progress_deadline,
+             e.sweep_at, e.seq))
+
+    def _change_execution(self, e: Execution, status: X, *, details: dict[str, str] | None,
+                          step_timeout: int | None = None, force_canceled: bool = False,
+                          job: Job | None = None) -> Execution:
+        """The one place an execution's status changes; bumps versionNumber exactly once."""
+        now = self._now()
+        started_at, in_progress_deadline, step_deadline = (
+            e.started_at, e.in_progress_deadline, e.step_deadline)
+        if status is X.IN_PROGRESS and e.status is X.QUEUED:
+            started_at = now
+            minutes = (job or self._get_job(e.job_id)).in_progress_timeout_minutes
+            in_progress_deadline = None if minutes is None else now + minutes * 60
+        if step_timeout is not None:
+            step_deadline = None if step_timeout == -1 else now + step_timeout * 60
+            if step_deadline is not None and in_progress_deadline is not None:
+                step_deadline = min(step_deadline, in_progress_deadline)
+        if status.is_terminal:
+            step_deadline = in_progress_deadline = None
+        new = Execution(
+            job_id=e.job_id, thing_name=e.thing_name, execution_number=e.execution_number,
+            status=status, status_details=e.status_details if details is None else details,
+            queued_at=e.queued_at, started_at=started_at, last_updated_at=now,
+            version_number=e.version_number + 1,
+            force_canceled=e.force_canceled or force_canceled, step_deadline=step_deadline,
+            in_progress_deadline=in_progress_deadline, sweep_at=e.sweep_at, seq=e.seq)
+        self._write_execution(new)
+        if status.is_terminal and status is not e.status:
+            self._execution_event(new, status.value.lower())
+            self._maybe_complete(new.job_id)
+        return new
+
+    def _remove_execution(self, e: Execution, *, event: bool = True) -> None:
+        self._db.execute("DELETE FROM executions WHERE thing_name = ? AND job_id = ?",
+                         (e.thing_name, e.job_id))
+        if event:
+            self._execution_event(e, "deleted")
+
+    def _set_job(self, job_id: str, **columns: Any) -> None:
+        columns["last_updated_at"] = self._now()
+        assignments = ", ".join(f"{c} = ?" for c in columns)
+        self._db.execute(f"UPDATE jobs SET {assignments} WHERE job_id = ?",
+                         (*columns.values(), job_id))
+
+    def _maybe_complete(self, job_id: str) -> None:
+        job = self._get_job(job_id)
+        if job.status is not J.IN_PROGRESS or job.target_selection != "SNAPSHOT":
+            return
+        if self._db.execute("SELECT 1 FROM executions WHERE job_id = ? AND status IN (?, ?)"
+                            " LIMIT 1", (job_id, *_PENDING)).fetchone():
+            return
+        new = lifecycle.job_event(job.status, "complete", job_id=job_id, force=False,
+                                  settings=self.settings)
+        self._set_job(job_id, status=new.value, completed_at=self._now())
+        self._job_event(job_id, "completed", extra={
+            "completedAt": int(self._now()), "jobProcessDetails": _event_process_details(
+                self._process_details(job_id))})
+
+    # -- events ($aws/events/...) --------------------------------------------------------
+
+    def event_configurations(self) -> dict[str, bool]:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'events'").fetchone()
+        default = self.settings.job_events
+        stored = json.loads(row[0]) if row else {}
+        return {"JOB": stored.get("JOB", default),
+                "JOB_EXECUTION": stored.get("JOB_EXECUTION", default)}
+
+    def update_event_configurations(self, enabled: dict[str, bool]) -> None:
+        config = self.event_configurations()
+        config.update({k: v for k, v in enabled.items() if k in config})
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('events', ?)",
+                         (json.dumps(config),))
+
+    def _event_id(self) -> str:
+        return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+
+    def _job_event(self, job_id: str, operation: str, extra: dict[str, Any] | None = None
+                   ) -> None:
+        if not self.event_configurations()["JOB"]:
+            return
+        row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        job = self._job_from(row)
+        payload: dict[str, Any] = {
+            "eventType": "JOB", "eventId": self._event_id(), "timestamp": int(self._now()),
+            "operation": operation, "jobId": job_id, "status": operation.upper(),
+            "targetSelection": job.target_selection, "targets": list(job.targets),
+            "createdAt": int(job.created_at * 1000), "lastUpdatedAt":
+            int(job.last_updated_at * 1000)}
+        if job.description:
+            payload["description"] = job.description
+        if job.comment and operation in ("deleted", "cancellation_in_progress",
+                                         "deletion_in_progress"):
+            payload["comment"] = job.comment
+        payload.update(extra or {})
+        self._emit(topics.job_event(job_id, operation), json.dumps(payload).encode())
+
+    def _execution_event(self, e: Execution, operation: str) -> None:
+        if not self.event_configurations()["JOB_EXECUTION"]:
+            return
+        payload = {"eventType": "JOB_EXECUTION", "eventId": self._event_id(),
+                   "timestamp": int(self._now()), "operation": operation, "jobId": e.job_id,
+                   "thingArn": self.thing_arn(e.thing_name),
+                   "status": operation.upper() if operation == "deleted" else e.status.value,
+                   "statusDetails": e.status_details,
+                   "executionNumber": e.execution_number, "versionNumber": e.version_number}
+        self._emit(topics.execution_event(e.job_id, operation), json.dumps(payload).encode())
+
+    # -- control plane: jobs -------------------------------------------------------------
+
+    def create_job(self, job_id: str, *, targets: Sequence[str], document: str,
+                   description: str | None = None, target_selection: str = "SNAPSHOT",
+                   in_progress_timeout_minutes: int | None = None,
+                   namespace_id: str | None = None) -> Job:
+        _check_job_id(job_id)
+        things = _thing_names(targets)
+        _check_document(document)
+        if description is not None and len(description) > MAX_DESCRIPTION_CHARS:
+            raise InvalidRequestException("description: at most 2028 characters")
+        if target_selection not in ("SNAPSHOT", "CONTINUOUS"):
+            raise InvalidRequestException("targetSelection: must be SNAPSHOT or CONTINUOUS")
+        if in_progress_timeout_minutes is not None and not (
+                1 <= in_progress_timeout_minutes <= MAX_TIMEOUT_MINUTES):
+            raise InvalidRequestException(
+                "timeoutConfig.inProgressTimeoutInMinutes: must be between 1 and 10080")
+        now = self._now()
+        with self._tx(things):
+            if self._db.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone():
+                raise ResourceAlreadyExistsException(f"Job {job_id} already exists")
+            self._db.execute(
+                "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, 0, NULL, NULL, ?, ?, ?)",
+                (job_id, J.IN_PROGRESS.value, document, description, target_selection,
+                 json.dumps(list(targets)), now, now, in_progress_timeout_minutes,
+                 namespace_id, self._next_seq()))
+            for thing in things:
+                self._write_execution(Execution(
+                    job_id=job_id, thing_name=thing, execution_number=1, status=X.QUEUED,
+                    queued_at=now, last_updated_at=now, version_number=1,
+                    seq=self._next_seq()))
+        log.info("create_job job_id=%s targets=%d", job_id, len(things))
+        return self.describe_job(job_id)
+
+    def describe_job(self, job_id: str) -> Job:
+        job = self._get_job(job_id)
+        return Job(**{**_asdict(job), "process_details": self._process_details(job_id)})
+
+    def _process_details(self, job_id: str) -> dict[str, int]:
+        rows = self._db.execute("SELECT status, count(*) FROM executions WHERE job_id = ?"
+                                " GROUP BY status", (job_id,)).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def get_job_document(self, job_id: str) -> str:
+        return self._get_job(job_id).document
+
+    def list_jobs(self, *, status: str | None = None, target_selection: str | None = None,
+                  max_results: int | None = None, next_token: str | None = None
+                  ) -> tuple[list[Job], str | None]:
+        query, params = "SELECT * FROM jobs WHERE 1 = 1", []
+        if status is not None:
+            query += " AND status = ?"
+            params.append(_enum(J, status, "status").value)
+        if target_selection is not None:
+            query += " AND target_selection = ?"
+            params.append(target_selection)
+        offset, limit = _page(max_results, next_token)
+        rows = self._db.execute(query + " ORDER BY seq LIMIT ? OFFSET ?",
+                                (*params, limit + 1, offset)).fetchall()
+        return [self._job_from(r) for r in rows[:limit]], _token(offset, limit, len(rows))
+
+    def cancel_job(self, job_id: str, *, force: bool = False, reason_code: str | None = None,
+                   comment: str | None = None) -> Job:
+        if reason_code is not None and not _REASON_CODE.fullmatch(reason_code):
+            raise InvalidRequestException("reasonCode: must match [A-Z0-9_]{1,128}")
+        if comment is not None and len(comment) > MAX_DESCRIPTION_CHARS:
+            raise InvalidRequestException("comment: at most 2028 characters")
+        job = self._get_job(job_id)
+        new = lifecycle.job_event(job.status, "cancel", job_id=job_id, force=force,
+                                  settings=self.settings)
+        executions = self._executions_of(job_id)
+        with self._tx(e.thing_name for e in executions):
+            self._set_job(job_id, status=new.value, force_canceled=int(force),
+                          reason_code=reason_code, comment=comment)
+            self._job_event(job_id, "cancellation_in_progress")
+            for e in executions:
+                if (e.status, "cancel", force) in lifecycle.SERVICE_TRANSITIONS:
+                    self._change_execution(e, X.CANCELED, details=None, force_canceled=force)
+            self._job_event(job_id, "canceled")
+        log.info("cancel_job job_id=%s force=%s", job_id, force)
+        return self.describe_job(job_id)
+
+    def delete_job(self, job_id: str, *, force: bool = False,
+                   namespace_id: str | None = None) -> None:
+        """Start deleting: DELETION_IN_PROGRESS now, executions swept by :meth:`tick`."""
+        job = self._get_job(job_id)
+        new = lifecycle.job_event(job.status, "delete", job_id=job_id, force=force,
+                                  settings=self.settings)
+        deleting = self._db.execute("SELECT count(*) FROM jobs WHERE status = ?",
+                                    (J.DELETION_IN_PROGRESS.value,)).fetchone()[0]
+        if deleting >= self.settings.max_concurrent_deletions:
+            raise LimitExceededException(
+                f"cannot delete job {job_id}: {deleting} jobs are already being deleted "
+                f"(limit {self.settings.max_concurrent_deletions})")
+        executions = self._executions_of(job_id)
+        order = list(range(len(executions)))
+        self._rng.shuffle(order)
+        step, now = self.settings.deletion_seconds_per_execution, self._now()
+        with self._tx():
+            self._set_job(job_id, status=new.value)
+            for position, e in zip(order, executions, strict=True):
+                self._db.execute(
+                    "UPDATE executions SET sweep_at = ? WHERE thing_name = ? AND job_id = ?",
+                    (now + (position + 1) * step, e.thing_name, job_id))
+            self._job_event(job_id, "deletion_in_progress")
+        log.info("delete_job job_id=%s force=%s executions=%d", job_id, force, len(executions))
+
+    def _executions_of(self, job_id: str) -> list[Execution]:
+        rows = self._db.execute(f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE job_id = ?"
+                                " ORDER BY seq", (job_id,)).fetchall()
+        return [self._execution_from(r) for r in rows]
+
+    # -- control plane: executions -------------------------------------------------------
+
+    def describe_job_execution(self, job_id: str, thing: str,
+                               execution_number: int | None = None) -> Execution:
+        return self._get_execution(job_id, thing, execution_number)
+
+    def list_job_executions_for_job(self, job_id: str, *, status: str | None = None,
+                                    max_results: int | None = None,
+                                    next_token: str | None = None
+                                    ) -> tuple[list[Execution], str | None]:
+        self._get_job(job_id)
+        return self._list_executions("job_id = ?", job_id, status, max_results, next_token)
+
+    def list_job_executions_for_thing(self, thing: str, *, status: str | None = None,
+                                      job_id: str | None = None,
+                                      max_results: int | None = None,
+                                      next_token: str | None = None
+                                      ) -> tuple[list[Execution], str | None]:
+        if job_id is not None:
+            return self._list_executions("thing_name = ? AND job_id = ?", (thing, job_id),
+                                         status, max_results, next_token)
+        return self._list_executions("thing_name = ?", thing, status, max_results, next_token)
+
+    def _list_executions(self, where: str, key: str | tuple[str, ...], status: str | None,
+                         max_results: int | None, next_token: str | None
+                         ) -> tuple[list[Execution], str | None]:
+        params: list[Any] = list(key) if isinstance(key, tuple) else [key]
+        if status is not None:
+            where += " AND status = ?"
+            params.append(_enum(X, status, "status").value)
+        offset, limit = _page(max_results, next_token)
+        rows = self._db.execute(f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE {where}"
+                                " ORDER BY seq LIMIT ? OFFSET ?",
+                                (*params, limit + 1, offset)).fetchall()
+        page = [self._execution_from(r) for r in rows[:limit]]
+        return page, _token(offset, limit, len(rows))
+
+    def all_executions(self) -> list[Execution]:
+        rows = self._db.execute(f"SELECT {_EXECUTION_COLUMNS} FROM executions ORDER BY seq")
+        return [self._execution_from(r) for r in rows.fetchall()]
+
+    def cancel_job_execution(self, job_id: str, thing: str, *, force: bool = False,
+                             expected_version: int | None = None,
+                             status_details: dict[str, str] | None = None) -> None:
+        try:
+            validate_status_details(status_details, max_pairs=10)
+        except ValueError as e:
+            raise InvalidRequestException(str(e)) from None
+        e = self._get_execution(job_id, thing, None)
+        if expected_version is not None and expected_version != e.version_number:
+            raise VersionConflictException(
+                f"expectedVersion {expected_version} does not match {e.version_number}")
+        lifecycle.service_event(e.status, "cancel", force=force, job_id=job_id,
+                                thing_name=thing)
+        with self._tx([thing]):
+            self._change_execution(e, X.CANCELED, details=status_details, force_canceled=force)
+        log.info("cancel_job_execution job_id=%s thing_name=%s force=%s", job_id, thing, force)
+
+    def delete_job_execution(self, job_id: str, thing: str, execution_number: int, *,
+                             force: bool = False, namespace_id: str | None = None) -> None:
+        e = self._get_execution(job_id, thing, execution_number)
+        if not e.status.is_terminal and not force:
+            raise lifecycle.InvalidStateTransitionException(
+                f"cannot delete job execution {job_id} on {thing} in status {e.status}"
+                " without force")
+        with self._tx([thing]):
+            self._remove_execution(e)
+            self._maybe_complete(job_id)
+        log.info("delete_job_execution job_id=%s thing_name=%s force=%s", job_id, thing, force)
+
+    # -- data plane (what devices ask over MQTT) -----------------------------------------
+
+    def get_pending(self, thing: str) -> tuple[list[Execution], list[Execution]]:
+        """(in progress, queued), at most ``max_pending_listed`` in all."""
+        pending = self._pending(thing)[: self.settings.max_pending_listed]
+        return ([e for e in pending if e.status is X.IN_PROGRESS],
+                [e for e in pending if e.status is X.QUEUED])
+
+    def start_next(self, thing: str, *, status_details: dict[str, str] | None = None,
+                   step_timeout: int | None = None) -> Execution | None:
+        """The head of the pending list, moved to IN_PROGRESS if it was QUEUED."""
+        pending = self._pending(thing)
+        if not pending:
+            return None
+        head = pending[0]
+        if head.status is X.IN_PROGRESS:
+            return head
+        with self._tx([thing]):
+            return self._change_execution(head, X.IN_PROGRESS, details=status_details,
+                                          step_timeout=step_timeout)
+
+    def describe(self, thing: str, job_id: str, execution_number: int | None = None
+                 ) -> Execution | None:
+        """DescribeJobExecution over MQTT; ``$next`` gives the head or None."""
+        if job_id == topics.NEXT:
+            pending = self._pending(thing)
+            return pending[0] if pending else None
+        e = self._get_execution(job_id, thing, execution_number)
+        if (e.status.is_terminal
+                and self.settings.terminal_describe is TerminalDescribe.TERMINAL_STATE_REACHED):
+            raise TerminalStateException(f"job execution {job_id} is in terminal state "
+                                         f"{e.status}")
+        return e
+
+    def update(self, thing: str, job_id: str, *, status: X,
+               status_details: dict[str, str] | None = None,
+               expected_version: int | None = None, execution_number: int | None = None,
+               step_timeout: int | None = None) -> Execution:
+        if job_id == topics.NEXT:
+            raise InvalidRequestException("UpdateJobExecution does not accept $next")
+        try:
+            validate_status_details(status_details)
+            validate_step_timeout(step_timeout)
+        except ValueError as err:
+            raise InvalidRequestException(str(err)) from None
+        e = self._get_execution(job_id, thing, execution_number)
+        new_status = lifecycle.device_update(e.status, status, e.state(), self.settings,
+                                             job_id=job_id)
+        if expected_version is not None and expected_version != e.version_number:
+            raise VersionConflictException(
+                f"expectedVersion {expected_version} does not match {e.version_number}",
+                execution_state=e.state())
+        with self._tx([thing]):
+            return self._change_execution(e, new_status, details=status_details,
+                                          step_timeout=step_timeout)
+
+    def document(self, job_id: str) -> dict[str, Any] | None:
+        return self._document(job_id)
+
+    # -- time: deletion sweep and timeouts -----------------------------------------------
+
+    def next_due(self) -> float | None:
+        """When :meth:`tick` next has work, or None."""
+        row = self._db.execute(
+            "SELECT min(t) FROM (SELECT min(sweep_at) AS t FROM executions"
+            " UNION ALL SELECT min(min(coalesce(step_deadline, 1e300),"
+            " coalesce(in_progress_deadline, 1e300))) FROM executions WHERE status = ?)",
+            (X.IN_PROGRESS.value,)).fetchone()
+        due = row[0] if row and row[0] is not None and row[0] < 1e299 else None
+        if self._empty_deleting_jobs():
+            return self._now()
+        return due
+
+    def _empty_deleting_jobs(self) -> list[str]:
+        rows = self._db.execute(
+            "SELECT job_id FROM jobs WHERE status = ? AND NOT EXISTS (SELECT 1 FROM executions"
+            " e WHERE e.job_id = jobs.job_id)", (J.DELETION_IN_PROGRESS.value,)).fetchall()
+        return [r[0] for r in rows]
+
+    def tick(self) -> None:
+        """Sweep executions of deleting jobs, finish deletions, time executions out."""
+        now = self._now()
+        rows = self._db.execute(
+            f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE sweep_at <= ?"
+            " ORDER BY sweep_at", (now,)).fetchall()
+        for row in rows:
+            e = self._execution_from(row)
+            with self._tx([e.thing_name]):
+                self._remove_execution(e, event=self.settings.execution_deleted_events)
+        for job_id in self._empty_deleting_jobs():
+            with self._tx():
+                self._job_event(job_id, "deleted")
+                self._db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+            log.info("delete_job done job_id=%s", job_id)
+        rows = self._db.execute(
+            f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE status = ? AND"
+            " min(coalesce(step_deadline, 1e300), coalesce(in_progress_deadline, 1e300)) <= ?",
+            (X.IN_PROGRESS.value, now)).fetchall()
+        for row in rows:
+            e = self._execution_from(row)
+            with self._tx([e.thing_name]):
+                self._change_execution(e, X.TIMED_OUT, details=None)
+            log.info("timed_out job_id=%s thing_name=%s", e.job_id, e.thing_name)
+
+
+def _asdict(job: Job) -> dict[str, Any]:
+    return {name: getattr(job, name) for name in Job.__dataclass_fields__}
+
+
+def _event_process_details(counts: dict[str, int]) -> dict[str, int]:
+    names = {"CANCELED": "numberOfCanceledThings", "REJECTED": "numberOfRejectedThings",
+             "FAILED": "numberOfFailedThings", "REMOVED": "numberOfRemovedThings",
+             "SUCCEEDED": "numberOfSucceededThings", "TIMED_OUT": "numberOfTimedOutThings"}
+    return {name: counts.get(status, 0) for status, name in names.items()}
+
+
+def _check_job_id(job_id: str) -> None:
+    if not topics.JOB_ID_RE.fullmatch(job_id):
+        raise InvalidRequestException("jobId: must be 1-64 characters of [a-zA-Z0-9_-]")
+    if job_id in topics.RESERVED_JOB_IDS:
+        raise InvalidRequestException(
+            f"jobId: {job_id!r} collides with a reserved MQTT topic level of the Jobs API")
+
+
+def _thing_names(targets: Sequence[str]) -> list[str]:
+    if not targets:
+        raise InvalidRequestException("targets: at least one target is required")
+    names: list[str] = []
+    for target in targets:
+        m = _THING_ARN.fullmatch(target)
+        if m is None:
+            raise InvalidRequestException(f"targets: {target!r:.200} is not a thing ARN")
+        if m.group(1) == "thinggroup":
+            raise InvalidRequestException(
+                "targets: thing groups are not supported by this emulator; target things")
+        if not topics.THING_NAME_RE.fullmatch(m.group(2)):
+            raise InvalidRequestException(
+                f"targets: thing name {m.group(2)!r:.200} must match [a-zA-Z0-9:_-]{{1,128}}")
+        if m.group(2) not in names:
+            names.append(m.group(2))
+    return names
+
+
+def _check_document(document: str) -> None:
+    if len(document) > MAX_DOCUMENT_CHARS:
+        raise InvalidRequestException("document: at most 32768 characters")
+    try:
+        parsed = json.loads(document)
+    except ValueError as e:
+        raise InvalidRequestException(f"document: not valid JSON: {e}") from None
+    if not isinstance(parsed, dict):
+        raise InvalidRequestException("document: must be a JSON object")
+
+
+def _enum(kind: Any, value: str, name: str) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        raise InvalidRequestException(
+            f"{name}: {value!r} is not one of {', '.join(m.value for m in kind)}") from None
+
+
+def _page(max_results: int | None, next_token: str | None) -> tuple[int, int]:
+    limit = 250 if max_results is None else max_results
+    if not 1 <= limit <= 250:
+        raise InvalidRequestException("maxResults: must be between 1 and 250")
+    if next_token is None:
+        return 0, limit
+    try:
+        return int(base64.urlsafe_b64decode(next_token.encode()).decode()), limit
+    except ValueError:
+        raise InvalidRequestException("nextToken: not a token this service issued") from None
+
+
+def _token(offset: int, limit: int, fetched: int) -> str | None:
+    if fetched <= limit:
+        return None
+    return base64.urlsafe_b64encode(str(offset + limit).encode()).decode()
