@@ -132,7 +132,9 @@ def parse_jobs_topic(topic: str) -> JobsTopic | None:
 
     Levels after ``jobs``: ``get`` / ``start-next`` / ``{jobId}/get`` / ``{jobId}/update``
     are requests, the same followed by ``accepted`` / ``rejected`` are replies, ``notify`` and
-    ``notify-next`` are pushes; anything else is :attr:`Kind.INVALID` (answered InvalidTopic).
+    ``notify-next`` are pushes; any topic ending in ``accepted`` / ``rejected`` is a reply
+    (``operation`` None when it answers an invalid topic); anything else is
+    :attr:`Kind.INVALID` (answered InvalidTopic).
     """
     parts = topic.split("/")
     if len(parts) < 4 or parts[0] != "$aws" or parts[1] != "things" or parts[3] != "jobs":
@@ -154,4 +156,5 @@ def parse_jobs_topic(topic: str) -> JobsTopic | None:
             return JobsTopic(thing, Kind.NOTIFY)
         case ["notify-next"] if kind is Kind.REQUEST:
             return JobsTopic(thing, Kind.NOTIFY_NEXT)
-    return JobsTopic(thing, Kind.INVALID)
+    # A reply to a request on an invalid topic is still a reply: never answer it.
+    return JobsTopic(thing, Kind.INVALID if kind is Kind.REQUEST else kind)

@@ -72,12 +72,12 @@ CREATE TABLE IF NOT EXISTS executions (
     status TEXT NOT NULL, status_details TEXT NOT NULL, queued_at REAL NOT NULL,
     started_at REAL, last_updated_at REAL NOT NULL, version_number INTEGER NOT NULL,
     force_canceled INTEGER NOT NULL, step_deadline REAL, in_progress_deadline REAL,
-    sweep_at REAL, seq INTEGER NOT NULL, PRIMARY KEY (thing_name, job_id));
+    sweep_at REAL, seq INTEGER NOT NULL, deadline REAL, PRIMARY KEY (thing_name, job_id));
 CREATE INDEX IF NOT EXISTS executions_by_job ON executions (job_id, seq);
 CREATE INDEX IF NOT EXISTS executions_pending ON executions (thing_name, status, seq);
 CREATE INDEX IF NOT EXISTS executions_sweep ON executions (sweep_at) WHERE sweep_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS executions_timers ON executions (status, step_deadline,
-    in_progress_deadline) WHERE status = 'IN_PROGRESS';
+CREATE INDEX IF NOT EXISTS executions_deadline ON executions (deadline)
+    WHERE deadline IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _EXECUTION_COLUMNS = ("job_id, thing_name, execution_number, status, status_details, queued_at,"
@@ -246,12 +246,12 @@ class JobsStore:
 
     def _write_execution(self, e: Execution) -> None:
         self._db.execute(
-            f"INSERT OR REPLACE INTO executions ({_EXECUTION_COLUMNS}) VALUES"
-            " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO executions ({_EXECUTION_COLUMNS}, deadline) VALUES"
+            " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (e.job_id, e.thing_name, e.execution_number, e.status.value,
              json.dumps(e.status_details), e.queued_at, e.started_at, e.last_updated_at,
              e.version_number, int(e.force_canceled), e.step_deadline, e.in_progress_deadline,
-             e.sweep_at, e.seq))
+             e.sweep_at, e.seq, None if e.status.is_terminal else e.deadline))
 
     def _change_execution(self, e: Execution, status: X, *, details: dict[str, str] | None,
                           step_timeout: int | None = None, force_canceled: bool = False,
@@ -603,15 +603,12 @@ class JobsStore:
 
     def next_due(self) -> float | None:
         """When :meth:`tick` next has work, or None."""
-        row = self._db.execute(
-            "SELECT min(t) FROM (SELECT min(sweep_at) AS t FROM executions"
-            " UNION ALL SELECT min(min(coalesce(step_deadline, 1e300),"
-            " coalesce(in_progress_deadline, 1e300))) FROM executions WHERE status = ?)",
-            (X.IN_PROGRESS.value,)).fetchone()
-        due = row[0] if row and row[0] is not None and row[0] < 1e299 else None
         if self._empty_deleting_jobs():
             return self._now()
-        return due
+        sweep = self._db.execute("SELECT min(sweep_at) FROM executions").fetchone()[0]
+        deadline = self._db.execute("SELECT min(deadline) FROM executions").fetchone()[0]
+        due = [t for t in (sweep, deadline) if t is not None]
+        return min(due) if due else None
 
     def _empty_deleting_jobs(self) -> list[str]:
         rows = self._db.execute(
@@ -635,9 +632,8 @@ class JobsStore:
                 self._db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
             log.info("delete_job done job_id=%s", job_id)
         rows = self._db.execute(
-            f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE status = ? AND"
-            " min(coalesce(step_deadline, 1e300), coalesce(in_progress_deadline, 1e300)) <= ?",
-            (X.IN_PROGRESS.value, now)).fetchall()
+            f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE deadline <= ?",
+            (now,)).fetchall()
         for row in rows:
             e = self._execution_from(row)
             with self._tx([e.thing_name]):

@@ -1,0 +1,432 @@
+"""Broker provider: a real Mosquitto for the jobs service, the recorder and the devices.
+
+Three ways to get a broker, all yielding a `BrokerAddress`:
+
+- `BrokerAddress.parse("mqtt://HOST:PORT")`: a broker the user runs (``--broker``).
+- `EmbeddedBroker`: a ``mosquitto`` child process started from the project's
+  ``mosquitto.conf`` on a free loopback port, with its own work dir (rendered config,
+  persistence state, log). It can be stopped, SIGKILLed and restarted on the same port with
+  the same state, which is how drills inject broker faults.
+- `container_broker()`: a Mosquitto container, where testcontainers and Docker exist.
+
+Errors::
+
+    ValueError
+     └── BrokerError      bad URL, mosquitto missing, broker failed to start or answer
+
+Everything here is synchronous; asyncio callers use ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+log = logging.getLogger(__name__)
+
+BROKER_USER = "mosquitto"
+READY_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
+LOG_TAIL_LINES = 15
+_SEARCH_PATH_EXTRA = ("/usr/sbin", "/usr/local/sbin")
+_MQTT_CONNACK = 0x20
+_SAVE_LINE = b"Saving in-memory database"
+
+
+class BrokerError(ValueError):
+    """The broker URL is invalid, or a broker could not be started or reached."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"mqtt://{host}:{self.port}"
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        """Parse ``mqtt://HOST:PORT``; anything else raises `BrokerError`."""
+        bad = BrokerError(f"bad broker URL {url!r}: expected mqtt://HOST:PORT")
+        try:
+            parts = urllib.parse.urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise bad from None
+        extras = (parts.username, parts.password, parts.query, parts.fragment)
+        if (
+            parts.scheme != "mqtt"
+            or not parts.hostname
+            or port is None
+            or port == 0
+            or parts.path not in ("", "/")
+            or any(extras)
+        ):
+            raise bad
+        return cls(parts.hostname, port)
+
+
+def default_config_path() -> Path:
+    """The project's ``mosquitto.conf``: the checkout's top level, else a packaged copy."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "mosquitto.conf", here / "mosquitto.conf"):
+        if candidate.is_file():
+            return candidate
+    raise BrokerError(f"mosquitto.conf not found next to the package ({here.parent})")
+
+
+def probe(address: BrokerAddress, timeout: float = 2.0) -> int:
+    """Send a minimal MQTT 3.1.1 CONNECT and return the CONNACK return code (0 = accepted).
+
+    Raises `BrokerError` when the broker cannot be reached or does not answer with a CONNACK.
+    """
+    client_id = f"devicesim-probe-{os.getpid()}-{secrets.token_hex(4)}".encode()
+    # Variable header: protocol name "MQTT", level 4 (3.1.1), flags clean session, keepalive 10.
+    body = b"\x00\x04MQTT\x04\x02\x00\x0a" + len(client_id).to_bytes(2, "big") + client_id
+    connect = bytes([0x10, len(body)]) + body  # len(body) < 128: one length byte
+    try:
+        with socket.create_connection((address.host, address.port), timeout=timeout) as sock:
+            sock.sendall(connect)
+            connack = b""
+            while len(connack) < 4:
+                chunk = sock.recv(4 - len(connack))
+                if not chunk:
+                    break
+                connack += chunk
+            if len(connack) < 4 or connack[0] != _MQTT_CONNACK or connack[1] != 2:
+                raise BrokerError(f"no CONNACK from {address.url}: got {connack!r}")
+            sock.sendall(b"\xe0\x00")  # DISCONNECT
+            return connack[3]
+    except OSError as exc:
+        raise BrokerError(f"cannot reach broker at {address.url}: {exc}") from exc
+
+
+def find_mosquitto(binary: str | os.PathLike[str] = "mosquitto") -> str:
+    """Resolve the mosquitto executable: an explicit path, or a name on PATH or /usr/sbin."""
+    name = os.fspath(binary)
+    hint = "install it (apt-get install mosquitto) or pass --broker mqtt://HOST:PORT"
+    if os.sep in name:
+        if os.access(name, os.X_OK) and Path(name).is_file():
+            return name
+        raise BrokerError(f"mosquitto not found at {name}: {hint}")
+    search = os.pathsep.join([os.environ.get("PATH", os.defpath), *_SEARCH_PATH_EXTRA])
+    found = shutil.which(name, path=search)
+    if found is None:
+        raise BrokerError(f"{name} not found on PATH: {hint}")
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _reachable_by(path: Path, uid: int, gid: int) -> bool:
+    """Whether a user can traverse every directory from / down to ``path``."""
+    for directory in (path, *path.parents):
+        st = directory.stat()
+        if st.st_uid == uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid == gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+class EmbeddedBroker:
+    """A ``mosquitto`` child process on a loopback port, with its own work dir.
+
+    Layout of the work dir: ``mosquitto.conf`` (rendered), ``state/`` (persistence),
+    ``mosquitto.log`` (broker log plus its stdout/stderr). The port is chosen on the first
+    `start()` and kept, so `restart()` serves the same address and the same sessions.
+    """
+
+    def __init__(
+        self,
+        *,
+        work_dir: str | os.PathLike[str] | None = None,
+        config: str | os.PathLike[str] | None = None,
+        binary: str | os.PathLike[str] = "mosquitto",
+        port: int | None = None,
+        ready_timeout: float = READY_TIMEOUT_S,
+    ) -> None:
+        self._work_dir_arg = Path(work_dir) if work_dir is not None else None
+        self._config = Path(config) if config is not None else None
+        self._binary = binary
+        self._fixed_port = port is not None
+        self._port = port
+        self._ready_timeout = ready_timeout
+        self._work_dir: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def address(self) -> BrokerAddress:
+        if self._port is None:
+            raise BrokerError("embedded broker has not been started")
+        return BrokerAddress("127.0.0.1", self._port)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def work_dir(self) -> Path:
+        if self._work_dir is None:
+            raise BrokerError("embedded broker has not been started")
+        return self._work_dir
+
+    @property
+    def log_path(self) -> Path:
+        return self.work_dir / "mosquitto.log"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.work_dir / "state"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> BrokerAddress:
+        """Start mosquitto; return once it answers an MQTT CONNECT with a CONNACK."""
+        if self.running:
+            raise BrokerError(f"embedded broker already running pid={self.pid}")
+        binary = find_mosquitto(self._binary)
+        template = (self._config or default_config_path()).read_text()
+        self._prepare_work_dir()
+        # A port picked by us can be taken by someone else before mosquitto binds it: pick
+        # another. A port given by the caller, or kept for restart(), is never changed.
+        attempts = 1 if self._fixed_port else 3
+        for attempt in range(1, attempts + 1):
+            if self._port is None:
+                self._port = free_port()
+            try:
+                self._launch(binary, template)
+            except BrokerError as exc:
+                if attempt < attempts and "Address already in use" in str(exc):
+                    log.warning("broker port taken, retrying port=%d", self._port)
+                    self._port = None
+                    continue
+                raise
+            break
+        self._fixed_port = True
+        return self.address
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM (mosquitto saves its state) and wait; SIGKILL if it does not exit."""
+        self._signal(signal.SIGTERM, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL and wait: only the last autosave survives."""
+        self._signal(signal.SIGKILL, STOP_TIMEOUT_S)
+
+    def restart(self) -> BrokerAddress:
+        """Stop if running, then start again on the same port with the same state."""
+        if self.running:
+            self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        """Stop, and remove the work dir if this broker created it."""
+        self.stop()
+        if self._work_dir is not None and self._work_dir_arg is None:
+            shutil.rmtree(self._work_dir, ignore_errors=True)
+            self._work_dir = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def wait_for_autosave(self, timeout: float = 10.0) -> None:
+        """Wait until mosquitto begins a save of its database after this call.
+
+        Everything the broker acknowledged before the call is then on disk and survives
+        `kill()`. The broker logs a line at the start of each save; we wait for a new one.
+        """
+        log_path = self.log_path
+        offset = log_path.stat().st_size
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise BrokerError("embedded broker is not running: no autosave will come")
+            with log_path.open("rb") as f:
+                f.seek(offset)
+                if _SAVE_LINE in f.read():
+                    return
+            time.sleep(0.05)
+        raise BrokerError(f"no autosave within {timeout}s (log {log_path})")
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _prepare_work_dir(self) -> None:
+        if self._work_dir is None:
+            if self._work_dir_arg is not None:
+                self._work_dir_arg.mkdir(parents=True, exist_ok=True)
+                self._work_dir = self._work_dir_arg.resolve()
+            else:
+                self._work_dir = Path(tempfile.mkdtemp(prefix="devicesim-broker-"))
+                self._work_dir.chmod(0o755)  # let the unprivileged broker user traverse it
+        self.state_dir.mkdir(exist_ok=True)
+        self.log_path.touch()
+
+    def _broker_user(self) -> str:
+        """The user mosquitto runs as when started as root; chown its files to it."""
+        if os.geteuid() != 0:
+            return BROKER_USER  # ignored by mosquitto when not root
+        try:
+            entry = pwd.getpwnam(BROKER_USER)
+        except KeyError:
+            log.info("no user %s: broker runs as root", BROKER_USER)
+            return "root"
+        if not _reachable_by(self.work_dir, entry.pw_uid, entry.pw_gid):
+            log.info(
+                "work dir unreachable by %s, broker runs as root work_dir=%s",
+                BROKER_USER,
+                self.work_dir,
+            )
+            return "root"
+        for path in (self.state_dir, *self.state_dir.iterdir(), self.log_path):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        return BROKER_USER
+
+    def _launch(self, binary: str, template: str) -> None:
+        assert self._port is not None
+        conf_path = self.work_dir / "mosquitto.conf"
+        conf_path.write_text(
+            template.format(
+                port=self._port,
+                state_dir=self.state_dir,
+                log_path=self.log_path,
+                user=self._broker_user(),
+            )
+        )
+        offset = self.log_path.stat().st_size
+        with self.log_path.open("ab") as out:
+            self._proc = subprocess.Popen(
+                [binary, "-c", str(conf_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        log.info(
+            "broker starting pid=%d port=%d work_dir=%s", self._proc.pid, self._port, self.work_dir
+        )
+        self._wait_ready(self._proc, offset)
+        log.info("broker ready pid=%d url=%s", self._proc.pid, self.address.url)
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes], log_offset: int) -> None:
+        deadline = time.monotonic() + self._ready_timeout
+        last_error: BrokerError | None = None
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                self._proc = None
+                raise BrokerError(
+                    f"mosquitto exited with code {proc.returncode} during startup "
+                    f"(port {self._port}, log {self.log_path}):\n{self._log_tail(log_offset)}"
+                )
+            try:
+                probe(self.address, timeout=1.0)
+                return
+            except BrokerError as exc:
+                last_error = exc
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.05)  # a short pause that also notices an early exit
+        proc.kill()
+        proc.wait()
+        self._proc = None
+        raise BrokerError(
+            f"mosquitto did not answer CONNECT within {self._ready_timeout}s ({last_error}); "
+            f"log {self.log_path}:\n{self._log_tail(log_offset)}"
+        )
+
+    def _signal(self, signum: signal.Signals, timeout: float) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signum)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("broker ignored %s, killing pid=%d", signum.name, proc.pid)
+                proc.kill()
+                proc.wait()
+        log.info(
+            "broker stopped pid=%d signal=%s returncode=%s", proc.pid, signum.name, proc.returncode
+        )
+
+    def _log_tail(self, offset: int = 0) -> str:
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(offset)
+                lines = f.read().decode(errors="replace").splitlines()
+        except OSError as exc:
+            return f"(log unreadable: {exc})"
+        return "\n".join(lines[-LOG_TAIL_LINES:]) or "(log is empty)"
+
+
+@contextlib.contextmanager
+def container_broker(image: str = "eclipse-mosquitto:2.0.11") -> Iterator[BrokerAddress]:
+    """A Mosquitto container (anonymous, port 1883 mapped), where testcontainers and a
+    Docker engine exist; otherwise `BrokerError` says which is missing."""
+    try:
+        import docker
+        from testcontainers.core.container import DockerContainer
+    except ImportError:
+        raise BrokerError(
+            "testcontainers is not installed: pip install 'devicesim[docker]'"
+        ) from None
+    try:
+        docker.from_env().ping()
+    except (docker.errors.DockerException, OSError) as exc:
+        raise BrokerError(f"no Docker engine reachable: {exc}") from None
+    container = DockerContainer(image).with_command("mosquitto -c /mosquitto-no-auth.conf")
+    with container.with_exposed_ports(1883) as running:
+        address = BrokerAddress(
+            running.get_container_host_ip(), int(running.get_exposed_port(1883))
+        )
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            try:
+                probe(address)
+                break
+            except BrokerError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield address

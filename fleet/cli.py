@@ -1,0 +1,55 @@
+"""``fleet``: the cloud side's command line (up, drill, check, and ``aws iot``-style job
+commands). Usage errors are one line naming the bad option; exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from fleet import up
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fleet", description=__doc__)
+    parser.add_argument("--log-level", default="WARNING",
+                        help="DEBUG, INFO, WARNING (default) or ERROR")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p = sub.add_parser("up", help="run a broker and the emulated AWS IoT Jobs service")
+    up.add_arguments(p)
+    p.set_defaults(run=up.run)
+    _optional_commands(sub)
+    return parser
+
+
+def _optional_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Commands living in their own modules register themselves here."""
+    import importlib
+
+    for module in ("fleet.drill.cli", "fleet.check_cli", "fleet.awscli"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue
+        mod.register(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        return int(args.run(args))
+    except (ValueError, FileNotFoundError, OSError) as e:
+        print(f"fleet {args.command}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

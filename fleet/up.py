@@ -1,0 +1,138 @@
+"""``fleet up``: a broker (embedded or external) and the jobs service, in the foreground.
+
+Writes a ready file (JSON) once MQTT and HTTP accept connections::
+
+    {"mqtt": {"host": "127.0.0.1", "port": 41234, "url": "mqtt://127.0.0.1:41234"},
+     "http": {"endpoint": "http://127.0.0.1:41235"}, "state": ".state/jobs.db", "pid": 123}
+
+Restarted on the same ``--state`` it continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from fleet.broker import BrokerAddress, BrokerError, EmbeddedBroker, probe
+from fleet.jobs.settings import ServiceSettings
+from fleet.service import JobsService, ServiceConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATE = Path(".state/jobs.db")
+DEFAULT_READY_FILE = Path(".state/ready.json")
+ENDPOINT_ENV = "DEVICESIM_ENDPOINT"
+READY_FILE_ENV = "DEVICESIM_READY_FILE"
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per service setting (spec §13), e.g. ``--terminal-update-code``."""
+    group = parser.add_argument_group("jobs service settings (spec §13 defaults)")
+    defaults = ServiceSettings()
+    for f in fields(ServiceSettings):
+        default = getattr(defaults, f.name)
+        group.add_argument("--" + f.name.replace("_", "-"), dest=f"setting_{f.name}",
+                           default=None, metavar="VALUE",
+                           help=f"default: {getattr(default, 'value', default)}")
+
+
+def settings_from(args: argparse.Namespace) -> ServiceSettings:
+    values = {name[len("setting_"):]: value for name, value in vars(args).items()
+              if name.startswith("setting_") and value is not None}
+    return ServiceSettings.from_mapping(values)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--broker", metavar="URL",
+                        help="use this broker (mqtt://HOST:PORT) instead of the embedded one")
+    parser.add_argument("--mqtt-port", type=int, default=0,
+                        help="port of the embedded broker (default: a free port)")
+    parser.add_argument("--http-port", type=int, default=0,
+                        help="port of the control plane on 127.0.0.1 (default: a free port)")
+    parser.add_argument("--state", type=Path, default=DEFAULT_STATE,
+                        help=f"SQLite file of the jobs service (default: {DEFAULT_STATE})")
+    parser.add_argument("--ready-file", type=Path, default=DEFAULT_READY_FILE,
+                        help=f"JSON written once ready (default: {DEFAULT_READY_FILE})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the service's randomness")
+    add_settings_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    return asyncio.run(_serve(args, settings))
+
+
+async def _serve(args: argparse.Namespace, settings: ServiceSettings) -> int:
+    state: Path = args.state
+    state.parent.mkdir(parents=True, exist_ok=True)
+    embedded: EmbeddedBroker | None = None
+    if args.broker:
+        address = BrokerAddress.parse(args.broker)
+        if await asyncio.to_thread(probe, address) != 0:
+            raise BrokerError(f"broker {address.url} refused the connection")
+    else:
+        embedded = EmbeddedBroker(work_dir=state.parent / "broker",
+                                  port=args.mqtt_port or None)
+        address = await asyncio.to_thread(embedded.start)
+    service = JobsService(ServiceConfig(broker=address, state=state, settings=settings,
+                                        http_port=args.http_port, seed=args.seed))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await service.start()
+        write_ready_file(args.ready_file, address, service.endpoint, state)
+        print(f"fleet up: broker {address.url}  control plane {service.endpoint}  "
+              f"state {state}  (Ctrl-C to stop)", flush=True)
+        await stop.wait()
+    finally:
+        await service.stop()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+        with contextlib.suppress(FileNotFoundError):
+            args.ready_file.unlink()
+    return 0
+
+
+def write_ready_file(path: Path, address: BrokerAddress, endpoint: str | None,
+                     state: Path) -> None:
+    info: dict[str, Any] = {
+        "mqtt": {"host": address.host, "port": address.port, "url": address.url},
+        "state": str(state), "pid": os.getpid()}
+    if endpoint is not None:
+        info["http"] = {"endpoint": endpoint}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    tmp.replace(path)
+
+
+def read_ready_file(path: Path | None = None) -> dict[str, Any]:
+    path = path or Path(os.environ.get(READY_FILE_ENV, DEFAULT_READY_FILE))
+    try:
+        info: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no running `fleet up` found ({path} does not exist); start "
+                                f"one or pass --endpoint-url") from None
+    return info
+
+
+def default_endpoint() -> str:
+    """``$DEVICESIM_ENDPOINT``, else the endpoint in the ready file of a running ``fleet up``."""
+    env = os.environ.get(ENDPOINT_ENV)
+    if env:
+        return env
+    info = read_ready_file()
+    endpoint = info.get("http", {}).get("endpoint")
+    if not endpoint:
+        raise FileNotFoundError("the running `fleet up` has no control plane endpoint")
+    return str(endpoint)
