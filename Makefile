@@ -1,25 +1,36 @@
-# devicesim developer entry points. CI runs .ci/run, which is `make setup test`.
+# devicesim entry points. On a fresh machine: `make drill` (the main job) and `make test`.
+# Both set up first: venv + package with test extras + Mosquitto (apt-get, only if missing).
+# CI runs .ci/run, which is `make test`.
 
 VENV   ?= .venv
 PYTHON ?= python3
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+STAMP  := $(VENV)/.installed
 
-.PHONY: setup test drill
+.PHONY: setup test drill bench mosquitto
 
-# Create the venv if missing, install the project with its test extras, and install
-# Mosquitto (the embedded broker) only when neither PATH nor /usr/sbin has it.
-setup:
+setup: $(STAMP) mosquitto
+
+$(STAMP): pyproject.toml
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -e '.[test]'
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+# Mosquitto is the embedded broker; install it only when neither PATH nor /usr/sbin has it.
+mosquitto:
 	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
 		echo "installing mosquitto"; \
 		$(SUDO) apt-get update && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto; \
 	fi
 
-test:
+test: setup
 	$(VENV)/bin/pytest -q
 
-# Extra arguments: make drill ARGS="--devices 100"
-drill:
+# Extra arguments: make drill ARGS="--devices 1000 --seed 7"
+drill: setup
 	$(VENV)/bin/fleet drill $(ARGS)
+
+bench: setup
+	$(VENV)/bin/python -m bench $(ARGS)

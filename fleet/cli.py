@@ -19,22 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="run a broker and the emulated AWS IoT Jobs service")
     up.add_arguments(p)
     p.set_defaults(run=up.run)
-    _optional_commands(sub)
     return parser
-
-
-def _optional_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Commands living in their own modules register themselves here."""
-    import importlib
-
-    for module in ("fleet.drill.cli", "fleet.check_cli", "fleet.awscli"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
-        mod.register(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,8 @@ recorder on any host can build the history and the checker can judge it. Schema
 
 ``timestamp`` is float epoch seconds (the device's clock). ``reason`` says *how* a device
 noticed (``notify-next``, ``ResourceNotFound``, ``InvalidStateTransition``,
-``TerminalStateReached``, ``describe``) or why it rolled back.
+``TerminalStateReached``, ``describe``) or why it rolled back. ``seq`` counts a device's
+events from 1 without gaps.
 """
 
 from __future__ import annotations
@@ -62,3 +63,6 @@ class DeviceEvent(Message):
     status: str | None = None
     reason: str | None = None
     nvm: NvmSummary | None = None
+    #: per-device sequence number set by the device's network shell (1, 2, ...), so a
+    #: recorder can prove it lost no event
+    seq: int | None = None

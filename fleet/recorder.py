@@ -1,0 +1,113 @@
+"""The recorder: its own MQTT identity turning everything observable into history ops.
+
+Subscribes (QoS 1) to ``$aws/things/+/jobs/#``, ``$aws/events/#`` and
+``devicesim/+/events``. :func:`classify` is the pure part: one received message -> one
+:class:`~fleet.history.Op` in the vocabulary of :mod:`fleet.history`. Device events carry a
+per-device ``seq``; gaps are counted, so a drill can prove the recorder lost nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from devicesim.mqtt import Client, ClientOptions, Pump
+from devicesim.wire import topics
+from fleet.broker import BrokerAddress
+from fleet.history import Op, OpType
+
+log = logging.getLogger(__name__)
+
+RECORDER_CLIENT_ID = "devicesim-recorder"
+_REPLY_TYPES = {topics.Kind.ACCEPTED: OpType.OK, topics.Kind.REJECTED: OpType.FAIL}
+
+
+def _decode(payload: bytes) -> Any:
+    try:
+        return json.loads(payload) if payload else {}
+    except ValueError:
+        return {"raw": payload[:200].decode("utf-8", "replace")}
+
+
+def classify(topic: str, payload: bytes, time: float) -> Op:
+    """One received message as a history op (see :mod:`fleet.history` for the table)."""
+    body = _decode(payload)
+    parsed = topics.parse_jobs_topic(topic)
+    if parsed is not None:
+        value: dict[str, Any] = {"topic": topic, "payload": body}
+        if parsed.kind in (topics.Kind.NOTIFY, topics.Kind.NOTIFY_NEXT):
+            return Op(time=time, process=parsed.thing_name, type=OpType.INFO,
+                      f=parsed.kind.value, value=value)
+        if parsed.operation is None:
+            return Op(time=time, process=parsed.thing_name, type=OpType.INFO,
+                      f="invalid-topic", value=value)
+        token = body.get("clientToken") if isinstance(body, dict) else None
+        value.update(jobId=parsed.job_id, clientToken=token)
+        if parsed.kind is topics.Kind.REJECTED and isinstance(body, dict):
+            value["code"] = body.get("code")
+        return Op(time=time, process=parsed.thing_name,
+                  type=_REPLY_TYPES.get(parsed.kind, OpType.INVOKE),
+                  f=parsed.operation.value, value=value)
+    parts = topic.split("/")
+    if len(parts) == 5 and parts[:2] == ["$aws", "events"]:
+        f = {"job": "job-event", "jobExecution": "execution-event"}.get(parts[2], "event")
+        return Op(time=time, process="service", type=OpType.INFO, f=f,
+                  value={"topic": topic, "jobId": parts[3], "operation": parts[4],
+                         "payload": body})
+    if len(parts) == 3 and parts[0] == "devicesim" and parts[2] == "events":
+        kind = body.get("kind", "unknown") if isinstance(body, dict) else "unknown"
+        return Op(time=time, process=parts[1], type=OpType.INFO, f=f"device:{kind}",
+                  value=body if isinstance(body, dict) else {"payload": body})
+    return Op(time=time, process="unknown", type=OpType.INFO, f="message",
+              value={"topic": topic, "payload": body})
+
+
+class Recorder:
+    """Collects ops in memory (appended in arrival order); :meth:`stats` proves no loss."""
+
+    def __init__(self, broker: BrokerAddress, *, now: Callable[[], float] = time.time,
+                 client_id: str = RECORDER_CLIENT_ID) -> None:
+        self.ops: list[Op] = []
+        self._broker, self._now, self._client_id = broker, now, client_id
+        self._pump = Pump()
+        self._client: Client | None = None
+        self._last_seq: dict[str, int] = {}
+        self.gaps: dict[str, int] = {}
+        self.received = 0
+
+    async def start(self) -> None:
+        b = self._broker
+        self._client = Client(ClientOptions(client_id=self._client_id, host=b.host,
+                                            port=b.port, clean_session=False,
+                                            max_inflight=1000),
+                              self._pump, on_message=self._on_message)
+        await self._client.connect()
+        await self._client.subscribe([topics.SERVICE_FILTER, topics.JOB_EVENTS_FILTER,
+                                      topics.DEVICE_EVENTS_FILTER])
+
+    def record(self, op: Op) -> None:
+        """Add an op observed elsewhere (controller calls, drill markers)."""
+        self.ops.append(op)
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        self.received += 1
+        op = classify(topic, payload, self._now())
+        seq = op.value.get("seq") if op.f.startswith("device:") else None
+        if isinstance(seq, int):
+            last = self._last_seq.get(op.process, 0)
+            if seq > last + 1:
+                self.gaps[op.process] = self.gaps.get(op.process, 0) + seq - last - 1
+            self._last_seq[op.process] = max(last, seq)
+        self.ops.append(op)
+
+    def stats(self) -> dict[str, Any]:
+        return {"received": self.received, "devices": len(self._last_seq),
+                "missingDeviceEvents": sum(self.gaps.values()), "gaps": self.gaps}
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+        await self._pump.close()
