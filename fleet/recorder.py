@@ -69,8 +69,10 @@ class Recorder:
     """Collects ops in memory (appended in arrival order); :meth:`stats` proves no loss."""
 
     def __init__(self, broker: BrokerAddress, *, now: Callable[[], float] = time.time,
-                 client_id: str = RECORDER_CLIENT_ID) -> None:
+                 client_id: str = RECORDER_CLIENT_ID,
+                 listener: Callable[[Op], None] | None = None) -> None:
         self.ops: list[Op] = []
+        self._listener = listener
         self._broker, self._now, self._client_id = broker, now, client_id
         self._pump = Pump()
         self._client: Client | None = None
@@ -102,6 +104,8 @@ class Recorder:
                 self.gaps[op.process] = self.gaps.get(op.process, 0) + seq - last - 1
             self._last_seq[op.process] = max(last, seq)
         self.ops.append(op)
+        if self._listener is not None:
+            self._listener(op)
 
     def stats(self) -> dict[str, Any]:
         return {"received": self.received, "devices": len(self._last_seq),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import re
 import types
 import typing
 from functools import cache
@@ -19,6 +20,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin
 from devicesim.wire.enums import RejectedErrorCode
 
 T = TypeVar("T")
+_INT_STRING = re.compile(r"-?[0-9]{1,19}")
 JsonObject = dict[str, Any]
 
 
@@ -71,11 +73,16 @@ def loads_object(payload: bytes | str, *, empty_is_object: bool = True) -> JsonO
             return {}
         raise WireError(RejectedErrorCode.INVALID_JSON, "payload is empty")
     try:
-        obj = json.loads(payload)
+        # decode first: json.loads(bytes) would guess UTF-16/32 and pass lone surrogates
+        text = payload.decode("utf-8") if isinstance(payload, bytes) else payload
     except UnicodeDecodeError:
         raise WireError(RejectedErrorCode.INVALID_JSON, "payload is not valid UTF-8") from None
+    try:
+        obj = json.loads(text)
     except ValueError as e:
         raise WireError(RejectedErrorCode.INVALID_JSON, f"payload is not valid JSON: {e}") from None
+    except RecursionError:
+        raise WireError(RejectedErrorCode.INVALID_JSON, "payload is nested too deeply") from None
     if not isinstance(obj, dict):
         raise WireError(RejectedErrorCode.INVALID_JSON, "payload is not a JSON object")
     return obj
@@ -128,7 +135,7 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
         # "expectedVersion":"3"), so do we.
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        if isinstance(value, str) and _INT_STRING.fullmatch(value):
             return int(value)
         raise _bad(path, "an integer", value)
     if hint is float:

@@ -8,6 +8,7 @@ seconds. ``to_json`` leaves absent fields out; ``from_json`` validates and raise
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -19,6 +20,14 @@ MAX_STATUS_DETAILS_VALUE = 1024
 MAX_STEP_TIMEOUT_MINUTES = 10080
 _DETAILS_KEY = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def has_other_characters(text: str) -> bool:
+    """True if ``text`` has a character of Unicode category C (the model's ``\\p{C}``:
+    control, format, surrogate, private use, unassigned)."""
+    if text.isascii():
+        return _CONTROL.search(text) is not None
+    return any(unicodedata.category(ch)[0] == "C" for ch in text)
 
 StatusDetails = dict[str, str]
 JobDocument = dict[str, Any]
@@ -33,7 +42,7 @@ def validate_status_details(details: StatusDetails | None, *, max_pairs: int | N
     for key, value in details.items():
         if not _DETAILS_KEY.fullmatch(key):
             raise ValueError(f"statusDetails: key {key!r:.140} must match [a-zA-Z0-9:_-]{{1,128}}")
-        if not value or len(value) > MAX_STATUS_DETAILS_VALUE or _CONTROL.search(value):
+        if not value or len(value) > MAX_STATUS_DETAILS_VALUE or has_other_characters(value):
             raise ValueError(
                 f"statusDetails.{key}: value must be 1-1024 characters without control characters"
             )

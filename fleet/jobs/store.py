@@ -36,12 +36,14 @@ from devicesim.wire.enums import JobStatus as J
 from devicesim.wire.messages import (
     JobExecutionsChangedEvent,
     NextJobExecutionChangedEvent,
+    has_other_characters,
     validate_status_details,
     validate_step_timeout,
 )
 from fleet.jobs import lifecycle
 from fleet.jobs.errors import (
     InvalidRequestException,
+    InvalidStateTransitionException,
     LimitExceededException,
     ResourceAlreadyExistsException,
     ResourceNotFoundException,
@@ -57,7 +59,7 @@ MAX_DOCUMENT_CHARS = 32768
 MAX_DESCRIPTION_CHARS = 2028
 MAX_TIMEOUT_MINUTES = 10080
 _REASON_CODE = re.compile(r"[A-Z0-9_]{1,128}")
-_THING_ARN = re.compile(r"arn:aws[a-z-]*:iot:[a-z0-9-]*:\d*:(thing|thinggroup)/(.+)")
+_THING_ARN = re.compile(r"arn:aws[a-z-]*:iot:([a-z0-9-]*):(\d*):(thing|thinggroup)/(.+)")
 _PENDING = (X.IN_PROGRESS.value, X.QUEUED.value)
 
 _SCHEMA = """
@@ -114,6 +116,10 @@ class JobsStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def now(self) -> float:
+        """The store's clock (injected)."""
+        return self._now()
 
     # -- effects -------------------------------------------------------------------------
 
@@ -365,10 +371,9 @@ class JobsStore:
                    in_progress_timeout_minutes: int | None = None,
                    namespace_id: str | None = None) -> Job:
         _check_job_id(job_id)
-        things = _thing_names(targets)
+        things = self._thing_names(targets)
         _check_document(document)
-        if description is not None and len(description) > MAX_DESCRIPTION_CHARS:
-            raise InvalidRequestException("description: at most 2028 characters")
+        _check_text("description", description)
         if target_selection not in ("SNAPSHOT", "CONTINUOUS"):
             raise InvalidRequestException("targetSelection: must be SNAPSHOT or CONTINUOUS")
         if in_progress_timeout_minutes is not None and not (
@@ -391,6 +396,30 @@ class JobsStore:
                     seq=self._next_seq()))
         log.info("create_job job_id=%s targets=%d", job_id, len(things))
         return self.describe_job(job_id)
+
+    def _thing_names(self, targets: Sequence[str]) -> list[str]:
+        """Thing names from target ARNs; only things of this account and region."""
+        if not targets:
+            raise InvalidRequestException("targets: at least one target is required")
+        names: list[str] = []
+        for target in targets:
+            m = _THING_ARN.fullmatch(target)
+            if m is None:
+                raise InvalidRequestException(f"targets: {target!r:.200} is not a thing ARN")
+            region, account, kind, name = m.groups()
+            if kind == "thinggroup":
+                raise InvalidRequestException(
+                    "targets: thing groups are not supported by this emulator; target things")
+            if (region, account) != (self.settings.region, self.settings.account_id):
+                raise InvalidRequestException(
+                    f"targets: {target!r:.200} is not in region {self.settings.region} of "
+                    f"account {self.settings.account_id}")
+            if not topics.THING_NAME_RE.fullmatch(name):
+                raise InvalidRequestException(
+                    f"targets: thing name {name!r:.200} must match [a-zA-Z0-9:_-]{{1,128}}")
+            if name not in names:
+                names.append(name)
+        return names
 
     def describe_job(self, job_id: str) -> Job:
         job = self._get_job(job_id)
@@ -423,8 +452,7 @@ class JobsStore:
                    comment: str | None = None) -> Job:
         if reason_code is not None and not _REASON_CODE.fullmatch(reason_code):
             raise InvalidRequestException("reasonCode: must match [A-Z0-9_]{1,128}")
-        if comment is not None and len(comment) > MAX_DESCRIPTION_CHARS:
-            raise InvalidRequestException("comment: at most 2028 characters")
+        _check_text("comment", comment)
         job = self._get_job(job_id)
         new = lifecycle.job_event(job.status, "cancel", job_id=job_id, force=force,
                                   settings=self.settings)
@@ -507,6 +535,12 @@ class JobsStore:
         page = [self._execution_from(r) for r in rows[:limit]]
         return page, _token(offset, limit, len(rows))
 
+    def pending_count(self) -> int:
+        """How many executions are QUEUED or IN_PROGRESS, over all things."""
+        row = self._db.execute("SELECT count(*) FROM executions WHERE status IN (?, ?)",
+                               _PENDING).fetchone()
+        return int(row[0])
+
     def all_executions(self) -> list[Execution]:
         rows = self._db.execute(f"SELECT {_EXECUTION_COLUMNS} FROM executions ORDER BY seq")
         return [self._execution_from(r) for r in rows.fetchall()]
@@ -516,8 +550,8 @@ class JobsStore:
                              status_details: dict[str, str] | None = None) -> None:
         try:
             validate_status_details(status_details, max_pairs=10)
-        except ValueError as e:
-            raise InvalidRequestException(str(e)) from None
+        except ValueError as err:
+            raise InvalidRequestException(str(err)) from None
         e = self._get_execution(job_id, thing, None)
         if expected_version is not None and expected_version != e.version_number:
             raise VersionConflictException(
@@ -532,7 +566,7 @@ class JobsStore:
                              force: bool = False, namespace_id: str | None = None) -> None:
         e = self._get_execution(job_id, thing, execution_number)
         if not e.status.is_terminal and not force:
-            raise lifecycle.InvalidStateTransitionException(
+            raise InvalidStateTransitionException(
                 f"cannot delete job execution {job_id} on {thing} in status {e.status}"
                 " without force")
         with self._tx([thing]):
@@ -551,6 +585,7 @@ class JobsStore:
     def start_next(self, thing: str, *, status_details: dict[str, str] | None = None,
                    step_timeout: int | None = None) -> Execution | None:
         """The head of the pending list, moved to IN_PROGRESS if it was QUEUED."""
+        _check_device_request(status_details, step_timeout)
         pending = self._pending(thing)
         if not pending:
             return None
@@ -580,11 +615,7 @@ class JobsStore:
                step_timeout: int | None = None) -> Execution:
         if job_id == topics.NEXT:
             raise InvalidRequestException("UpdateJobExecution does not accept $next")
-        try:
-            validate_status_details(status_details)
-            validate_step_timeout(step_timeout)
-        except ValueError as err:
-            raise InvalidRequestException(str(err)) from None
+        _check_device_request(status_details, step_timeout)
         e = self._get_execution(job_id, thing, execution_number)
         new_status = lifecycle.device_update(e.status, status, e.state(), self.settings,
                                              job_id=job_id)
@@ -660,23 +691,21 @@ def _check_job_id(job_id: str) -> None:
             f"jobId: {job_id!r} collides with a reserved MQTT topic level of the Jobs API")
 
 
-def _thing_names(targets: Sequence[str]) -> list[str]:
-    if not targets:
-        raise InvalidRequestException("targets: at least one target is required")
-    names: list[str] = []
-    for target in targets:
-        m = _THING_ARN.fullmatch(target)
-        if m is None:
-            raise InvalidRequestException(f"targets: {target!r:.200} is not a thing ARN")
-        if m.group(1) == "thinggroup":
-            raise InvalidRequestException(
-                "targets: thing groups are not supported by this emulator; target things")
-        if not topics.THING_NAME_RE.fullmatch(m.group(2)):
-            raise InvalidRequestException(
-                f"targets: thing name {m.group(2)!r:.200} must match [a-zA-Z0-9:_-]{{1,128}}")
-        if m.group(2) not in names:
-            names.append(m.group(2))
-    return names
+def _check_device_request(status_details: dict[str, str] | None,
+                          step_timeout: int | None) -> None:
+    try:
+        validate_status_details(status_details)
+        validate_step_timeout(step_timeout)
+    except ValueError as err:
+        raise InvalidRequestException(str(err)) from None
+
+
+def _check_text(name: str, value: str | None) -> None:
+    """description / comment: 1-2028 characters, no control characters (model pattern)."""
+    if value is not None and (not value or len(value) > MAX_DESCRIPTION_CHARS
+                              or has_other_characters(value)):
+        raise InvalidRequestException(
+            f"{name}: must be 1-2028 characters without control characters")
 
 
 def _check_document(document: str) -> None:

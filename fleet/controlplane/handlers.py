@@ -1,0 +1,219 @@
+"""One function per control-plane operation: read the input, call the store, shape output.
+
+Handlers are synchronous and free of HTTP: they take a :class:`Context` and an
+:class:`~fleet.controlplane.inputs.Input` and return the response members (``None`` for an
+operation without output). Errors are raised as :class:`~fleet.jobs.errors.JobsError` and
+become wire responses in the server, in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from devicesim.wire.enums import JobExecutionStatus, JobStatus
+from fleet.controlplane import shapes
+from fleet.controlplane.inputs import Input, unsupported
+from fleet.controlplane.shapes import Json
+from fleet.jobs.errors import InvalidRequestException
+from fleet.jobs.store import JobsStore
+
+MAX_RESULTS = (1, 250)
+TARGET_SELECTIONS = ("SNAPSHOT", "CONTINUOUS")
+JOB_STATUSES = tuple(s.value for s in JobStatus)
+EXECUTION_STATUSES = tuple(s.value for s in JobExecutionStatus)
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    store: JobsStore
+    #: The store's clock (approximateSecondsBeforeTimedOut is computed against it).
+    now: Callable[[], float]
+
+
+Handler = Callable[[Context, Input], Json | None]
+
+
+# -- jobs ------------------------------------------------------------------------------------
+
+def create_job(ctx: Context, inp: Input) -> Json:
+    inp.allow(
+        body=("targets", "document", "description", "targetSelection", "timeoutConfig",
+              "namespaceId"),
+        unsupported_body=("documentSource", "presignedUrlConfig", "jobExecutionsRolloutConfig",
+                          "abortConfig", "tags", "jobTemplateArn", "jobExecutionsRetryConfig",
+                          "documentParameters", "schedulingConfig",
+                          "destinationPackageVersions"))
+    job_id = inp.job_id()
+    targets = inp.body_string_list("targets")
+    if targets is None:
+        raise InvalidRequestException("targets: required")
+    document = inp.body_string("document")
+    if document is None:
+        raise InvalidRequestException(
+            "document: required (documentSource is not supported by this emulator)")
+    job = ctx.store.create_job(
+        job_id, targets=targets, document=document, description=inp.body_string("description"),
+        target_selection=_target_selection(inp.body_string("targetSelection")),
+        in_progress_timeout_minutes=_in_progress_timeout(inp),
+        namespace_id=inp.body_namespace_id())
+    return shapes.job_reference(job)
+
+
+def describe_job(ctx: Context, inp: Input) -> Json:
+    inp.allow(query=("beforeSubstitution",))
+    # Nothing is ever substituted here (no presigned URLs), so both answers are the same.
+    inp.query_boolean("beforeSubstitution")
+    return {"job": shapes.job_object(ctx.store.describe_job(inp.job_id()))}
+
+
+def list_jobs(ctx: Context, inp: Input) -> Json:
+    inp.allow(query=("status", "targetSelection", "maxResults", "nextToken"),
+              unsupported_query=("thingGroupName", "thingGroupId", "namespaceId"))
+    jobs, next_token = ctx.store.list_jobs(
+        status=inp.query_enum("status", JOB_STATUSES),
+        target_selection=inp.query_enum("targetSelection", TARGET_SELECTIONS),
+        max_results=inp.query_integer("maxResults", *MAX_RESULTS),
+        next_token=inp.query_string("nextToken"))
+    return shapes.page("jobs", [shapes.job_summary(j) for j in jobs], next_token)
+
+
+def get_job_document(ctx: Context, inp: Input) -> Json:
+    inp.allow(query=("beforeSubstitution",))
+    inp.query_boolean("beforeSubstitution")
+    return {"document": ctx.store.get_job_document(inp.job_id())}
+
+
+def cancel_job(ctx: Context, inp: Input) -> Json:
+    inp.allow(query=("force",), body=("reasonCode", "comment"))
+    job = ctx.store.cancel_job(
+        inp.job_id(), force=bool(inp.query_boolean("force")),
+        reason_code=inp.body_string("reasonCode"), comment=inp.body_string("comment"))
+    return shapes.job_reference(job)
+
+
+def delete_job(ctx: Context, inp: Input) -> None:
+    inp.allow(query=("force", "namespaceId"))
+    ctx.store.delete_job(inp.job_id(), force=bool(inp.query_boolean("force")),
+                         namespace_id=inp.query_namespace_id())
+
+
+# -- job executions --------------------------------------------------------------------------
+
+def describe_job_execution(ctx: Context, inp: Input) -> Json:
+    inp.allow(query=("executionNumber",))
+    thing_name = inp.thing_name()
+    execution = ctx.store.describe_job_execution(
+        inp.job_id(), thing_name, inp.query_integer("executionNumber"))
+    return {"execution": shapes.job_execution(
+        execution, thing_arn=ctx.store.thing_arn(thing_name), now=ctx.now())}
+
+
+def list_job_executions_for_job(ctx: Context, inp: Input) -> Json:
+    inp.allow(query=("status", "maxResults", "nextToken"))
+    executions, next_token = ctx.store.list_job_executions_for_job(
+        inp.job_id(), status=inp.query_enum("status", EXECUTION_STATUSES),
+        max_results=inp.query_integer("maxResults", *MAX_RESULTS),
+        next_token=inp.query_string("nextToken"))
+    summaries = [shapes.summary_for_job(e, thing_arn=ctx.store.thing_arn(e.thing_name))
+                 for e in executions]
+    return shapes.page("executionSummaries", summaries, next_token)
+
+
+def list_job_executions_for_thing(ctx: Context, inp: Input) -> Json:
+    inp.allow(query=("status", "maxResults", "nextToken", "jobId"),
+              unsupported_query=("namespaceId",))
+    executions, next_token = ctx.store.list_job_executions_for_thing(
+        inp.thing_name(), status=inp.query_enum("status", EXECUTION_STATUSES),
+        job_id=inp.query_job_id(),
+        max_results=inp.query_integer("maxResults", *MAX_RESULTS),
+        next_token=inp.query_string("nextToken"))
+    return shapes.page("executionSummaries", [shapes.summary_for_thing(e) for e in executions],
+                       next_token)
+
+
+def cancel_job_execution(ctx: Context, inp: Input) -> None:
+    inp.allow(query=("force",), body=("expectedVersion", "statusDetails"))
+    ctx.store.cancel_job_execution(
+        inp.job_id(), inp.thing_name(), force=bool(inp.query_boolean("force")),
+        expected_version=inp.body_integer("expectedVersion"),
+        status_details=inp.body_string_map("statusDetails"))
+
+
+def delete_job_execution(ctx: Context, inp: Input) -> None:
+    inp.allow(query=("force", "namespaceId"))
+    ctx.store.delete_job_execution(
+        inp.job_id(), inp.thing_name(), inp.label_integer("executionNumber"),
+        force=bool(inp.query_boolean("force")), namespace_id=inp.query_namespace_id())
+
+
+# -- event configurations --------------------------------------------------------------------
+
+def update_event_configurations(ctx: Context, inp: Input) -> Json:
+    inp.allow(body=("eventConfigurations",))
+    configurations = inp.body_object("eventConfigurations") or {}
+    enabled: dict[str, bool] = {}
+    for kind, configuration in configurations.items():
+        name = f"eventConfigurations.{kind}"
+        if kind not in shapes.EVENT_TYPES:
+            raise InvalidRequestException(
+                f"{name:.100}: not one of {', '.join(shapes.EVENT_TYPES)}")
+        if not isinstance(configuration, dict) or set(configuration) - {"Enabled"}:
+            raise InvalidRequestException(f"{name}: must be {{\"Enabled\": true|false}}")
+        flag = configuration.get("Enabled")
+        if flag is None:
+            continue
+        if not isinstance(flag, bool):
+            raise InvalidRequestException(f"{name}.Enabled: must be a boolean")
+        if kind not in shapes.JOBS_EVENT_TYPES:
+            if flag:
+                raise unsupported(f"{name}")
+            continue
+        enabled[kind] = flag
+    ctx.store.update_event_configurations(enabled)
+    return {}
+
+
+def describe_event_configurations(ctx: Context, inp: Input) -> Json:
+    inp.allow()
+    return shapes.event_configurations(ctx.store.event_configurations())
+
+
+HANDLERS: dict[str, Handler] = {
+    "CreateJob": create_job,
+    "DescribeJob": describe_job,
+    "ListJobs": list_jobs,
+    "GetJobDocument": get_job_document,
+    "CancelJob": cancel_job,
+    "DeleteJob": delete_job,
+    "DescribeJobExecution": describe_job_execution,
+    "ListJobExecutionsForJob": list_job_executions_for_job,
+    "ListJobExecutionsForThing": list_job_executions_for_thing,
+    "CancelJobExecution": cancel_job_execution,
+    "DeleteJobExecution": delete_job_execution,
+    "UpdateEventConfigurations": update_event_configurations,
+    "DescribeEventConfigurations": describe_event_configurations,
+}
+
+
+def _target_selection(value: str | None) -> str:
+    if value is None:
+        return "SNAPSHOT"
+    if value not in TARGET_SELECTIONS:
+        raise InvalidRequestException("targetSelection: must be SNAPSHOT or CONTINUOUS")
+    return value
+
+
+def _in_progress_timeout(inp: Input) -> int | None:
+    config = inp.body_object("timeoutConfig")
+    if config is None:
+        return None
+    for member in config:
+        if member != "inProgressTimeoutInMinutes":
+            raise InvalidRequestException(
+                f"timeoutConfig.{member:.100} is not a member of TimeoutConfig")
+    minutes = config.get("inProgressTimeoutInMinutes")
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, int)):
+        raise InvalidRequestException("timeoutConfig.inProgressTimeoutInMinutes: must be an "
+                                      "integer")
+    return minutes

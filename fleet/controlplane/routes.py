@@ -1,0 +1,85 @@
+"""The control plane's routing table: HTTP method + path -> AWS operation name.
+
+The paths are the ``requestUri`` templates of the botocore ``iot`` model (2015-05-28), so
+boto3 and the AWS CLI reach the operation they meant. This is the only place that knows
+them. Path labels are matched on the *raw* (percent-encoded) path, one segment each, and
+decoded afterwards, as botocore encodes every label (a thing name's ``:`` arrives as
+``%3A``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+from fleet.jobs.errors import JobsError
+
+_LABEL = re.compile(r"\{([A-Za-z]+)\}")
+
+
+class UnknownOperationException(JobsError):
+    """No operation of this emulator is routed at that method and path."""
+
+    http_status = 404
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    template: str
+    operation: str
+    #: A successful call changes state, so the service has effects to publish afterwards.
+    mutating: bool = False
+    pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pattern", _compile(self.template))
+
+
+def _compile(template: str) -> re.Pattern[str]:
+    """``/jobs/{jobId}`` -> ``/jobs/(?P<jobId>[^/]+)``; one label matches one segment."""
+    parts: list[str] = []
+    pos = 0
+    for m in _LABEL.finditer(template):
+        parts += [re.escape(template[pos:m.start()]), f"(?P<{m.group(1)}>[^/]+)"]
+        pos = m.end()
+    parts.append(re.escape(template[pos:]))
+    return re.compile("".join(parts))
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("PUT", "/jobs/{jobId}", "CreateJob", mutating=True),
+    Route("GET", "/jobs/{jobId}", "DescribeJob"),
+    Route("GET", "/jobs", "ListJobs"),
+    Route("GET", "/jobs/{jobId}/job-document", "GetJobDocument"),
+    Route("PUT", "/jobs/{jobId}/cancel", "CancelJob", mutating=True),
+    Route("DELETE", "/jobs/{jobId}", "DeleteJob", mutating=True),
+    Route("GET", "/things/{thingName}/jobs/{jobId}", "DescribeJobExecution"),
+    Route("GET", "/jobs/{jobId}/things", "ListJobExecutionsForJob"),
+    Route("GET", "/things/{thingName}/jobs", "ListJobExecutionsForThing"),
+    Route("PUT", "/things/{thingName}/jobs/{jobId}/cancel", "CancelJobExecution",
+          mutating=True),
+    Route("DELETE", "/things/{thingName}/jobs/{jobId}/executionNumber/{executionNumber}",
+          "DeleteJobExecution", mutating=True),
+    Route("PATCH", "/event-configurations", "UpdateEventConfigurations", mutating=True),
+    Route("GET", "/event-configurations", "DescribeEventConfigurations"),
+)
+
+BY_OPERATION: dict[str, Route] = {route.operation: route for route in ROUTES}
+
+
+def match(method: str, raw_path: str) -> tuple[Route, dict[str, str]]:
+    """The route for ``method`` and the raw path, with its decoded labels.
+
+    Raises :class:`UnknownOperationException` when nothing matches.
+    """
+    path = raw_path.rstrip("/") or "/"
+    for route in ROUTES:
+        if route.method != method.upper():
+            continue
+        m = route.pattern.fullmatch(path)
+        if m is not None:
+            return route, {name: unquote(value) for name, value in m.groupdict().items()}
+    raise UnknownOperationException(
+        f"no operation of this emulator is routed at {method.upper()} {raw_path:.200}")

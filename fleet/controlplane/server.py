@@ -1,0 +1,188 @@
+"""The control plane's HTTP shell: aiohttp app, dispatch, and the one error-to-wire seam.
+
+::
+
+    request ──► routes.match ──► Input (labels, query, JSON body) ──► handlers.HANDLERS[op]
+                    │                                                    │
+                    └───────────── JobsError ──► error_response ◄────────┘
+                                   other     ──► InternalFailureException (500, logged)
+
+After every successful mutating operation the server awaits ``on_change()``, so the service
+can publish what the store queued (``store.drain()``: notifications, jobs events) over MQTT.
+A failing ``on_change`` is logged and does not turn the (already committed) call into an
+error. Credentials are accepted as they come: no SigV4 checks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+
+from aiohttp import web
+
+from fleet.controlplane import routes
+from fleet.controlplane.handlers import HANDLERS, Context
+from fleet.controlplane.inputs import Input, parse_body
+from fleet.controlplane.shapes import Json
+from fleet.jobs.errors import (
+    InternalFailureException,
+    InvalidRequestException,
+    JobsError,
+    ResourceAlreadyExistsException,
+)
+from fleet.jobs.store import JobsStore
+
+log = logging.getLogger(__name__)
+
+OnChange = Callable[[], Awaitable[None]] | Callable[[], None]
+JSON_CONTENT_TYPE = "application/json"
+
+
+def error_response(err: JobsError, *, request_id: str, labels: dict[str, str],
+                   store: JobsStore) -> web.Response:
+    """The one translation of an AWS error into its rest-json wire form (spec §4)."""
+    body: Json = {"message": err.message}
+    if isinstance(err, ResourceAlreadyExistsException) and "jobId" in labels:
+        body["resourceId"] = labels["jobId"]
+        body["resourceArn"] = store.job_arn(labels["jobId"])
+    return web.Response(
+        status=err.http_status, body=json.dumps(body).encode(),
+        content_type=JSON_CONTENT_TYPE,
+        headers={"x-amzn-ErrorType": err.code, "x-amzn-RequestId": request_id})
+
+
+def success_response(result: Json | None, *, request_id: str) -> web.Response:
+    headers = {"x-amzn-RequestId": request_id}
+    if result is None:
+        return web.Response(status=200, headers=headers)
+    return web.Response(status=200, body=json.dumps(result).encode(),
+                        content_type=JSON_CONTENT_TYPE, headers=headers)
+
+
+class _Dispatcher:
+    def __init__(self, ctx: Context, on_change: OnChange) -> None:
+        self._ctx = ctx
+        self._on_change = on_change
+
+    async def handle(self, request: web.Request) -> web.Response:
+        request_id = str(uuid.uuid4())
+        labels: dict[str, str] = {}
+        operation = "-"
+        try:
+            route, labels = routes.match(request.method, request.rel_url.raw_path)
+            operation = route.operation
+            query = request.rel_url.query
+            inp = Input(operation, labels, {k: query.getall(k) for k in query},
+                        parse_body(await request.read()))
+            result = HANDLERS[operation](self._ctx, inp)
+        except web.HTTPException as exc:  # e.g. a body over client_max_size
+            return self._error(InvalidRequestException(exc.text or exc.reason), operation,
+                               request_id, labels)
+        except JobsError as err:
+            return self._error(err, operation, request_id, labels)
+        except Exception as exc:
+            log.exception("request failed operation=%s request_id=%s", operation, request_id)
+            return self._error(InternalFailureException(f"{type(exc).__name__}: {exc}"),
+                               operation, request_id, labels)
+        if route.mutating:
+            await self._changed(operation, request_id)
+        log.info("request operation=%s status=200 request_id=%s%s", operation, request_id,
+                 "".join(f" {_log_name(k)}={v}" for k, v in labels.items()))
+        return success_response(result, request_id=request_id)
+
+    def _error(self, err: JobsError, operation: str, request_id: str,
+               labels: dict[str, str]) -> web.Response:
+        log.info("request operation=%s status=%d error=%s request_id=%s%s message=%r",
+                 operation, err.http_status, err.code, request_id,
+                 "".join(f" {_log_name(k)}={v}" for k, v in labels.items()), err.message)
+        return error_response(err, request_id=request_id, labels=labels, store=self._ctx.store)
+
+    async def _changed(self, operation: str, request_id: str) -> None:
+        try:
+            result = self._on_change()
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("on_change failed operation=%s request_id=%s", operation, request_id)
+
+
+def _log_name(label: str) -> str:
+    """URI label -> the project's log key (``jobId`` -> ``job_id``)."""
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in label)
+
+
+def _store_clock(store: JobsStore) -> Callable[[], float]:
+    # JobsStore keeps its injected clock private. Reading it keeps
+    # approximateSecondsBeforeTimedOut consistent with the store's own timers; a public
+    # ``JobsStore.now()`` would be the cleaner seam.
+    clock: Callable[[], float] = store.now
+    return clock
+
+
+def make_app(store: JobsStore, on_change: OnChange, *,
+             now: Callable[[], float] | None = None) -> web.Application:
+    """The control-plane aiohttp application around ``store``.
+
+    ``on_change`` (sync or async) is called after every successful mutating operation.
+    ``now`` defaults to the store's clock.
+    """
+    dispatcher = _Dispatcher(Context(store, now or _store_clock(store)), on_change)
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", dispatcher.handle)
+    return app
+
+
+class ControlPlane:
+    """The control plane served on a TCP port: ``url = await cp.start()``, ``await cp.stop()``."""
+
+    def __init__(self, store: JobsStore, on_change: OnChange, *,
+                 now: Callable[[], float] | None = None, shutdown_timeout: float = 5.0) -> None:
+        self._app = make_app(store, on_change, now=now)
+        self._shutdown_timeout = shutdown_timeout
+        self._runner: web.AppRunner | None = None
+        self._url: str | None = None
+
+    @property
+    def url(self) -> str:
+        if self._url is None:
+            raise RuntimeError("control plane not started")
+        return self._url
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen on ``host:port`` (0: a free port); the endpoint URL, ``http://HOST:PORT``."""
+        if self._runner is not None:
+            raise RuntimeError("control plane already started")
+        runner = web.AppRunner(self._app, access_log=None,
+                               shutdown_timeout=self._shutdown_timeout)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        bound_port = runner.addresses[0][1]
+        self._url = f"http://{f'[{host}]' if ':' in host else host}:{bound_port}"
+        log.info("control plane listening url=%s", self._url)
+        return self._url
+
+    async def stop(self) -> None:
+        if self._runner is None:
+            return
+        runner, self._runner = self._runner, None
+        await runner.cleanup()
+        log.info("control plane stopped url=%s", self._url)
+        self._url = None
+
+    async def __aenter__(self) -> ControlPlane:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.stop()

@@ -1,0 +1,72 @@
+"""What the drill runner knows of the fleet's progress, built from recorded ops.
+
+Pure: :meth:`Progress.observe` takes each op as the recorder appends it; the schedule's
+``when`` conditions are answered from the counts. Nothing here judges correctness (that is
+the checker's job): it only decides *when* the next step fires.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from fleet.drill.spec import When
+from fleet.history import Op
+
+_FINAL_OK = "SUCCEEDED"
+
+
+@dataclass(slots=True)
+class JobProgress:
+    targets: int = 0
+    started: set[str] = field(default_factory=set)
+    succeeded: set[str] = field(default_factory=set)
+    steps: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+
+
+class Progress:
+    def __init__(self) -> None:
+        self.jobs: dict[str, JobProgress] = {}
+        self.last_kind: dict[str, str] = {}
+        self.idle_things: set[str] = set()
+
+    def expect(self, job_id: str, targets: int) -> None:
+        """A (new) job was created for ``targets`` things: start counting afresh."""
+        self.jobs[job_id] = JobProgress(targets=targets)
+
+    def observe(self, op: Op) -> None:
+        if not op.f.startswith("device:"):
+            return
+        kind = op.f[len("device:"):]
+        self.last_kind[op.process] = kind
+        if kind == "idle":
+            self.idle_things.add(op.process)
+        else:
+            self.idle_things.discard(op.process)
+        job = self.jobs.get(str(op.value.get("jobId")))
+        if job is None:
+            return
+        if kind == "job_started":
+            job.started.add(op.process)
+        elif kind == "step" and op.value.get("step"):
+            job.steps[str(op.value["step"])].add(op.process)
+        elif kind == "job_finished" and op.value.get("status") == _FINAL_OK:
+            job.succeeded.add(op.process)
+
+    def reached(self, when: When, job_id: str | None, elapsed: float) -> bool:
+        if when.at is not None and elapsed < when.at:
+            return False
+        job = self.jobs.get(job_id) if job_id is not None else None
+        if job is None or job.targets == 0:
+            return when.started is None and when.succeeded is None and when.step is None
+        need = job.targets
+        if when.started is not None and len(job.started) < when.started * need:
+            return False
+        if when.succeeded is not None and len(job.succeeded) < when.succeeded * need:
+            return False
+        return not (when.step is not None
+                    and len(job.steps.get(when.step, ())) < when.fraction * need)
+
+    def idle(self, things: list[str]) -> bool:
+        """Every device's last event says it is idle (no work it knows of)."""
+        return len(self.idle_things) >= len(things) and self.idle_things.issuperset(things)

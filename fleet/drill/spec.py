@@ -1,0 +1,234 @@
+"""Drill files: TOML, validated into frozen dataclasses with one-line errors naming the field.
+
+A drill is a fleet, a service configuration, budgets and a schedule of steps run in order;
+each step waits for its ``when`` condition, then acts through the controller (boto3) or on
+the broker. See the README ("Drill files") for the full format; in short::
+
+    name = "force-delete"
+    description = "..."
+    devices = 100
+    behaviour = "reference"            # or: [mix] reference = 0.9, stuck = 0.1
+    seed = 1
+    timeout = 45                       # seconds for the whole schedule to settle
+
+    [budgets]                          # checker budgets (seconds)
+    notice_seconds = 5.0
+
+    [service]                          # jobs service settings (fleet up flags)
+    deletion_seconds_per_execution = 0.01
+
+    [[steps]]
+    action = "create-job"
+    job = "rollout-1"
+    targets = 1.0                      # fraction of the fleet
+    document = { operation = "firmware-update", version = "2.0.0" }
+
+    [[steps]]
+    action = "force-delete-job"
+    job = "rollout-1"
+    when = { succeeded = 0.5 }         # once half of its executions succeeded
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fleet.checker import Budgets
+from fleet.jobs.settings import ServiceSettings
+
+ACTIONS = {
+    "create-job": "create a job (document, targets) targeting a fraction of the fleet",
+    "force-delete-job": "DeleteJob --force, then wait until the deletion completed",
+    "delete-job": "DeleteJob without force (the job must be terminal)",
+    "force-cancel-job": "CancelJob --force",
+    "cancel-job": "CancelJob without force",
+    "force-cancel-executions": "CancelJobExecution --force on a fraction of the job's things",
+    "force-delete-executions": "DeleteJobExecution --force on a fraction of the job's things",
+    "force-delete-jobs": "DeleteJob --force on several jobs at once (deletion limit drill)",
+    "restart-broker": "stop the broker (SIGTERM, or SIGKILL with kill = true) and restart it",
+    "settle": "wait until every device is idle and no execution is pending",
+}
+CONDITIONS = {
+    "at": "seconds after the drill started",
+    "started": "fraction of the job's targets that started it",
+    "succeeded": "fraction of the job's targets that reported SUCCEEDED",
+    "step": "name of a step; with fraction: that many targets reached it",
+    "fraction": "with step: the fraction (default 0.5)",
+}
+
+
+class DrillError(ValueError):
+    """An invalid drill file; the message names the file and the field."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class When:
+    at: float | None = None
+    started: float | None = None
+    succeeded: float | None = None
+    step: str | None = None
+    fraction: float = 0.5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Step:
+    action: str
+    job: str | None = None
+    jobs: tuple[str, ...] = ()
+    targets: float = 1.0
+    document: dict[str, Any] | None = None
+    fraction: float = 1.0
+    kill: bool = False
+    timeout_minutes: int | None = None
+    when: When = field(default_factory=When)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Drill:
+    name: str
+    description: str = ""
+    devices: int = 100
+    behaviour: str = "reference"
+    mix: dict[str, float] = field(default_factory=dict)
+    seed: int = 1
+    prefix: str = "dev-"
+    timeout: float = 60.0
+    budgets: Budgets = field(default_factory=Budgets)
+    service: ServiceSettings = field(default_factory=ServiceSettings)
+    steps: tuple[Step, ...] = ()
+
+
+def builtin_names() -> list[str]:
+    folder = resources.files("fleet") / "drills"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load(name_or_path: str) -> Drill:
+    """A built-in drill by name, or a TOML file by path."""
+    if name_or_path in builtin_names():
+        text = (resources.files("fleet") / "drills" / f"{name_or_path}.toml").read_text()
+        return parse(text, source=name_or_path)
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise DrillError(f"{name_or_path}: no such drill file or built-in drill "
+                         f"(built-ins: {', '.join(builtin_names())})")
+    return parse(path.read_text(), source=str(path))
+
+
+def parse(text: str, *, source: str = "<drill>") -> Drill:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise DrillError(f"{source}: not valid TOML: {e}") from None
+    return _Parser(source).drill(raw)
+
+
+class _Parser:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, where: str, message: str) -> DrillError:
+        return DrillError(f"{self.source}: {where}: {message}")
+
+    def pick(self, table: dict[str, Any], where: str, known: set[str]) -> None:
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise self.fail(f"{where}{unknown[0]}",
+                            f"unknown field (expected one of {', '.join(sorted(known))})")
+
+    def typed(self, value: Any, kind: type | tuple[type, ...], where: str) -> Any:
+        if kind in (float, (int, float)) and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            name = kind.__name__ if isinstance(kind, type) else "number"
+            raise self.fail(where, f"expected {name}, got {value!r:.60}")
+        return value
+
+    def fraction(self, value: Any, where: str) -> float:
+        number = float(self.typed(value, float, where))
+        if not 0.0 <= number <= 1.0:
+            raise self.fail(where, f"expected a fraction between 0 and 1, got {number}")
+        return number
+
+    def drill(self, raw: dict[str, Any]) -> Drill:
+        self.pick(raw, "", {"name", "description", "devices", "behaviour", "mix", "seed",
+                            "prefix", "timeout", "budgets", "service", "steps"})
+        kwargs: dict[str, Any] = {"name": self.typed(raw.get("name", self.source), str, "name")}
+        for key, kind in (("description", str), ("behaviour", str), ("prefix", str),
+                          ("devices", int), ("seed", int), ("timeout", float)):
+            if key in raw:
+                kwargs[key] = self.typed(raw[key], kind, key)
+        if kwargs.get("devices", 1) < 1:
+            raise self.fail("devices", "expected at least 1")
+        if "mix" in raw:
+            mix = self.typed(raw["mix"], dict, "mix")
+            kwargs["mix"] = {k: float(self.typed(v, float, f"mix.{k}")) for k, v in mix.items()}
+        if "budgets" in raw:
+            budgets = self.typed(raw["budgets"], dict, "budgets")
+            self.pick(budgets, "budgets.", set(Budgets.__dataclass_fields__))
+            kwargs["budgets"] = Budgets(**{k: self.typed(v, float, f"budgets.{k}")
+                                           for k, v in budgets.items()})
+        if "service" in raw:
+            try:
+                kwargs["service"] = ServiceSettings.from_mapping(
+                    self.typed(raw["service"], dict, "service"))
+            except ValueError as e:
+                raise self.fail("service", str(e)) from None
+        steps = self.typed(raw.get("steps", []), list, "steps")
+        kwargs["steps"] = tuple(self.step(s, f"steps[{i}]") for i, s in enumerate(steps))
+        return Drill(**kwargs)
+
+    def step(self, raw: Any, where: str) -> Step:
+        raw = self.typed(raw, dict, where)
+        self.pick(raw, f"{where}.", set(Step.__dataclass_fields__))
+        action = self.typed(raw.get("action"), str, f"{where}.action")
+        if action not in ACTIONS:
+            raise self.fail(f"{where}.action", f"unknown action {action!r} (one of "
+                                               f"{', '.join(ACTIONS)})")
+        kwargs: dict[str, Any] = {"action": action}
+        if "job" in raw:
+            kwargs["job"] = self.typed(raw["job"], str, f"{where}.job")
+        if "jobs" in raw:
+            kwargs["jobs"] = tuple(self.typed(j, str, f"{where}.jobs")
+                                   for j in self.typed(raw["jobs"], list, f"{where}.jobs"))
+        for key in ("targets", "fraction"):
+            if key in raw:
+                kwargs[key] = self.fraction(raw[key], f"{where}.{key}")
+        if "kill" in raw:
+            kwargs["kill"] = self.typed(raw["kill"], bool, f"{where}.kill")
+        if "timeout_minutes" in raw:
+            kwargs["timeout_minutes"] = self.typed(raw["timeout_minutes"], int,
+                                                   f"{where}.timeout_minutes")
+        if "document" in raw:
+            document = self.typed(raw["document"], dict, f"{where}.document")
+            if len(json.dumps(document)) > 32768:
+                raise self.fail(f"{where}.document", "larger than 32 KB")
+            kwargs["document"] = document
+        needs_job = action not in ("restart-broker", "settle", "force-delete-jobs")
+        if needs_job and "job" not in kwargs:
+            raise self.fail(f"{where}.job", f"required by action {action}")
+        if action == "create-job" and "document" not in kwargs:
+            raise self.fail(f"{where}.document", "required by action create-job")
+        if action == "force-delete-jobs" and not kwargs.get("jobs"):
+            raise self.fail(f"{where}.jobs", "required by action force-delete-jobs")
+        if "when" in raw:
+            kwargs["when"] = self.when(raw["when"], f"{where}.when")
+        return Step(**kwargs)
+
+    def when(self, raw: Any, where: str) -> When:
+        raw = self.typed(raw, dict, where)
+        self.pick(raw, f"{where}.", set(CONDITIONS))
+        kwargs: dict[str, Any] = {}
+        if "at" in raw:
+            kwargs["at"] = self.typed(raw["at"], float, f"{where}.at")
+        for key in ("started", "succeeded", "fraction"):
+            if key in raw:
+                kwargs[key] = self.fraction(raw[key], f"{where}.{key}")
+        if "step" in raw:
+            kwargs["step"] = self.typed(raw["step"], str, f"{where}.step")
+        return When(**kwargs)
