@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from fleet import up
+from fleet.drill import cli as drill_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="run a broker and the emulated AWS IoT Jobs service")
     up.add_arguments(p)
     p.set_defaults(run=up.run)
+    drill_cli.register(sub)
     return parser
 
 

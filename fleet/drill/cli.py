@@ -1,0 +1,124 @@
+"""``fleet drill`` and ``fleet check``: run a drill (the main job) or re-check a history.
+
+Exit status: 0 every invariant holds, 1 violations, 2 usage or environment error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fleet import history
+from fleet.broker import BrokerError, find_mosquitto
+from fleet.checker import Budgets, check
+from fleet.checker.report import terminal, write_reports
+from fleet.drill import spec
+from fleet.drill.runner import RunOptions, run
+
+DEFAULT_DRILL = "force-delete"
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("drill", help="run a drill: rollouts and faults over a fleet, checked",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("drill", nargs="?", default=DEFAULT_DRILL,
+                   help=f"built-in drill name or a TOML file (default: {DEFAULT_DRILL})")
+    p.add_argument("--list", action="store_true", help="list the built-in drills and exit")
+    p.add_argument("--devices", type=int, help="override the drill's fleet size")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--behaviour", help="one behaviour for every device")
+    group.add_argument("--mix", help="behaviour weights, e.g. reference=0.9,stuck=0.1")
+    p.add_argument("--seed", type=int, help="override the drill's seed")
+    p.add_argument("--broker", metavar="URL", help="use this broker instead of the embedded one")
+    p.add_argument("--workers", type=int, default=1, help="device processes (default 1)")
+    p.add_argument("--report-dir", type=Path,
+                   help="where history.jsonl, report.json and junit.xml go "
+                        "(default: reports/<drill name>)")
+    p.set_defaults(run=run_drill)
+
+    c = sub.add_parser("check", help="re-run the checker on a recorded history")
+    c.add_argument("history", type=Path, help="history.jsonl of a drill")
+    c.add_argument("--notice-seconds", type=float, default=Budgets().notice_seconds)
+    c.add_argument("--recover-seconds", type=float, default=Budgets().recover_seconds)
+    c.add_argument("--reply-timeout-seconds", type=float,
+                   default=Budgets().reply_timeout_seconds)
+    c.add_argument("--report-dir", type=Path, help="also write report.json and junit.xml")
+    c.set_defaults(run=run_check)
+
+
+def list_drills() -> str:
+    rows = [(name, spec.load(name).description) for name in spec.builtin_names()]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name.ljust(width)}  {text}" for name, text in rows)
+
+
+def _drill_from(args: argparse.Namespace) -> spec.Drill:
+    from devicesim.cli import parse_mix
+
+    drill = spec.load(args.drill)
+    changes: dict[str, Any] = {}
+    if args.devices is not None:
+        if args.devices < 1:
+            raise ValueError("--devices: must be at least 1")
+        changes["devices"] = args.devices
+    if args.behaviour:
+        changes.update(behaviour=args.behaviour, mix={})
+    if args.mix:
+        changes["mix"] = parse_mix(args.mix)
+    if args.seed is not None:
+        changes["seed"] = args.seed
+    if args.workers < 1:
+        raise ValueError("--workers: must be at least 1")
+    return dataclasses.replace(drill, **changes)
+
+
+def run_drill(args: argparse.Namespace) -> int:
+    if args.list:
+        print(list_drills())
+        return 0
+    drill = _drill_from(args)
+    if not args.broker:
+        try:
+            find_mosquitto()
+        except BrokerError as e:
+            print(f"fleet drill: {e}", file=sys.stderr)
+            return 2
+    report_dir = args.report_dir or Path("reports") / drill.name
+    mix = drill.mix or {drill.behaviour: 1.0}
+    print(f"drill {drill.name}: {drill.devices} devices "
+          f"({', '.join(f'{k}={v:g}' for k, v in mix.items())}), seed {drill.seed}",
+          flush=True)
+    began = time.monotonic()
+
+    def status(text: str) -> None:
+        print(f"  {time.monotonic() - began:6.1f}s  {text}", flush=True)
+
+    result = asyncio.run(run(drill, RunOptions(broker_url=args.broker, workers=args.workers,
+                                               report_dir=report_dir, status=status)))
+    paths = write_reports(result.verdict, report_dir, result.history_path)
+    print()
+    print(terminal(result.verdict))
+    if result.timed_out:
+        print(f"\nthe schedule did not settle within {drill.timeout:g} s")
+    print(f"\nverdict: {'PASS' if result.verdict.passed else 'FAIL'} "
+          f"({time.monotonic() - began:.1f} s)  reports: {result.history_path}, "
+          f"{', '.join(str(p) for p in paths)}")
+    print(f"re-check: fleet check {result.history_path}")
+    return 0 if result.verdict.passed else 1
+
+
+def run_check(args: argparse.Namespace) -> int:
+    ops = history.read(args.history)
+    budgets = Budgets(notice_seconds=args.notice_seconds, recover_seconds=args.recover_seconds,
+                      reply_timeout_seconds=args.reply_timeout_seconds)
+    verdict = check(ops, budgets)
+    print(terminal(verdict))
+    if args.report_dir:
+        write_reports(verdict, args.report_dir, args.history)
+    print(f"\nverdict: {'PASS' if verdict.passed else 'FAIL'}")
+    return 0 if verdict.passed else 1
