@@ -147,6 +147,10 @@ class DeviceShell:
         self._feed(Rebooted(nvm=self._saved))
         await self.start()
 
+    @property
+    def saved_nvm(self) -> Nvm:
+        return self._saved
+
     def cut_network(self) -> None:
         """Drop the connection abruptly; the client reconnects by itself."""
         self._client.drop()
@@ -243,3 +247,11 @@ class Fleet:
 
     def states(self) -> Counter[str]:
         return Counter(d.agent.state.value for d in self.devices.values())
+
+    def event_counts(self) -> dict[str, int]:
+        """How many device events each device has published (its last ``seq``)."""
+        return {thing: d.events for thing, d in self.devices.items()}
+
+    def nvm_summaries(self) -> dict[str, dict[str, object]]:
+        """Each device's NVM as persisted (what a reboot would resume from)."""
+        return {thing: d.saved_nvm.summary().to_dict() for thing, d in self.devices.items()}

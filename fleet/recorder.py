@@ -107,6 +107,10 @@ class Recorder:
         if self._listener is not None:
             self._listener(op)
 
+    def has_events(self, counts: dict[str, int]) -> bool:
+        """True once the recorder saw every device's events up to the given ``seq``."""
+        return all(self._last_seq.get(thing, 0) >= n for thing, n in counts.items())
+
     def stats(self) -> dict[str, Any]:
         return {"received": self.received, "devices": len(self._last_seq),
                 "missingDeviceEvents": sum(self.gaps.values()), "gaps": self.gaps}

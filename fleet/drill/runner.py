@@ -228,6 +228,17 @@ class _Run:
         await asyncio.to_thread(self.broker.restart)
         self.mark("broker-outage", start=start, end=time.time(), kill=kill)
 
+    async def drain(self) -> None:
+        """Until the recorder has every event the in-process devices published (MQTT keeps
+        each publisher's order, so then it has seen everything they did)."""
+        if self.fleet is None or self.recorder is None:
+            return
+        counts = self.fleet.event_counts()
+        recorder = self.recorder
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await self.until(lambda: recorder.has_events(counts))
+
     def final_state(self) -> None:
         assert self.service is not None
         store = self.service.store
@@ -235,7 +246,8 @@ class _Run:
                        "executionNumber": e.execution_number, "status": e.status.value,
                        "versionNumber": e.version_number} for e in store.all_executions()]
         jobs = [{"jobId": j.job_id, "status": j.status.value} for j in store.list_jobs()[0]]
-        self.mark("final-state", executions=executions, jobs=jobs)
+        devices = {} if self.fleet is None else self.fleet.nvm_summaries()
+        self.mark("final-state", executions=executions, jobs=jobs, devices=devices)
 
 
 async def run(drill: Drill, options: RunOptions) -> DrillResult:
@@ -255,6 +267,7 @@ async def run(drill: Drill, options: RunOptions) -> DrillResult:
             except TimeoutError:
                 timed_out = True
                 run_.mark("timeout", seconds=drill.timeout)
+            await run_.drain()
             run_.final_state()
             run_.mark("end", seconds=round(time.time() - run_.started, 3))
         finally:

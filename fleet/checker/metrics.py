@@ -1,0 +1,82 @@
+"""Figures of a drill, from the same timeline as the verdict.
+
+Percentiles use the nearest-rank method, implemented once in :func:`percentile`: the
+p-th percentile of n sorted values is the value at rank ``ceil(p / 100 * n)`` (at least 1),
+so it is always one of the observed values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+from devicesim.wire.topics import Operation
+from fleet.checker.cases import notice_cases, recovery_cases
+from fleet.checker.model import Budgets, Distribution, Metrics
+from fleet.checker.timeline import Timeline, is_terminal
+from fleet.history import OpType
+
+
+def percentile(values: Sequence[float], p: float) -> float | None:
+    """Nearest-rank percentile of ``values`` (any order); None when empty."""
+    if not 0 <= p <= 100:
+        raise ValueError(f"percentile must be within 0..100, got {p}")
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def distribution(seconds: Iterable[float]) -> Distribution:
+    """Durations in seconds -> a distribution in milliseconds."""
+    ms = sorted(s * 1000.0 for s in seconds)
+    if not ms:
+        return Distribution()
+    return Distribution(count=len(ms), p50_ms=percentile(ms, 50), p95_ms=percentile(ms, 95),
+                        p99_ms=percentile(ms, 99), max_ms=ms[-1])
+
+
+def compute(tl: Timeline, budgets: Budgets) -> Metrics:
+    detection = [c.latency for c in notice_cases(tl, budgets)]
+    recovery = [c.time for c in recovery_cases(tl, budgets)]
+    round_trips = []
+    terminal_updates = 0
+    replies = accepted = 0
+    rejections: Counter[str] = Counter()
+    for q in tl.requests:
+        if q.replies:
+            round_trips.append(max(0.0, q.replies[0].time - q.time))
+        if q.f == Operation.UPDATE and is_terminal(q.payload.get("status")) and \
+                any(r.type is OpType.OK for r in q.replies):
+            terminal_updates += 1
+    for q in tl.requests:
+        for reply in q.replies:
+            replies += 1
+            accepted += reply.type is OpType.OK
+            if reply.type is OpType.FAIL:
+                rejections[_code(reply.value)] += 1
+    for reply in tl.orphan_replies:
+        replies += 1
+        accepted += reply.type is OpType.OK
+        if reply.type is OpType.FAIL:
+            rejections[_code(reply.value)] += 1
+    start = tl.markers["start"].time if "start" in tl.markers else tl.start
+    end = tl.markers["end"].time if "end" in tl.markers else tl.end
+    duration = max(0.0, end - start)
+    return Metrics(
+        detection_latency=distribution(x for x in detection if x is not None),
+        recovery_time=distribution(x for x in recovery if x is not None),
+        round_trip=distribution(round_trips),
+        duration_seconds=duration,
+        terminal_updates=terminal_updates,
+        executions_per_second=terminal_updates / duration if duration > 0 else 0.0,
+        requests=len(tl.requests), replies=replies, accepted=accepted,
+        rejections_by_code=dict(sorted(rejections.items())))
+
+
+def _code(value: dict[str, object]) -> str:
+    payload = value.get("payload")
+    code = value.get("code") or (payload.get("code") if isinstance(payload, dict) else None)
+    return str(code) if code else "unknown"

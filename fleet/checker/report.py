@@ -1,0 +1,129 @@
+"""Verdict renderers: terminal table, JSON, JUnit XML; :func:`write_reports` is the only
+function of the checker that touches the file system."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fleet.checker.model import Distribution, InvariantResult, Verdict, Violation
+
+#: How many violations a JUnit failure or the terminal lists per invariant.
+MAX_LISTED = 50
+
+
+def _when(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def _dist(d: Distribution) -> str:
+    if not d.count:
+        return "n=0"
+    return (f"n={d.count} p50={d.p50_ms:.1f}ms p95={d.p95_ms:.1f}ms p99={d.p99_ms:.1f}ms "
+            f"max={d.max_ms:.1f}ms")
+
+
+def terminal(verdict: Verdict) -> str:
+    """A plain-text verdict: one row per invariant, its first violation, then metrics."""
+    rows = [("invariant", "result", "checked", "violations", "first: thing", "job", "time")]
+    for r in verdict.results:
+        first = r.violations[0] if r.violations else None
+        rows.append((r.name, "PASS" if r.passed else "FAIL", str(r.checked),
+                     str(len(r.violations)),
+                     (first.thing_name or "-") if first else "", (first.job_id or "-") if first
+                     else "", _when(first.time) if first else ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    for r in verdict.results:
+        for v in r.violations[:3]:
+            lines.append(f"  {r.name}: {v.message}")
+        if len(r.violations) > 3:
+            lines.append(f"  {r.name}: ... and {len(r.violations) - 3} more")
+    m = verdict.metrics
+    codes = ", ".join(f"{k}={v}" for k, v in m.rejections_by_code.items()) or "none"
+    lines += [
+        "",
+        f"detection latency   {_dist(m.detection_latency)}",
+        f"recovery time       {_dist(m.recovery_time)}",
+        f"request round trip  {_dist(m.round_trip)}",
+        f"executions/s        {m.executions_per_second:.2f} ({m.terminal_updates} terminal "
+        f"updates in {m.duration_seconds:.1f}s)",
+        f"requests            {m.requests}, replies {m.replies} (accepted {m.accepted}), "
+        f"rejections: {codes}",
+        "",
+        "VERDICT: " + ("PASS" if verdict.passed else
+                       "FAIL (" + ", ".join(verdict.failed) + ")"),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def to_json(verdict: Verdict) -> dict[str, Any]:
+    """The verdict as JSON-ready data (times as epoch seconds)."""
+    return {
+        "passed": verdict.passed,
+        "failed": verdict.failed,
+        "results": [dataclasses.asdict(r) for r in verdict.results],
+        "metrics": dataclasses.asdict(verdict.metrics),
+    }
+
+
+def _failure_text(r: InvariantResult) -> str:
+    parts = []
+    for v in r.violations[:MAX_LISTED]:
+        parts.append(_violation_text(v))
+    if len(r.violations) > MAX_LISTED:
+        parts.append(f"... and {len(r.violations) - MAX_LISTED} more violations")
+    return "\n\n".join(parts)
+
+
+def _violation_text(v: Violation) -> str:
+    head = (f"thing={v.thing_name or '-'} job_id={v.job_id or '-'} time={_when(v.time)}\n"
+            f"{v.message}")
+    events = [f"  {e.get('time')} {e.get('process')} {e.get('type')} {e.get('f')} "
+              f"{json.dumps(e.get('value'), separators=(',', ':'))[:400]}"
+              for e in v.evidence]
+    return "\n".join([head, *events])
+
+
+def junit_xml(verdict: Verdict, suite_name: str) -> str:
+    """JUnit XML: one testcase per invariant; a failure lists the devices and the events."""
+    failures = sum(not r.passed for r in verdict.results)
+    suites = ET.Element("testsuites", name=suite_name, tests=str(len(verdict.results)),
+                        failures=str(failures))
+    suite = ET.SubElement(suites, "testsuite", name=suite_name,
+                          tests=str(len(verdict.results)), failures=str(failures), errors="0",
+                          skipped="0", time=f"{verdict.metrics.duration_seconds:.3f}")
+    for r in verdict.results:
+        case = ET.SubElement(suite, "testcase", classname=suite_name, name=r.name)
+        if not r.passed:
+            things = sorted({v.thing_name for v in r.violations if v.thing_name})
+            message = f"{len(r.violations)} violation(s)"
+            if things:
+                message += ": " + ", ".join(things[:20]) + (" ..." if len(things) > 20 else "")
+            failure = ET.SubElement(case, "failure", message=message, type="InvariantViolation")
+            failure.text = _failure_text(r)
+        out = ET.SubElement(case, "system-out")
+        out.text = "\n".join([f"checked={r.checked}", *r.notes])
+    ET.indent(suites)
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def write_reports(verdict: Verdict, report_dir: Path, history_path: Path) -> list[Path]:
+    """Write ``report.json`` and ``junit.xml`` into ``report_dir``; return their paths."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    data = {"history": str(history_path), **to_json(verdict)}
+    json_path = report_dir / "report.json"
+    json_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    xml_path = report_dir / "junit.xml"
+    xml_path.write_text(junit_xml(verdict, suite_name=f"drill {history_path.stem}"),
+                        encoding="utf-8")
+    return [json_path, xml_path]
