@@ -26,6 +26,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 log = logging.getLogger(__name__)
 
+#: seconds to wait for CONNACK or SUBACK
+REPLY_TIMEOUT = 10.0
+
 OnMessage = Callable[[str, bytes], None]
 OnConnection = Callable[[bool], None]  # session_present on connect; False on disconnect
 
@@ -115,7 +118,7 @@ class Client:
 
     # -- public ------------------------------------------------------------------------
 
-    async def connect(self, timeout: float = 10.0) -> bool:
+    async def connect(self) -> bool:
         """Connect and wait for CONNACK; returns session_present."""
         self._closing = False
         self._pump.add(self)
@@ -125,15 +128,15 @@ class Client:
             self._check(self._paho.reconnect(), "connect")
         except OSError as e:
             raise MqttError(f"connect to {self.options.host}:{self.options.port}: {e}") from e
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(REPLY_TIMEOUT):
             return await self._waiters.connack
 
-    async def subscribe(self, filters: list[str], qos: int = 1, timeout: float = 10.0) -> None:
+    async def subscribe(self, filters: list[str], qos: int = 1) -> None:
         result, mid = self._paho.subscribe([(f, qos) for f in filters])
         self._check(result, "subscribe")
         assert mid is not None
         waiter = self._waiters.suback[mid] = self._loop.create_future()
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(REPLY_TIMEOUT):
             await waiter
 
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
@@ -164,6 +167,9 @@ class Client:
     # -- paho callbacks (run on the loop) ------------------------------------------------
 
     def _socket_open(self, client: paho.Client, userdata: object, sock: socket.socket) -> None:
+        # paho leaves Nagle on: small publishes would wait for delayed ACKs (~40 ms)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._loop.add_reader(sock, self._read)
 
     def _socket_close(self, client: paho.Client, userdata: object, sock: socket.socket) -> None:

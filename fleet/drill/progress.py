@@ -7,7 +7,7 @@ the checker's job): it only decides *when* the next step fires.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from fleet.drill.spec import When
@@ -29,12 +29,16 @@ class Progress:
         self.jobs: dict[str, JobProgress] = {}
         self.last_kind: dict[str, str] = {}
         self.idle_things: set[str] = set()
+        #: how many times each jobId's deletion completed ($aws/events/job/{id}/deleted)
+        self.deletions: Counter[str] = Counter()
 
     def expect(self, job_id: str, targets: int) -> None:
         """A (new) job was created for ``targets`` things: start counting afresh."""
         self.jobs[job_id] = JobProgress(targets=targets)
 
     def observe(self, op: Op) -> None:
+        if op.f == "job-event" and op.value.get("operation") == "deleted":
+            self.deletions[str(op.value.get("jobId"))] += 1
         if not op.f.startswith("device:"):
             return
         kind = op.f[len("device:"):]

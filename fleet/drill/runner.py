@@ -193,13 +193,12 @@ class _Run:
             if step.timeout_minutes is not None:
                 extra["timeoutConfig"] = {"inProgressTimeoutInMinutes": step.timeout_minutes}
             await controller.create_job(job, targets, step.document, **extra)
-        elif action in ("force-delete-job", "delete-job"):
-            assert job is not None
-            await controller.delete_job(job, force=action == "force-delete-job")
-            await controller.wait_deleted(job)
-        elif action == "force-delete-jobs":
-            await asyncio.gather(*(controller.delete_job(j) for j in step.jobs))
-            await asyncio.gather(*(controller.wait_deleted(j) for j in step.jobs))
+        elif action in ("force-delete-job", "delete-job", "force-delete-jobs"):
+            jobs = list(step.jobs) or [job]
+            before = {j: self.progress.deletions[j] for j in jobs if j is not None}
+            force = action != "delete-job"
+            await asyncio.gather(*(controller.delete_job(j, force=force) for j in before))
+            await self.deleted(controller, before)
         elif action in ("force-cancel-job", "cancel-job"):
             assert job is not None
             await controller.cancel_job(job, force=action == "force-cancel-job")
@@ -215,6 +214,15 @@ class _Run:
             await self.restart_broker(kill=step.kill)
         elif action == "settle":
             await self.until(self.settled, self.deadline)
+
+    async def deleted(self, controller: Controller, before: dict[str, int]) -> None:
+        """Until each job's deletion completed: told by its ``deleted`` jobs event when
+        events are on (no polling), else by DescribeJob answering ResourceNotFound."""
+        if self.drill.service.job_events:
+            await self.until(lambda: all(self.progress.deletions[j] > n
+                                         for j, n in before.items()))
+        else:
+            await asyncio.gather(*(controller.wait_deleted(j, interval=0.2) for j in before))
 
     def settled(self) -> bool:
         assert self.service is not None
