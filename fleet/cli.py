@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from fleet import up
+from fleet import awscli, up
 from fleet.drill import cli as drill_cli
 
 
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_arguments(p)
     p.set_defaults(run=up.run)
     drill_cli.register(sub)
+    awscli.register(sub)
     return parser
 
 
