@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from devicesim import nvm as nvm_store
 from devicesim.agent import (
@@ -44,6 +45,9 @@ from devicesim.behaviours import Behaviour, resolve
 from devicesim.mqtt import Client, ClientOptions, MqttError, Pump
 from devicesim.nvm import Nvm
 from devicesim.wire import topics
+
+if TYPE_CHECKING:
+    from devicesim.sdk import SdkTransport
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +107,19 @@ class DeviceShell:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._seq = 0
         self.events = 0
-        self._client = Client(
-            ClientOptions(client_id=thing, host=config.host, port=config.port,
-                          clean_session=False, keepalive=config.keepalive),
-            pump, on_message=self._on_message, on_connection=self._on_connection)
+        self._client: Client | SdkTransport
+        if getattr(behaviour, "transport", "mqtt") == "sdk":
+            from devicesim.sdk import SdkTransport  # awscrt only where a device uses it
+
+            self._client = SdkTransport(thing, config.host, config.port,
+                                        on_message=self._on_message,
+                                        on_connection=self._on_connection,
+                                        keepalive=config.keepalive)
+        else:
+            self._client = Client(
+                ClientOptions(client_id=thing, host=config.host, port=config.port,
+                              clean_session=False, keepalive=config.keepalive),
+                pump, on_message=self._on_message, on_connection=self._on_connection)
         self._starting = False
 
     def _default_agent(self, nvm: Nvm) -> Agent:

@@ -1,0 +1,200 @@
+"""A device transport built on the official AWS IoT Device SDK jobs client.
+
+``SdkTransport`` gives the same pure agent (:mod:`devicesim.agent`) a different network
+stack: an awscrt MQTT 5 client (plain TCP, ``disable_metrics=True`` so Mosquitto sees an
+anonymous client) and ``awsiot.iotjobs.IotJobsClientV2``. The agent's request publishes are
+turned into V2 operations (start-next, describe, update, get-pending); the SDK's responses
+and modelled errors are turned back into the accepted / rejected messages the agent expects,
+with the agent's own clientToken (V2 replaces it with a UUID on the wire and correlates by
+it, so the service must echo it). ``notify-next`` arrives through the SDK's stream.
+
+awscrt calls back on its native threads; everything is handed to the asyncio loop with
+``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import enum
+import json
+import logging
+from concurrent.futures import Future
+from typing import Any
+
+import awsiot
+from awscrt import mqtt5
+from awscrt import mqtt_request_response as rr
+from awsiot import iotjobs
+
+from devicesim.mqtt import OnConnection, OnMessage
+from devicesim.wire import topics
+from devicesim.wire.codec import camel
+
+log = logging.getLogger(__name__)
+
+SESSION_EXPIRY_SECONDS = 3600
+OPERATION_TIMEOUT_SECONDS = 30
+
+
+def to_wire(value: Any) -> Any:
+    """An SDK shape (or value) as the JSON the service sent: camelCase, epoch seconds."""
+    if isinstance(value, datetime.datetime):
+        return int(value.timestamp())
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: to_wire(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_wire(v) for v in value]
+    if hasattr(value, "__dict__") and not isinstance(value, type):
+        return {camel(k): to_wire(v) for k, v in vars(value).items() if v is not None}
+    return value
+
+
+class SdkTransport:
+    """One device's connection through the AWS IoT Device SDK (the ``sdk`` behaviour)."""
+
+    def __init__(self, thing: str, host: str, port: int, *, on_message: OnMessage,
+                 on_connection: OnConnection, keepalive: int = 60) -> None:
+        self.thing = thing
+        self._on_message = on_message
+        self._on_connection = on_connection
+        self._loop = asyncio.get_running_loop()
+        self._connected: asyncio.Future[bool] | None = None
+        self.connected = False
+        self._client = mqtt5.Client(mqtt5.ClientOptions(
+            host_name=host, port=port, disable_metrics=True,
+            connect_options=mqtt5.ConnectPacket(
+                client_id=thing, keep_alive_interval_sec=keepalive,
+                session_expiry_interval_sec=SESSION_EXPIRY_SECONDS),
+            session_behavior=mqtt5.ClientSessionBehaviorType.REJOIN_ALWAYS,
+            min_reconnect_delay_ms=50, max_reconnect_delay_ms=2000,
+            on_lifecycle_event_connection_success_fn=self._crt_connected,
+            on_lifecycle_event_disconnection_fn=self._crt_disconnected))
+        self._jobs = iotjobs.IotJobsClientV2(self._client, rr.ClientOptions(
+            max_request_response_subscriptions=4, max_streaming_subscriptions=2,
+            operation_timeout_in_seconds=OPERATION_TIMEOUT_SECONDS))
+        self._stream: Any = None
+
+    # -- the transport interface (as devicesim.mqtt.Client) ------------------------------
+
+    async def connect(self) -> bool:
+        self._connected = self._loop.create_future()
+        self._client.start()
+        async with asyncio.timeout(10):
+            session_present = await self._connected
+        return session_present
+
+    async def subscribe(self, filters: list[str]) -> None:
+        """The SDK subscribes per operation; only the notify-next stream is opened here."""
+        if self._stream is None and any(f.endswith("/notify-next") for f in filters):
+            opened: asyncio.Future[None] = self._loop.create_future()
+
+            def status(event: rr.SubscriptionStatusEvent) -> None:
+                if event.type == rr.SubscriptionStatusEventType.SUBSCRIPTION_ESTABLISHED:
+                    self._loop.call_soon_threadsafe(
+                        lambda: opened.done() or opened.set_result(None))
+
+            self._stream = self._jobs.create_next_job_execution_changed_stream(
+                iotjobs.NextJobExecutionChangedSubscriptionRequest(thing_name=self.thing),
+                awsiot.ServiceStreamOptions(incoming_event_listener=self._next_changed,
+                                            subscription_status_listener=status))
+            self._stream.open()
+            async with asyncio.timeout(10):
+                await opened
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        parsed = topics.parse_jobs_topic(topic)
+        if parsed is None or parsed.kind is not topics.Kind.REQUEST:
+            self._client.publish(mqtt5.PublishPacket(topic=topic, payload=payload,
+                                                     qos=mqtt5.QoS.AT_LEAST_ONCE))
+            return
+        request = json.loads(payload)
+        token = request.get("clientToken")
+        future = self._call(parsed, request)
+        future.add_done_callback(lambda f: self._loop.call_soon_threadsafe(
+            self._answer, topic, token, f))
+
+    async def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+        self._jobs.close()
+        stopped = self._loop.create_future()
+        self._client.stop()
+        self._loop.call_soon(lambda: stopped.done() or stopped.set_result(None))
+        await stopped
+
+    def drop(self) -> None:
+        """awscrt offers no abrupt close; stop and start again (a clean reconnect)."""
+        self._client.stop()
+        self._client.start()
+
+    # -- agent requests -> SDK operations -> agent replies ---------------------------------
+
+    def _call(self, parsed: topics.JobsTopic, r: dict[str, Any]) -> Future[Any]:
+        jobs, thing = self._jobs, self.thing
+        if parsed.operation is topics.Operation.START_NEXT:
+            return jobs.start_next_pending_job_execution(
+                iotjobs.StartNextPendingJobExecutionRequest(
+                    thing_name=thing, status_details=r.get("statusDetails"),
+                    step_timeout_in_minutes=r.get("stepTimeoutInMinutes")))
+        if parsed.operation is topics.Operation.GET_PENDING:
+            return jobs.get_pending_job_executions(
+                iotjobs.GetPendingJobExecutionsRequest(thing_name=thing))
+        if parsed.operation is topics.Operation.DESCRIBE:
+            return jobs.describe_job_execution(iotjobs.DescribeJobExecutionRequest(
+                thing_name=thing, job_id=parsed.job_id,
+                execution_number=r.get("executionNumber"),
+                include_job_document=r.get("includeJobDocument")))
+        return jobs.update_job_execution(iotjobs.UpdateJobExecutionRequest(
+            thing_name=thing, job_id=parsed.job_id, status=r.get("status"),
+            status_details=r.get("statusDetails"), expected_version=r.get("expectedVersion"),
+            execution_number=r.get("executionNumber"),
+            include_job_execution_state=r.get("includeJobExecutionState"),
+            include_job_document=r.get("includeJobDocument"),
+            step_timeout_in_minutes=r.get("stepTimeoutInMinutes")))
+
+    def _answer(self, request_topic: str, token: str | None, future: Future[Any]) -> None:
+        try:
+            response = future.result()
+            topic, body = topics.accepted(request_topic), to_wire(response)
+        except awsiot.V2ServiceException as e:
+            if e.modeled_error is None:  # a timeout or a dropped connection: the agent retries
+                log.info("sdk request failed thing_name=%s topic=%s error=%s", self.thing,
+                         request_topic, e.inner_error)
+                return
+            topic, body = topics.rejected(request_topic), to_wire(e.modeled_error)
+        if token is None:
+            body.pop("clientToken", None)
+        else:
+            body["clientToken"] = token
+        self._on_message(topic, json.dumps(body).encode())
+
+    def _next_changed(self, event: iotjobs.NextJobExecutionChangedEvent) -> None:
+        payload = json.dumps(to_wire(event)).encode()
+        self._loop.call_soon_threadsafe(self._on_message, topics.notify_next(self.thing),
+                                        payload)
+
+    # -- lifecycle (CRT threads) ---------------------------------------------------------
+
+    def _crt_connected(self, data: mqtt5.LifecycleConnectSuccessData) -> None:
+        session_present = bool(data.connack_packet and data.connack_packet.session_present)
+        self._loop.call_soon_threadsafe(self._on_connected, session_present)
+
+    def _on_connected(self, session_present: bool) -> None:
+        self.connected = True
+        waiter = self._connected
+        if waiter is not None and not waiter.done():
+            waiter.set_result(session_present)
+        else:
+            self._on_connection(session_present)
+
+    def _crt_disconnected(self, data: mqtt5.LifecycleDisconnectData) -> None:
+        self._loop.call_soon_threadsafe(self._on_disconnected)
+
+    def _on_disconnected(self) -> None:
+        if self.connected:
+            self.connected = False
+            self._on_connection(False)
+
