@@ -93,8 +93,7 @@ class DeviceShell:
     """One device: an :class:`Agent` plus its MQTT connection, timers and NVM file."""
 
     def __init__(self, thing: str, behaviour: Behaviour, config: FleetConfig, pump: Pump,
-                 *, now: Callable[[], float] = time.time,
-                 make_agent: Callable[[Nvm], Agent] | None = None) -> None:
+                 *, now: Callable[[], float] = time.time) -> None:
         self.thing = thing
         self.behaviour = behaviour
         self._config = config
@@ -103,24 +102,28 @@ class DeviceShell:
         self._nvm_path = None if config.state_dir is None else config.state_dir / f"{thing}.json"
         self._saved = self._load_nvm()
         self._rng = random.Random(f"{config.seed}:{thing}")  # str seeds are stable
-        self.agent = (make_agent or self._default_agent)(self._saved)
+        self.agent = self._default_agent(self._saved)
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._seq = 0
         self.events = 0
-        self._client: Client | SdkTransport
-        if getattr(behaviour, "transport", "mqtt") == "sdk":
+        self._pump = pump
+        self._client = self._make_client(clean_session=False)
+        self.powered = True
+        self._starting = False
+
+    def _make_client(self, *, clean_session: bool) -> Client | SdkTransport:
+        config = self._config
+        if getattr(self.behaviour, "transport", "mqtt") == "sdk":
             from devicesim.sdk import SdkTransport  # awscrt only where a device uses it
 
-            self._client = SdkTransport(thing, config.host, config.port,
-                                        on_message=self._on_message,
-                                        on_connection=self._on_connection,
-                                        keepalive=config.keepalive)
-        else:
-            self._client = Client(
-                ClientOptions(client_id=thing, host=config.host, port=config.port,
-                              clean_session=False, keepalive=config.keepalive),
-                pump, on_message=self._on_message, on_connection=self._on_connection)
-        self._starting = False
+            return SdkTransport(self.thing, config.host, config.port,
+                                on_message=self._on_message,
+                                on_connection=self._on_connection,
+                                keepalive=config.keepalive)
+        return Client(
+            ClientOptions(client_id=self.thing, host=config.host, port=config.port,
+                          clean_session=clean_session, keepalive=config.keepalive),
+            self._pump, on_message=self._on_message, on_connection=self._on_connection)
 
     def _default_agent(self, nvm: Nvm) -> Agent:
         return Agent(self.thing, self.behaviour, nvm, self._rng, self._config.agent)
@@ -153,12 +156,24 @@ class DeviceShell:
         self._timers.clear()
         await self._client.close()
 
-    async def reboot(self) -> None:
-        """A simulated power cycle: lose RAM (agent, timers), keep the NVM, reconnect."""
+    async def power_off(self) -> None:
+        """Lose power: RAM (agent, timers) and the connection are gone; the NVM stays."""
+        self.powered = False
         await self.stop()
+
+    async def power_on(self, *, clean_session: bool = False) -> None:
+        """Boot from the NVM and reconnect; with ``clean_session`` the broker forgets what
+        it queued for the device meanwhile (a device that does not keep MQTT sessions)."""
+        self._client = self._make_client(clean_session=clean_session)
         self.agent = self._default_agent(self._saved)
+        self.powered = True
         self._feed(Rebooted(nvm=self._saved))
         await self.start()
+
+    async def reboot(self, *, clean_session: bool = False) -> None:
+        """A simulated power cycle."""
+        await self.power_off()
+        await self.power_on(clean_session=clean_session)
 
     @property
     def saved_nvm(self) -> Nvm:

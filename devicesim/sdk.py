@@ -47,8 +47,10 @@ def to_wire(value: Any) -> Any:
         return {k: to_wire(v) for k, v in value.items()}
     if isinstance(value, list):
         return [to_wire(v) for v in value]
-    if hasattr(value, "__dict__") and not isinstance(value, type):
-        return {camel(k): to_wire(v) for k, v in vars(value).items() if v is not None}
+    if isinstance(value, awsiot.ModeledClass):
+        names = [n for cls in type(value).__mro__ for n in getattr(cls, "__slots__", ())]
+        return {camel(n): to_wire(getattr(value, n)) for n in names
+                if getattr(value, n, None) is not None}
     return value
 
 

@@ -21,6 +21,7 @@ class JobProgress:
     targets: int = 0
     started: set[str] = field(default_factory=set)
     succeeded: set[str] = field(default_factory=set)
+    finished: set[str] = field(default_factory=set)
     steps: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
 
 
@@ -54,8 +55,15 @@ class Progress:
             job.started.add(op.process)
         elif kind == "step" and op.value.get("step"):
             job.steps[str(op.value["step"])].add(op.process)
-        elif kind == "job_finished" and op.value.get("status") == _FINAL_OK:
-            job.succeeded.add(op.process)
+        elif kind == "job_finished":
+            job.finished.add(op.process)
+            if op.value.get("status") == _FINAL_OK:
+                job.succeeded.add(op.process)
+
+    def running(self, job_id: str) -> set[str]:
+        """Things that started the job and have not finished it."""
+        job = self.jobs.get(job_id)
+        return set() if job is None else job.started - job.finished
 
     def reached(self, when: When, job_id: str | None, elapsed: float) -> bool:
         if when.at is not None and elapsed < when.at:

@@ -71,6 +71,7 @@ class _Run:
         self.fleet: Fleet | None = None
         self.workers: list[asyncio.subprocess.Process] = []
         self.targets: dict[str, list[str]] = {}
+        self.powered_off: list[str] = []
         self.things = FleetConfig(host="", port=0, prefix=drill.prefix,
                                   count=drill.devices).thing_names()
 
@@ -210,6 +211,21 @@ class _Run:
                         await controller.cancel_job_execution(job, thing)
                     else:
                         await controller.delete_job_execution(job, thing, 1)
+        elif action in ("power-off", "power-on"):
+            if self.fleet is None:
+                raise ValueError(f"{action}: needs the devices in this process (--workers 1)")
+            if action == "power-off":
+                assert job is not None
+                running = sorted(self.progress.running(job))
+                self.powered_off = self.sample(running, step.fraction)
+                await asyncio.gather(*(self.fleet.devices[t].power_off()
+                                       for t in self.powered_off))
+                self.mark("power-off", things=self.powered_off)
+            else:
+                things, self.powered_off = self.powered_off, []
+                self.mark("power-on", things=things, cleanSession=step.clean_session)
+                await asyncio.gather(*(self.fleet.devices[t].power_on(
+                    clean_session=step.clean_session) for t in things))
         elif action == "restart-broker":
             await self.restart_broker(kill=step.kill)
         elif action == "settle":

@@ -51,6 +51,9 @@ ACTIONS = {
     "force-delete-executions": "DeleteJobExecution --force on a fraction of the job's things",
     "force-delete-jobs": "DeleteJob --force on several jobs at once (deletion limit drill)",
     "restart-broker": "stop the broker (SIGTERM, or SIGKILL with kill = true) and restart it",
+    "power-off": "cut the power of a fraction of the devices running the job (NVM kept)",
+    "power-on": "boot the powered-off devices (clean_session = true: without their MQTT"
+                " session, so they missed what was queued for them)",
     "settle": "wait until every device is idle and no execution is pending",
 }
 CONDITIONS = {
@@ -84,6 +87,7 @@ class Step:
     document: dict[str, Any] | None = None
     fraction: float = 1.0
     kill: bool = False
+    clean_session: bool = False
     timeout_minutes: int | None = None
     when: When = field(default_factory=When)
 
@@ -199,8 +203,9 @@ class _Parser:
         for key in ("targets", "fraction"):
             if key in raw:
                 kwargs[key] = self.fraction(raw[key], f"{where}.{key}")
-        if "kill" in raw:
-            kwargs["kill"] = self.typed(raw["kill"], bool, f"{where}.kill")
+        for key in ("kill", "clean_session"):
+            if key in raw:
+                kwargs[key] = self.typed(raw[key], bool, f"{where}.{key}")
         if "timeout_minutes" in raw:
             kwargs["timeout_minutes"] = self.typed(raw["timeout_minutes"], int,
                                                    f"{where}.timeout_minutes")
@@ -209,7 +214,7 @@ class _Parser:
             if len(json.dumps(document)) > 32768:
                 raise self.fail(f"{where}.document", "larger than 32 KB")
             kwargs["document"] = document
-        needs_job = action not in ("restart-broker", "settle", "force-delete-jobs")
+        needs_job = action not in ("restart-broker", "settle", "force-delete-jobs", "power-on")
         if needs_job and "job" not in kwargs:
             raise self.fail(f"{where}.job", f"required by action {action}")
         if action == "create-job" and "document" not in kwargs:
