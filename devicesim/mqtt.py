@@ -19,6 +19,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -157,7 +158,7 @@ class Client:
     def drop(self) -> None:
         """Close the socket abruptly (a simulated network cut); the client reconnects."""
         sock = self._paho.socket()
-        if sock is not None:
+        if isinstance(sock, socket.socket):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
@@ -166,22 +167,20 @@ class Client:
 
     # -- paho callbacks (run on the loop) ------------------------------------------------
 
-    def _socket_open(self, client: paho.Client, userdata: object, sock: socket.socket) -> None:
+    def _socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         # paho leaves Nagle on: small publishes would wait for delayed ACKs (~40 ms)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._loop.add_reader(sock, self._read)
 
-    def _socket_close(self, client: paho.Client, userdata: object, sock: socket.socket) -> None:
+    def _socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         self._loop.remove_reader(sock)
         self._loop.remove_writer(sock)
 
-    def _register_write(self, client: paho.Client, userdata: object, sock: socket.socket
-                        ) -> None:
+    def _register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         self._loop.add_writer(sock, self._write)
 
-    def _unregister_write(self, client: paho.Client, userdata: object, sock: socket.socket
-                          ) -> None:
+    def _unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         self._loop.remove_writer(sock)
 
     def _read(self) -> None:
@@ -229,7 +228,7 @@ class Client:
 
     def _message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         try:
-            self._on_message(msg.topic, msg.payload)
+            self._on_message(msg.topic, bytes(msg.payload))
         except Exception:  # a handler bug must not kill the connection
             log.exception("on_message failed client_id=%s topic=%s", self.options.client_id,
                           msg.topic)

@@ -95,8 +95,7 @@ class SdkTransport:
 
             def status(event: rr.SubscriptionStatusEvent) -> None:
                 if event.type == rr.SubscriptionStatusEventType.SUBSCRIPTION_ESTABLISHED:
-                    self._loop.call_soon_threadsafe(
-                        lambda: opened.done() or opened.set_result(None))
+                    self._loop.call_soon_threadsafe(_resolve, opened)
 
             self._stream = self._jobs.create_next_job_execution_changed_stream(
                 iotjobs.NextJobExecutionChangedSubscriptionRequest(thing_name=self.thing),
@@ -124,7 +123,7 @@ class SdkTransport:
         self._jobs.close()
         stopped = self._loop.create_future()
         self._client.stop()
-        self._loop.call_soon(lambda: stopped.done() or stopped.set_result(None))
+        self._loop.call_soon(_resolve, stopped)
         await stopped
 
     def drop(self) -> None:
@@ -134,7 +133,8 @@ class SdkTransport:
 
     # -- agent requests -> SDK operations -> agent replies ---------------------------------
 
-    def _call(self, parsed: topics.JobsTopic, r: dict[str, Any]) -> Future[Any]:
+    def _call(self, parsed: topics.JobsTopic, r: dict[str, Any]) -> Any:
+        """The V2 operation for a request: a concurrent Future of the response."""
         jobs, thing = self._jobs, self.thing
         if parsed.operation is topics.Operation.START_NEXT:
             return jobs.start_next_pending_job_execution(
@@ -200,3 +200,7 @@ class SdkTransport:
             self.connected = False
             self._on_connection(False)
 
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -14,6 +14,7 @@ import json
 import re
 import types
 import typing
+from collections.abc import Hashable
 from functools import cache
 from typing import Any, TypeVar, Union, get_args, get_origin
 
@@ -38,8 +39,14 @@ def camel(name: str) -> str:
     return head + "".join(p.title() for p in tail)
 
 
+def _fields(cls: Any) -> tuple[tuple[str, str, Any], ...]:
+    return _fields_of(cls)
+
+
 @cache
-def _fields(cls: type) -> tuple[tuple[str, str, Any], ...]:
+def _fields_of(cls: Hashable) -> tuple[tuple[str, str, Any], ...]:
+    assert isinstance(cls, type)
+    assert dataclasses.is_dataclass(cls)
     hints = typing.get_type_hints(cls)
     return tuple((f.name, camel(f.name), hints[f.name]) for f in dataclasses.fields(cls))
 
@@ -118,7 +125,7 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
         return _convert(inner, value, path)
     if hint is Any:
         return value
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return decode(hint, value, path=f"{path}.")
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         try:

@@ -74,13 +74,12 @@ class Message:
         return codec.decode(cls, codec.loads_object(payload))
 
 
-_FROZEN = {"frozen": True, "slots": True, "kw_only": True}
 
 
 # --- shapes carried inside messages ---------------------------------------------------
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class JobExecutionSummary(Message):
     job_id: str | None = None
     queued_at: int | None = None
@@ -90,7 +89,7 @@ class JobExecutionSummary(Message):
     execution_number: int | None = None
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class JobExecutionData(Message):
     job_id: str
     thing_name: str | None = None
@@ -105,7 +104,7 @@ class JobExecutionData(Message):
     approximate_seconds_before_timed_out: int | None = None
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class JobExecutionState(Message):
     status: JobExecutionStatus
     status_details: StatusDetails | None = None
@@ -115,12 +114,12 @@ class JobExecutionState(Message):
 # --- requests (device -> service) -----------------------------------------------------
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GetPendingJobExecutionsRequest(Message):
     client_token: str | None = None
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StartNextPendingJobExecutionRequest(Message):
     client_token: str | None = None
     status_details: StatusDetails | None = None
@@ -131,14 +130,14 @@ class StartNextPendingJobExecutionRequest(Message):
         validate_step_timeout(self.step_timeout_in_minutes)
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DescribeJobExecutionRequest(Message):
     client_token: str | None = None
     execution_number: int | None = None
     include_job_document: bool | None = None  # absent means true
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class UpdateJobExecutionRequest(Message):
     status: JobExecutionStatus
     client_token: str | None = None
@@ -157,7 +156,7 @@ class UpdateJobExecutionRequest(Message):
 # --- replies (service -> device) ------------------------------------------------------
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GetPendingJobExecutionsResponse(Message):
     in_progress_jobs: list[JobExecutionSummary] = field(default_factory=list)
     queued_jobs: list[JobExecutionSummary] = field(default_factory=list)
@@ -165,21 +164,21 @@ class GetPendingJobExecutionsResponse(Message):
     client_token: str | None = None
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StartNextJobExecutionResponse(Message):
     execution: JobExecutionData | None = None
     timestamp: int
     client_token: str | None = None
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DescribeJobExecutionResponse(Message):
     execution: JobExecutionData | None = None
     timestamp: int
     client_token: str | None = None
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class UpdateJobExecutionResponse(Message):
     execution_state: JobExecutionState | None = None
     job_document: JobDocument | None = None
@@ -187,7 +186,7 @@ class UpdateJobExecutionResponse(Message):
     client_token: str | None = None
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RejectedError(Message):
     code: RejectedErrorCode
     message: str | None = None
@@ -199,7 +198,7 @@ class RejectedError(Message):
 # --- pushes (service -> device) -------------------------------------------------------
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class JobExecutionsChangedEvent(Message):
     """``notify``: the pending set; keys are statuses, empty ones left out."""
 
@@ -207,7 +206,7 @@ class JobExecutionsChangedEvent(Message):
     timestamp: int
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NextJobExecutionChangedEvent(Message):
     """``notify-next``: the new head of the pending list, or no ``execution`` when empty."""
 

@@ -186,7 +186,8 @@ class _Run:
     async def act(self, step: Step, controller: Controller) -> None:
         action, job = step.action, step.job
         if action == "create-job":
-            assert job is not None and step.document is not None
+            assert job is not None
+            assert step.document is not None
             targets = self.sample(self.things, step.targets)
             self.targets[job] = targets
             self.progress.expect(job, len(targets))
@@ -195,8 +196,8 @@ class _Run:
                 extra["timeoutConfig"] = {"inProgressTimeoutInMinutes": step.timeout_minutes}
             await controller.create_job(job, targets, step.document, **extra)
         elif action in ("force-delete-job", "delete-job", "force-delete-jobs"):
-            jobs = list(step.jobs) or [job]
-            before = {j: self.progress.deletions[j] for j in jobs if j is not None}
+            jobs = list(step.jobs) or ([job] if job is not None else [])
+            before = {j: self.progress.deletions[j] for j in jobs}
             force = action != "delete-job"
             await asyncio.gather(*(controller.delete_job(j, force=force) for j in before))
             await self.deleted(controller, before)
@@ -282,7 +283,8 @@ async def run(drill: Drill, options: RunOptions) -> DrillResult:
         timed_out = False
         try:
             await run_.start()
-            assert run_.service is not None and run_.recorder is not None
+            assert run_.service is not None
+            assert run_.recorder is not None
             controller = Controller(iot_client(run_.service.endpoint), run_.recorder.record)
             try:
                 async with asyncio.timeout_at(asyncio.get_running_loop().time()
