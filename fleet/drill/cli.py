@@ -18,7 +18,7 @@ from fleet.broker import BrokerError, find_mosquitto
 from fleet.checker import Budgets, check
 from fleet.checker.report import terminal, write_reports
 from fleet.drill import spec
-from fleet.drill.runner import RunOptions, run
+from fleet.drill.runner import DrillResult, RunOptions, run
 
 DEFAULT_DRILL = "force-delete"
 
@@ -103,13 +103,28 @@ def run_drill(args: argparse.Namespace) -> int:
     paths = write_reports(result.verdict, report_dir, result.history_path)
     print()
     print(terminal(result.verdict))
-    if result.timed_out:
-        print(f"\nthe schedule did not settle within {drill.timeout:g} s")
-    print(f"\nverdict: {'PASS' if result.verdict.passed else 'FAIL'} "
+    problems = drill_problems(result)
+    for problem in problems:
+        print(f"\ndrill: {problem}")
+    passed = result.verdict.passed and not problems
+    print(f"\nverdict: {'PASS' if passed else 'FAIL'} "
           f"({time.monotonic() - began:.1f} s)  reports: {result.history_path}, "
           f"{', '.join(str(p) for p in paths)}")
     print(f"re-check: fleet check {result.history_path}")
-    return 0 if result.verdict.passed else 1
+    return 0 if passed else 1
+
+
+def drill_problems(result: DrillResult) -> list[str]:
+    """What makes a run untrustworthy even when every invariant holds."""
+    problems = []
+    if result.timed_out:
+        problems.append("the schedule did not settle before the drill's timeout")
+    stats = [op.value for op in result.ops if op.f == "recorder-stats"]
+    missing = stats[-1].get("missingDeviceEvents", 0) if stats else 0
+    if missing:
+        problems.append(f"the recorder missed {missing} device events: the history is "
+                        "incomplete")
+    return problems
 
 
 def run_check(args: argparse.Namespace) -> int:
