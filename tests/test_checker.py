@@ -5,7 +5,7 @@ invariant a bad variant fails exactly that one, naming the device and the job.
 drill runner emit): three devices; ``rollout-1`` force-deleted while dev-0001 and dev-0002
 install it; ``hotfix-1`` force-canceled on dev-0003 with ``app-7`` queued behind it;
 ``rollout-1`` then reused with a new document and run to success by everyone; a final state.
-Keyword knobs turn it into a faulty drill.
+Keyword knobs turn it into a faulty drill (or a harder good one).
 """
 
 from __future__ import annotations
@@ -187,8 +187,16 @@ def drill(*, notice: dict[str, float] | None = None, recovery: dict[str, float] 
           too_many_deletions: bool = False, version_goes_down: bool = False,
           survivor: bool = False, lost_reply: bool = False, outage_retry: bool = False,
           duplicate_reply: bool = False, final_nvm: dict[str, dict[str, Any]] | None = None,
-          reused_document: str = DOC2, ignores_reused_job: bool = False) -> list[Op]:
-    """A recorded drill; every knob off gives a history that passes every invariant."""
+          reused_document: str = DOC2, ignores_reused_job: bool = False,
+          powered_off: str | None = None) -> list[Op]:
+    """A recorded drill; every knob off gives a history that passes every invariant.
+
+    ``powered_off``: dev-0002 is powered off mid-install instead of noticing the deletion and
+    boots (clean session) once ``rollout-1`` exists again, with its journal naming the old
+    execution. ``"reference"``: a step it had under way goes out with the old document, the new
+    execution rejects its update, it notices and then runs the new execution (a good drill).
+    ``"confused"``: it takes the new execution for its journaled one and finishes the old
+    document on it (the ``reuse-confused`` fault)."""
     notice = {"dev-0001": 0.2, "dev-0002": 0.3, "dev-0003": 0.15} | (notice or {})
     recovery = {"dev-0001": 0.5, "dev-0002": 0.6, "dev-0003": 0.4} | (recovery or {})
     h = History()
@@ -222,6 +230,10 @@ def drill(*, notice: dict[str, float] | None = None, recovery: dict[str, float] 
                  state=nvm(journal="rollout-1", number=1, digest=d1))
         if lost_reply and thing == "dev-0002":
             h.request(2.5, thing, "GetPendingJobExecutions", None, {}, reply_after=None)
+    if powered_off:
+        h.drill(2.5, "power-off", {"things": ["dev-0002"]})
+        h.device(2.5, "dev-0002", "disconnected", reason="power-off",
+                 state=nvm(journal="rollout-1", number=1, digest=d1))
 
     # Force-delete rollout-1 while both install it.
     h.controller(3.0, "DeleteJob", {"jobId": "rollout-1", "force": True})
@@ -234,6 +246,8 @@ def drill(*, notice: dict[str, float] | None = None, recovery: dict[str, float] 
         removed = 3.1 + 0.02 * i
         if execution_events:
             h.execution_event(removed, "rollout-1", thing, "deleted")
+        if powered_off and thing == "dev-0002":
+            continue  # it hears nothing and says nothing until it boots again
         h.notify(removed + 0.001, thing, {})
         h.notify_next(removed + 0.002, thing, None)
         if early_update_accepted and thing == "dev-0001":
@@ -291,6 +305,12 @@ def drill(*, notice: dict[str, float] | None = None, recovery: dict[str, float] 
         if ignores_queued_work and thing == "dev-0003":
             continue
         t = reuse_at + 0.1 + 0.05 * i
+        if powered_off and thing == "dev-0002":
+            t = boot_with_old_journal(h, t, thing, d1)
+            if powered_off == "confused":
+                end = max(end, finish_old_document(h, t, thing, d1, reused_document))
+                continue
+            t = drop_old_document(h, t, thing, d1)
         h.notify_next(t, thing, execution("rollout-1", "QUEUED", 1, document=reused_document))
         if ignores_reused_job and thing == "dev-0001":
             continue  # takes it for the execution it had before
@@ -327,6 +347,8 @@ def drill(*, notice: dict[str, float] | None = None, recovery: dict[str, float] 
     if ignores_reused_job:
         final["devices"]["dev-0001"] = nvm()
         final["executions"][0]["status"] = "QUEUED"
+    if powered_off == "confused":
+        final["devices"]["dev-0002"] = nvm("B", "2.0.0")  # the old document's image
     if survivor:
         final["executions"].append({"thingName": "dev-0003", "jobId": "hotfix-1",
                                     "executionNumber": 1, "status": "CANCELED"})
@@ -334,6 +356,57 @@ def drill(*, notice: dict[str, float] | None = None, recovery: dict[str, float] 
     h.drill(end + 1.0, "final-state", final)
     h.drill(end + 1.1, "end")
     return sorted(h.ops, key=lambda op: op.time)
+
+
+def boot_with_old_journal(h: History, t: float, thing: str, digest: str) -> float:
+    """Power-on after the jobId was created again: rebooted and connected (clean session),
+    the journal still naming execution 1 of the old document."""
+    h.drill(t, "power-on", {"things": [thing], "cleanSession": True})
+    journal = nvm(journal="rollout-1", number=1, digest=digest)
+    h.device(t + 0.01, thing, "rebooted", state=journal)
+    h.device(t + 0.02, thing, "connected", reason="clean-session", state=journal)
+    return t + 0.03
+
+
+def drop_old_document(h: History, t: float, thing: str, digest: str) -> float:
+    """A step still under way with the old document; the new execution rejects its update,
+    the device notices, rolls back and recovers."""
+    journal = nvm(journal="rollout-1", number=1, digest=digest)
+    h.device(t, thing, "step", job="rollout-1", n=1, step="install", documentDigest=digest,
+             state=journal)
+    h.request(t + 0.01, thing, "UpdateJobExecution", "rollout-1",
+              {"status": "IN_PROGRESS", "expectedVersion": 3, "includeJobExecutionState": True},
+              code="VersionMismatch")
+    h.device(t + 0.05, thing, "lost_access", job="rollout-1", n=1, reason="VersionMismatch",
+             documentDigest=digest, state=journal)
+    h.device(t + 0.06, thing, "rolled_back", job="rollout-1", n=1, documentDigest=digest,
+             state=nvm())
+    h.device(t + 0.07, thing, "recovered", state=nvm())
+    return t + 0.1
+
+
+def finish_old_document(h: History, t: float, thing: str, digest: str, document: str) -> float:
+    """reuse-confused: offered the new execution, it takes it for its journaled one (same
+    jobId, same execution number) and runs the old document on it to SUCCEEDED, every update
+    accepted by the new execution. Returns the end time."""
+    journal = nvm(journal="rollout-1", number=1, digest=digest)
+    h.notify_next(t, thing, execution("rollout-1", "QUEUED", 1, document=document))
+    h.device(t + 0.1, thing, "step", job="rollout-1", n=1, step="install", documentDigest=digest,
+             state=journal)
+    h.request(t + 0.11, thing, "UpdateJobExecution", "rollout-1",
+              {"status": "IN_PROGRESS", "expectedVersion": 1, "includeJobExecutionState": True},
+              reply={"executionState": {"status": "IN_PROGRESS", "versionNumber": 2}})
+    h.device(t + 0.3, thing, "image_committed", job="rollout-1", n=1, documentDigest=digest,
+             state=nvm("B", "2.0.0", journal="rollout-1", number=1, digest=digest))
+    h.request(t + 0.31, thing, "UpdateJobExecution", "rollout-1",
+              {"status": "SUCCEEDED", "expectedVersion": 2, "includeJobExecutionState": True},
+              reply={"executionState": {"status": "SUCCEEDED", "versionNumber": 3}})
+    h.execution_event(t + 0.33, "rollout-1", thing, "succeeded")
+    h.notify_next(t + 0.34, thing, None)
+    h.device(t + 0.35, thing, "job_finished", job="rollout-1", n=1, status="SUCCEEDED",
+             documentDigest=digest, state=nvm("B", "2.0.0"))
+    h.device(t + 0.36, thing, "idle", state=nvm("B", "2.0.0"))
+    return t + 0.4
 
 
 def failed(verdict: Verdict) -> set[str]:
@@ -480,10 +553,62 @@ def test_progress_fails_when_queued_work_is_never_picked_up() -> None:
 
 def test_reuse_fails_when_the_old_document_is_applied() -> None:
     verdict = check(drill(old_digest=True), Budgets())
-    assert failed(verdict) == {"reuse"}
+    # progress: the SUCCEEDED the old document earned does not count for the new execution
+    assert failed(verdict) == {"reuse", "progress"}
     thing, job, message = violation(verdict, "reuse")
     assert (thing, job) == ("dev-0001", "rollout-1")
     assert "old document" in message
+    assert {(v.thing_name, v.job_id) for v in verdict.result("progress").violations} == {
+        ("dev-0001", "rollout-1")}
+
+
+def test_reuse_fails_when_a_rebooted_device_resumes_the_old_document_on_the_new_job() -> None:
+    # No job_started in the new incarnation: only its updates, which the new execution
+    # accepted, show that it applied the old document to it.
+    verdict = check(drill(powered_off="confused"), Budgets())
+    assert failed(verdict) == {"reuse", "progress"}
+    [v] = verdict.result("reuse").violations
+    assert (v.thing_name, v.job_id) == ("dev-0002", "rollout-1")
+    assert "applied the old document" in v.message
+    assert document_digest(DOC1) in v.message
+    assert "committed image 2.0.0" in v.message
+    assert "finished it SUCCEEDED" in v.message
+    assert {e["f"] for e in v.evidence} >= {"CreateJob", "device:step", "UpdateJobExecution",
+                                            "device:image_committed", "device:job_finished"}
+    [p] = verdict.result("progress").violations
+    assert (p.thing_name, p.job_id) == ("dev-0002", "rollout-1")
+    assert "only by dev-0002 applying another document" in p.message
+
+
+def test_reuse_passes_when_a_stale_step_is_rejected_and_the_device_notices() -> None:
+    # A step of the old document goes out after the jobId was created again; the new
+    # execution rejects its update (VersionMismatch), the device notices and then runs the
+    # new execution: no fault.
+    verdict = check(drill(powered_off="reference"), Budgets())
+    assert verdict.passed, [v.message for r in verdict.results for v in r.violations]
+    tl = timeline.build(drill(powered_off="reference"))
+    assert [e.incarnation for e in tl.executions_of("dev-0002", "rollout-1")] == [1, 2]
+
+
+def test_the_recorded_reuse_confused_history_fails_reuse() -> None:
+    # A real jobid-reuse drill with reuse-confused devices: those powered off mid-step boot
+    # after the jobId was created again and finish the old document (digest sha256:ab19...)
+    # on the new execution (sha256:20ed...), which accepts their updates.
+    from fleet import history
+
+    ops = history.read(Path(__file__).parent / "histories" / "reuse-confused.jsonl")
+    verdict = check(ops, Budgets())
+    assert failed(verdict) == {"reuse", "progress"}
+    powered_off = set(next(op for op in ops if op.f == "power-off").value["things"])
+    reuse = verdict.result("reuse")
+    assert {(v.thing_name, v.job_id) for v in reuse.violations} == {
+        (thing, "ota") for thing in powered_off}
+    v = next(v for v in reuse.violations if v.thing_name == "dev-0002")
+    assert "applied the old document (digest sha256:ab19" in v.message
+    assert "expected sha256:20ed" in v.message
+    assert "committed image 3.0.0" in v.message
+    assert {(v.thing_name, v.job_id) for v in verdict.result("progress").violations} == {
+        (thing, "ota") for thing in powered_off}
 
 
 def test_reuse_fails_when_a_device_ignores_the_new_execution_as_a_duplicate() -> None:

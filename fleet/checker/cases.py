@@ -1,24 +1,34 @@
 """Cases shared by the invariants and the metrics: which device executions were removed
 while held (notice, detection latency) and how each device recovered (recover, recovery
-time), plus what a valid NVM state is."""
+time), which updates applied another document to the new execution of a reused jobId
+(reuse, progress), plus what a valid NVM state is."""
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from devicesim.wire.topics import Operation
 from fleet.checker.model import Budgets
 from fleet.checker.timeline import (
+    CreatedJob,
     DeviceEventRecord,
     DeviceExecution,
     Removal,
+    Request,
     Timeline,
     as_int,
     compatible,
+    is_terminal,
 )
+from fleet.history import Op, OpType
 
 _RECOVERED_KINDS = ("recovered", "idle")
+#: Device events that say the device is working on an execution's document (its last word
+#: before an update tells which document the update carries out).
+_WORKING_KINDS = ("job_started", "step", "image_committed")
 
 
 def label(job_id: str, number: int | None) -> str:
@@ -125,3 +135,93 @@ def _recovers(ev: DeviceEventRecord, e: DeviceExecution) -> bool:
                                                                             e.incarnation)
     return (ev.kind in _RECOVERED_KINDS or moved_on) and \
         nvm_problem(ev.nvm, e.job_id, e.execution_number) is None
+
+
+@dataclass(frozen=True, slots=True)
+class StaleUpdate:
+    """The service accepted a device's ``UpdateJobExecution`` for the new incarnation of a
+    reused jobId while the device's last word about that jobId said it was working on
+    another document (``digest``): the device applied that document to the new execution."""
+
+    created: CreatedJob  # the CreateJob that reused the jobId
+    request: Request
+    reply: Op  # the ok reply: the new execution took the update
+    work: DeviceEventRecord  # the device's last word about the jobId before the request
+    digest: str  # the document the device was working on
+
+    @property
+    def thing_name(self) -> str:
+        return self.request.thing_name
+
+    @property
+    def status(self) -> str:
+        return str(self.request.payload.get("status"))
+
+    @property
+    def terminal(self) -> bool:
+        return is_terminal(self.request.payload.get("status"))
+
+
+def reused_updates(tl: Timeline) -> list[tuple[CreatedJob, Request, Op]]:
+    """Every ``UpdateJobExecution`` the service accepted (its first ok reply) in an
+    incarnation created by reusing a jobId, with that incarnation's CreateJob. A reused jobId
+    was deleted completely first, so only the new incarnation's execution can take it."""
+    reused = {(c.job_id, c.incarnation): c for c in tl.creates if c.reused}
+    out = []
+    for q in tl.requests:
+        if q.f != Operation.UPDATE or q.job_id is None:
+            continue
+        c = reused.get((q.job_id, q.incarnation))
+        reply = next((r for r in q.replies if r.type is OpType.OK), None)
+        if c is not None and reply is not None:
+            out.append((c, q, reply))
+    return out
+
+
+def stale_document_updates(tl: Timeline) -> list[StaleUpdate]:
+    """Accepted updates of a reused jobId's new incarnation (:func:`reused_updates`) that the
+    device sent while its last word about the jobId (its latest ``job_started``/``step``/
+    ``image_committed`` for it, recorded no later than the request) named a document other
+    than the one the reusing CreateJob carried (:func:`work_digest`). A device still busy
+    with the old document when the jobId is created again is no fault as long as the new
+    execution rejects its updates (VersionMismatch, ResourceNotFound) and it notices; once
+    the new execution takes them, the old document is being applied to it. Not judged when
+    either digest is unknown."""
+    out = []
+    words: dict[tuple[str, str], tuple[list[float], list[DeviceEventRecord]]] = {}
+    for c, q, reply in reused_updates(tl):
+        if c.digest is None:
+            continue
+        assert q.job_id is not None
+        key = (q.thing_name, q.job_id)
+        if key not in words:
+            said = [ev for ev in tl.events_by_job.get(q.job_id, []) if ev.thing_name ==
+                    q.thing_name]
+            words[key] = ([ev.time for ev in said], said)
+        times, said = words[key]
+        i = bisect.bisect_right(times, q.time)
+        work = said[i - 1] if i else None
+        if work is None or work.kind not in _WORKING_KINDS:
+            continue
+        digest = work_digest(tl, work)
+        if digest is not None and digest != c.digest:
+            out.append(StaleUpdate(c, q, reply, work, digest))
+    return out
+
+
+def work_digest(tl: Timeline, ev: DeviceEventRecord) -> str | None:
+    """The digest of the document a device event is about: its own ``documentDigest``, else
+    the journal's in its NVM (when the journal names the job), else that of the
+    ``job_started`` of the device execution the event belongs to."""
+    if ev.document_digest is not None:
+        return ev.document_digest
+    nvm = ev.nvm or {}
+    journal = nvm.get("journalDocumentDigest")
+    if nvm.get("journalJobId") == ev.job_id and isinstance(journal, str) and journal:
+        return journal
+    if ev.job_id is None:
+        return None
+    for e in reversed(tl.executions_of(ev.thing_name, ev.job_id)):
+        if any(x is ev for x in e.events):
+            return work_digest(tl, e.started) if e.started is not ev else None
+    return None

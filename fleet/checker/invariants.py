@@ -22,11 +22,15 @@ from typing import Any
 
 from devicesim.wire.topics import Operation
 from fleet.checker.cases import (
+    StaleUpdate,
     label,
     notice_cases,
     nvm_problem,
     recovery_cases,
     removed_executions,
+    reused_updates,
+    stale_document_updates,
+    work_digest,
 )
 from fleet.checker.model import Budgets, InvariantResult, Violation
 from fleet.checker.timeline import (
@@ -284,7 +288,10 @@ def progress(tl: Timeline, b: Budgets) -> InvariantResult:
     targets; thing groups cannot be resolved) that the service did not remove and whose job
     (or execution) the controller did not delete or cancel reaches a terminal status: an
     accepted terminal ``UpdateJobExecution``, a terminal execution event, or a terminal status
-    in ``final-state``. (2) a device that lost access while other work was pending for it (a
+    in ``final-state`` -- but not a terminal status the device set by applying another
+    document to the new execution of a reused jobId
+    (:func:`fleet.checker.cases.stale_document_updates`): that execution never ran its own
+    document. (2) a device that lost access while other work was pending for it (a
     created execution not yet terminal or removed, or a ``notify-next`` naming another job)
     records a later ``job_started``, unless all that work was withdrawn. A history with a
     ``final-state`` marker has settled and is judged to its end; without one, jobs created in
@@ -295,6 +302,8 @@ def progress(tl: Timeline, b: Budgets) -> InvariantResult:
     final = tl.final_state
     settled = tl.end if final is not None else tl.end - b.reply_timeout_seconds
     checked = 0
+    stale = {(s.thing_name, s.created.job_id, s.created.incarnation): s
+             for s in stale_document_updates(tl) if s.terminal}
     for c in tl.creates:
         if len(c.targets) < len(c.call.request.get("targets") or []):
             notes.append(f"{c.job_id}: thing-group targets cannot be resolved; not judged")
@@ -306,6 +315,16 @@ def progress(tl: Timeline, b: Budgets) -> InvariantResult:
             if tl.removals_of(key, None) or tl.job_withdrawn(c.job_id, c.incarnation, thing):
                 continue
             checked += 1
+            bogus = stale.get(key)
+            if bogus is not None:
+                violations.append(Violation(
+                    invariant="progress", thing_name=thing, job_id=c.job_id,
+                    time=bogus.reply.time,
+                    message=f"{thing}'s execution of reused jobId {c.job_id} reached "
+                            f"{bogus.status} only by {thing} applying another document to it "
+                            f"(digest {bogus.digest}, expected {c.digest})",
+                    evidence=_ev(c.call.completion, bogus.request.op, bogus.reply)))
+                continue
             if terminal.get(key):
                 continue
             if final is not None and c.incarnation == tl.current_incarnation(c.job_id) and \
@@ -385,14 +404,22 @@ def reuse(tl: Timeline, b: Budgets) -> InvariantResult:
     """reuse: for a jobId created again after its deletion, (1) every ``job_started``/``step``
     a device reports for it in the new incarnation carries the new document's digest (THE
     digest rule, :func:`fleet.checker.model.document_digest`) and an execution number the
-    service announced for that thing in the new incarnation (when it announced any); (2) a
-    device the service offered the new execution to (notify, notify-next or a reply naming
-    it) starts it, unless it was removed, withdrawn or made terminal otherwise -- a device
-    that takes it for the execution it already had (same jobId, same execution number)
+    service announced for that thing in the new incarnation (when it announced any); (2) no
+    ``UpdateJobExecution`` of the new incarnation is accepted while the device's last word
+    about the jobId (``job_started``/``step``/``image_committed``) names another document
+    (:func:`fleet.checker.cases.stale_document_updates`): a device that resumes the old
+    document after the jobId was created again -- after a reboot, say -- applies it to the new
+    execution (a stale update the new execution rejects is no fault; the device must notice);
+    (3) a device the service offered the new execution to (notify, notify-next or a reply
+    naming it) starts it, unless it was removed, withdrawn or made terminal otherwise -- a
+    device that takes it for the execution it already had (same jobId, same execution number)
     ignores it. Without a ``final-state`` marker, offers in the last ``recover_seconds +
     reply_timeout_seconds`` are not judged."""
     violations, notes = [], []
-    checked = 0
+    checked = len(reused_updates(tl))
+    stale: dict[tuple[str, int], list[StaleUpdate]] = defaultdict(list)
+    for s in stale_document_updates(tl):
+        stale[(s.created.job_id, s.created.incarnation)].append(s)
     settled = tl.end if tl.final_state is not None else \
         tl.end - b.recover_seconds - b.reply_timeout_seconds
     digests: dict[str, list[tuple[int, str | None]]] = defaultdict(list)
@@ -419,6 +446,11 @@ def reuse(tl: Timeline, b: Budgets) -> InvariantResult:
                 invariant="reuse", thing_name=thing, job_id=c.job_id, time=ev.time,
                 message=f"{thing} {ev.kind} on reused jobId {c.job_id}: {problem}",
                 evidence=_ev(c.call.completion, ev.op)))
+        for s in stale[(c.job_id, c.incarnation)]:
+            if s.thing_name in flagged:
+                continue
+            flagged.add(s.thing_name)
+            violations.append(_stale_violation(tl, s, old))
         for thing in c.targets:
             key = (thing, c.job_id, c.incarnation)
             offer = tl.first_offer.get(key)
@@ -441,6 +473,31 @@ def reuse(tl: Timeline, b: Budgets) -> InvariantResult:
                 evidence=_ev(earlier[-1].started.op if earlier else None, c.call.completion,
                              offer)))
     return _result("reuse", violations, checked, notes)
+
+
+def _stale_violation(tl: Timeline, s: StaleUpdate, old: set[str]) -> Violation:
+    c, thing, job_id = s.created, s.thing_name, s.created.job_id
+    what = "the old document" if s.digest in old else "a document that is not the new one"
+    # What it went on to do with that document in the new incarnation.
+    later = [ev for ev in tl.events_by_job.get(job_id, [])
+             if ev.thing_name == thing and ev.time > s.request.time
+             and ev.kind in ("image_committed", "job_finished")
+             and work_digest(tl, ev) == s.digest]
+    did = [f"finished it {ev.op.value.get('status')}" if ev.kind == "job_finished" else
+           f"committed image {(ev.nvm or {}).get('activeVersion', '(version unknown)')}"
+           for ev in later]
+    number = as_int(s.request.payload.get("executionNumber"))
+    if number is None:
+        number = tl.known_execution_number(thing, job_id, s.request.time, c.incarnation)
+    return Violation(
+        invariant="reuse", thing_name=thing, job_id=job_id, time=s.reply.time,
+        message=f"{thing} applied {what} (digest {s.digest}, expected {c.digest}) to the new "
+                f"execution {label(job_id, number)} of reused jobId {job_id}: its last word "
+                f"was {s.work.kind} with that document and the service accepted its "
+                f"UpdateJobExecution ({s.status})"
+                + (f"; it then {' and '.join(did)}" if did else ""),
+        evidence=_ev(c.call.completion, s.work.op, s.request.op, s.reply,
+                     *(ev.op for ev in later)))
 
 
 def _reuse_problem(tl: Timeline, digest: str | None, old: set[str],
