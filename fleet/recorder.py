@@ -84,7 +84,7 @@ class Recorder:
         b = self._broker
         self._client = Client(ClientOptions(client_id=self._client_id, host=b.host,
                                             port=b.port, clean_session=False,
-                                            max_inflight=1000),
+                                            max_inflight=0),
                               self._pump, on_message=self._on_message)
         await self._client.connect()
         await self._client.subscribe([topics.SERVICE_FILTER, topics.JOB_EVENTS_FILTER,

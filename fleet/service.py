@@ -54,6 +54,7 @@ class JobsService:
         self._pump = Pump()
         self._client: Client | None = None
         self._wake = asyncio.Event()
+        self._inbox: list[tuple[str, bytes]] = []
         self._timer: asyncio.Task[None] | None = None
         self._control: object | None = None
         self.endpoint: str | None = None
@@ -62,7 +63,7 @@ class JobsService:
         b = self.config.broker
         self._client = Client(
             ClientOptions(client_id=SERVICE_CLIENT_ID, host=b.host, port=b.port,
-                          clean_session=False, keepalive=30, max_inflight=1000,
+                          clean_session=False, keepalive=30, max_inflight=0,
                           username=self.config.username, password=self.config.password),
             self._pump, on_message=self._on_message)
         await self._client.connect()
@@ -92,7 +93,19 @@ class JobsService:
     # -- MQTT ----------------------------------------------------------------------------
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        self._publish(self.dataplane.handle(topic, payload))
+        # Requests read from the socket in one go are answered as one batch: one SQLite
+        # commit for all of them (group commit), replies published after it.
+        self._inbox.append((topic, payload))
+        if len(self._inbox) == 1:
+            asyncio.get_running_loop().call_soon(self._answer_inbox)
+
+    def _answer_inbox(self) -> None:
+        inbox, self._inbox = self._inbox, []
+        out: list[Publish] = []
+        with self.store.batch():
+            for topic, payload in inbox:
+                out.extend(self.dataplane.handle(topic, payload))
+        self._publish(out)
 
     def _publish(self, effects: list[Publish]) -> None:
         if effects:

@@ -14,7 +14,7 @@ import json
 import re
 import types
 import typing
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from functools import cache
 from typing import Any, TypeVar, Union, get_args, get_origin
 
@@ -39,16 +39,21 @@ def camel(name: str) -> str:
     return head + "".join(p.title() for p in tail)
 
 
-def _fields(cls: Any) -> tuple[tuple[str, str, Any], ...]:
+Converter = Callable[[Any, str], Any]
+
+
+def _fields(cls: Any) -> tuple[tuple[str, str, Converter], ...]:
     return _fields_of(cls)
 
 
 @cache
-def _fields_of(cls: Hashable) -> tuple[tuple[str, str, Any], ...]:
+def _fields_of(cls: Hashable) -> tuple[tuple[str, str, Converter], ...]:
+    """(python name, wire name, converter) per field, built once per class."""
     assert isinstance(cls, type)
     assert dataclasses.is_dataclass(cls)
     hints = typing.get_type_hints(cls)
-    return tuple((f.name, camel(f.name), hints[f.name]) for f in dataclasses.fields(cls))
+    return tuple((f.name, camel(f.name), _converter(hints[f.name]))
+                 for f in dataclasses.fields(cls))
 
 
 def encode(value: Any) -> Any:
@@ -100,9 +105,10 @@ def decode(cls: type[T], obj: Any, *, path: str = "") -> T:
     if not isinstance(obj, dict):
         raise _bad(path or cls.__name__, "an object", obj)
     kwargs = {}
-    for name, wire, hint in _fields(cls):
-        if wire in obj and obj[wire] is not None:
-            kwargs[name] = _convert(hint, obj[wire], f"{path}{wire}")
+    for name, wire, convert in _fields(cls):
+        value = obj.get(wire)
+        if value is not None:
+            kwargs[name] = convert(value, f"{path}{wire}")
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field is missing
@@ -118,49 +124,69 @@ def _bad(path: str, expected: str, got: Any) -> WireError:
                      f"{path}: expected {expected}, got {type(got).__name__} {got!r:.40}")
 
 
-def _convert(hint: Any, value: Any, path: str) -> Any:
+@cache
+def _converter(hint: Any) -> Converter:
+    """A function checking and converting one JSON value to ``hint`` (built once per type)."""
     origin = get_origin(hint)
     if origin in (Union, types.UnionType):
         (inner,) = [a for a in get_args(hint) if a is not type(None)]
-        return _convert(inner, value, path)
+        return _converter(inner)
     if hint is Any:
-        return value
+        return lambda value, path: value
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return decode(hint, value, path=f"{path}.")
+        return lambda value, path: decode(hint, value, path=f"{path}.")
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        try:
-            return hint(value)
-        except ValueError:
-            names = "|".join(m.value for m in hint)
-            raise _bad(path, names, value) from None
+        names = "|".join(m.value for m in hint)
+
+        def to_enum(value: Any, path: str) -> Any:
+            try:
+                return hint(value)
+            except ValueError:
+                raise _bad(path, names, value) from None
+        return to_enum
     if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise _bad(path, "a boolean", value)
+        return _checked(lambda v: isinstance(v, bool), "a boolean")
     if hint is int:
-        # AWS accepts numbers as JSON strings too (the embedded-C Jobs library sends
-        # "expectedVersion":"3"), so do we.
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str) and _INT_STRING.fullmatch(value):
-            return int(value)
-        raise _bad(path, "an integer", value)
+        return _to_int
     if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return value
-        raise _bad(path, "a number", value)
+        return _checked(lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+                        "a number")
     if hint is str:
-        if isinstance(value, str):
-            return value
-        raise _bad(path, "a string", value)
+        return _checked(lambda v: isinstance(v, str), "a string")
     if origin is list:
-        if not isinstance(value, list):
-            raise _bad(path, "a list", value)
-        (item,) = get_args(hint)
-        return [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        (item_hint,) = get_args(hint)
+        item = _converter(item_hint)
+
+        def to_list(value: Any, path: str) -> Any:
+            if not isinstance(value, list):
+                raise _bad(path, "a list", value)
+            return [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return to_list
     if origin is dict:
-        if not isinstance(value, dict):
-            raise _bad(path, "an object", value)
-        _, item = get_args(hint)
-        return {k: _convert(item, v, f"{path}.{k}") for k, v in value.items()}
-    raise TypeError(f"unsupported wire type {hint!r} at {path}")  # a bug in the contract
+        _, value_hint = get_args(hint)
+        each = _converter(value_hint)
+
+        def to_dict(value: Any, path: str) -> Any:
+            if not isinstance(value, dict):
+                raise _bad(path, "an object", value)
+            return {k: each(v, f"{path}.{k}") for k, v in value.items()}
+        return to_dict
+    raise TypeError(f"unsupported wire type {hint!r}")  # a bug in the contract
+
+
+def _checked(test: Callable[[Any], bool], expected: str) -> Converter:
+    def check(value: Any, path: str) -> Any:
+        if test(value):
+            return value
+        raise _bad(path, expected, value)
+    return check
+
+
+def _to_int(value: Any, path: str) -> int:
+    # AWS accepts numbers as JSON strings too (the embedded-C Jobs library sends
+    # "expectedVersion":"3"), so do we.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _INT_STRING.fullmatch(value):
+        return int(value)
+    raise _bad(path, "an integer", value)

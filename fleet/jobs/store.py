@@ -113,6 +113,9 @@ class JobsStore:
         self._db.executescript(_SCHEMA)
         self._outbox: list[Publish] = []
         self._tx_effects: list[Publish] | None = None
+        self._in_batch = False
+        self._documents: dict[str, dict[str, Any]] = {}  # parsed, per existing job
+        self._events = self._load_event_configurations()
 
     def close(self) -> None:
         self._db.close()
@@ -133,33 +136,56 @@ class JobsStore:
         self._tx_effects.append(Publish(topic, payload))
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit: the operations inside share one SQLite transaction (each still
+        all-or-nothing, as a savepoint). Their effects are in the outbox only once the
+        batch committed, so a shell that publishes after the batch never announces what a
+        crash could still lose."""
+        assert not self._in_batch, "batches do not nest"
+        self._db.execute("BEGIN IMMEDIATE")
+        self._in_batch, mark = True, len(self._outbox)
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            del self._outbox[mark:]
+            raise
+        finally:
+            self._in_batch = False
+        self._db.execute("COMMIT")
+
+    @contextmanager
     def _tx(self, things: Iterable[str] = ()) -> Iterator[None]:
-        """One transaction touching the pending lists of ``things``.
+        """One all-or-nothing change touching the pending lists of ``things``.
 
         On success, notifications for every affected thing are computed from the pending
         lists before and after, and all effects join the outbox. On error nothing changes.
         """
-        affected = set(things)
-        before: dict[str, PendingKey] = {}
+        affected = sorted(set(things))
+        begin, commit, rollback = (
+            ("SAVEPOINT tx", "RELEASE tx", ("ROLLBACK TO tx", "RELEASE tx")) if self._in_batch
+            else ("BEGIN IMMEDIATE", "COMMIT", ("ROLLBACK",)))
         self._tx_effects = []
-        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute(begin)
         try:
-            for thing in affected:
-                before[thing] = self._pending_key(thing)
+            before = {thing: self._pending_key(thing) for thing in affected}
             yield
-            for thing in sorted(affected):
+            for thing in affected:
                 self._notify_if_changed(thing, before[thing])
         except BaseException:
-            self._db.execute("ROLLBACK")
+            for statement in rollback:
+                self._db.execute(statement)
             self._tx_effects = None
             raise
-        self._db.execute("COMMIT")
+        self._db.execute(commit)
         self._outbox.extend(self._tx_effects)
         self._tx_effects = None
 
     def _notify_if_changed(self, thing: str, before: PendingKey) -> None:
+        after = self._pending_key(thing)
+        if after == before:
+            return
         pending = self._pending(thing)
-        after = tuple(e.key for e in pending)
         now = self._now()
         if set(after) != set(before):
             jobs: dict[str, list[Any]] = {}
@@ -230,9 +256,16 @@ class JobsStore:
         return execution
 
     def _document(self, job_id: str) -> dict[str, Any] | None:
+        cached = self._documents.get(job_id)
+        if cached is not None:
+            return cached
         row = self._db.execute("SELECT document FROM jobs WHERE job_id = ?",
                                (job_id,)).fetchone()
-        return None if row is None else json.loads(row[0])
+        if row is None:
+            return None
+        document: dict[str, Any] = json.loads(row[0])
+        self._documents[job_id] = document
+        return document
 
     def _next_seq(self) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
@@ -249,6 +282,15 @@ class JobsStore:
         return f"arn:aws:iot:{s.region}:{s.account_id}:thing/{thing}"
 
     # -- writing -------------------------------------------------------------------------
+
+    def _update_execution(self, e: Execution) -> None:
+        self._db.execute(
+            "UPDATE executions SET status = ?, status_details = ?, started_at = ?,"
+            " last_updated_at = ?, version_number = ?, force_canceled = ?, step_deadline = ?,"
+            " in_progress_deadline = ?, deadline = ? WHERE thing_name = ? AND job_id = ?",
+            (e.status.value, json.dumps(e.status_details), e.started_at, e.last_updated_at,
+             e.version_number, int(e.force_canceled), e.step_deadline, e.in_progress_deadline,
+             None if e.status.is_terminal else e.deadline, e.thing_name, e.job_id))
 
     def _write_execution(self, e: Execution) -> None:
         self._db.execute(
@@ -283,7 +325,7 @@ class JobsStore:
             version_number=e.version_number + 1,
             force_canceled=e.force_canceled or force_canceled, step_deadline=step_deadline,
             in_progress_deadline=in_progress_deadline, sweep_at=e.sweep_at, seq=e.seq)
-        self._write_execution(new)
+        self._update_execution(new)
         if status.is_terminal and status is not e.status:
             self._execution_event(new, status.value.lower())
             self._maybe_complete(new.job_id)
@@ -317,25 +359,29 @@ class JobsStore:
 
     # -- events ($aws/events/...) --------------------------------------------------------
 
-    def event_configurations(self) -> dict[str, bool]:
+    def _load_event_configurations(self) -> dict[str, bool]:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'events'").fetchone()
         default = self.settings.job_events
         stored = json.loads(row[0]) if row else {}
         return {"JOB": stored.get("JOB", default),
                 "JOB_EXECUTION": stored.get("JOB_EXECUTION", default)}
 
+    def event_configurations(self) -> dict[str, bool]:
+        return dict(self._events)
+
     def update_event_configurations(self, enabled: dict[str, bool]) -> None:
-        config = self.event_configurations()
+        config = dict(self._events)
         config.update({k: v for k, v in enabled.items() if k in config})
         self._db.execute("INSERT OR REPLACE INTO meta VALUES ('events', ?)",
                          (json.dumps(config),))
+        self._events = config
 
     def _event_id(self) -> str:
         return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
 
     def _job_event(self, job_id: str, operation: str, extra: dict[str, Any] | None = None
                    ) -> None:
-        if not self.event_configurations()["JOB"]:
+        if not self._events["JOB"]:
             return
         row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         job = self._job_from(row)
@@ -354,7 +400,7 @@ class JobsStore:
         self._emit(topics.job_event(job_id, operation), json.dumps(payload).encode())
 
     def _execution_event(self, e: Execution, operation: str) -> None:
-        if not self.event_configurations()["JOB_EXECUTION"]:
+        if not self._events["JOB_EXECUTION"]:
             return
         payload = {"eventType": "JOB_EXECUTION", "eventId": self._event_id(),
                    "timestamp": int(self._now()), "operation": operation, "jobId": e.job_id,
@@ -623,7 +669,8 @@ class JobsStore:
             raise VersionConflictException(
                 f"expectedVersion {expected_version} does not match {e.version_number}",
                 execution_state=e.state())
-        with self._tx([thing]):
+        # a pending execution keeping its status keeps its place: nothing to notify
+        with self._tx([] if new_status is e.status else [thing]):
             return self._change_execution(e, new_status, details=status_details,
                                           step_timeout=step_timeout)
 
@@ -661,6 +708,7 @@ class JobsStore:
             with self._tx():
                 self._job_event(job_id, "deleted")
                 self._db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+            self._documents.pop(job_id, None)
             log.info("delete_job done job_id=%s", job_id)
         rows = self._db.execute(
             f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE deadline <= ?",
