@@ -56,9 +56,14 @@ def _fields_of(cls: Hashable) -> tuple[tuple[str, str, Converter], ...]:
                  for f in dataclasses.fields(cls))
 
 
+_SCALARS = (str, int, float, bool)
+
+
 def encode(value: Any) -> Any:
     """Python value -> JSON-ready value (dataclasses to camelCase dicts, None omitted)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    if isinstance(value, _SCALARS) and not isinstance(value, enum.Enum):
+        return value
+    if hasattr(type(value), "__dataclass_fields__"):
         out = {}
         for name, wire, _ in _fields(type(value)):
             v = getattr(value, name)
