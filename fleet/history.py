@@ -19,8 +19,11 @@ jobs events             "service"   info      "job-event" / "execution-event",
 device events           thing name  info      "device:<kind>", the DeviceEvent as JSON
 controller call         controller  invoke/   API name (CreateJob, DeleteJob, ...),
                                     ok/fail   {request..., response or error}
-drill markers           "drill"     info      "start", "settled", "end", "final-state",
-                                              "recorder-stats", {...}
+drill markers           "drill"     info      "start", "fleet-ready", "power-off" /
+                                              "power-on" {things}, "broker-outage"
+                                              {start, end}, "timeout", "final-state"
+                                              {executions, jobs, devices}, "end",
+                                              "recorder-stats"
 ======================  ==========  ========  ==============================================
 """
 

@@ -671,6 +671,174 @@ def test_answered_fails_on_a_duplicate_reply() -> None:
     assert "2 replies to 1 request" in violation(verdict, "answered")[2]
 
 
+# --- power cuts -----------------------------------------------------------------------------
+
+REMOVED_AT = 3.1  # power_cut_drill: the execution-event that deletes ota-1 on dev-0001
+
+
+def power_cut_drill(*, off: float = 2.0, on: float | None = 23.0, lost: float | None = 24.0,
+                    recovered: float | None = None, end: float = 30.0,
+                    in_flight: float | None = None) -> list[Op]:
+    """dev-0001 runs ``ota-1``; the drill cuts its power at ``off`` (an update it sent at
+    ``in_flight``, by default just before, gets no reply), force-deletes ``ota-1`` at 3.0
+    (removed at :data:`REMOVED_AT`) and powers it on at ``on`` (None: never; it then boots,
+    ``rebooted`` and ``connected``, clean session). It records ``lost_access`` at ``lost``
+    (None: never), rolls back and says ``recovered`` at ``recovered`` (default: 0.1 s after
+    ``lost``). Whatever it would say while off is left out."""
+    thing, job, d = "dev-0001", "ota-1", document_digest(DOC1)
+    journal = nvm(journal=job, number=1, digest=d)
+    h = History()
+    h.drill(0.0, "start", {"seed": 1})
+    h.device(0.1, thing, "connected", state=nvm())
+    create_job(h, 0.5, job, DOC1, [thing])
+    h.notify_next(0.6, thing, execution(job, "QUEUED", 1, document=DOC1))
+    start_job(h, 0.7, thing, job, DOC1)
+    h.device(1.0, thing, "step", job=job, n=1, step="install", documentDigest=d, state=journal)
+    h.request(off - 0.05 if in_flight is None else in_flight, thing, "UpdateJobExecution", job,
+              {"status": "IN_PROGRESS", "expectedVersion": 2}, reply_after=None)
+    h.drill(off, "power-off", {"things": [thing]})
+    h.controller(3.0, "DeleteJob", {"jobId": job, "force": True})
+    h.job_event(3.05, job, "deletion_in_progress")
+    h.execution_event(REMOVED_AT, job, thing, "deleted")
+    h.notify(REMOVED_AT + 0.001, thing, {})  # the recorder hears them, the device may not
+    h.notify_next(REMOVED_AT + 0.002, thing, None)
+    h.job_event(3.5, job, "deleted")
+    if on is not None:
+        h.drill(on, "power-on", {"things": [thing], "cleanSession": True})
+        state = journal if lost is None or lost > on else nvm()
+        h.device(on + 0.01, thing, "rebooted", state=state)
+        h.device(on + 0.02, thing, "connected", reason="clean-session", state=state)
+        h.request(on + 0.03, thing, "GetPendingJobExecutions", None, {},
+                  reply={"inProgressJobs": [], "queuedJobs": []})
+    final_nvm = journal
+    if lost is not None:
+        h.device(lost, thing, "lost_access", job=job, n=1, reason="GetPendingJobExecutions",
+                 state=journal)
+        h.device(lost + 0.05, thing, "rolled_back", job=job, n=1, state=nvm())
+        h.device(recovered or lost + 0.1, thing, "recovered", state=nvm())
+        final_nvm = nvm()
+    h.drill(end, "final-state", {"devices": {thing: final_nvm}, "executions": []})
+    h.drill(end + 0.1, "end")
+    back = T0 + (on if on is not None else float("inf"))
+    silent = [op for op in h.ops  # a device without power says nothing (pushes still come)
+              if not (op.process == thing and T0 + off <= op.time < back
+                      and (op.f.startswith("device:") or op.type is OpType.INVOKE))]
+    return sorted(silent, key=lambda op: op.time)
+
+
+def _messages(verdict: Verdict) -> list[str]:
+    return [v.message for r in verdict.results for v in r.violations]
+
+
+def test_the_notice_clock_of_a_powered_off_device_starts_at_its_power_on() -> None:
+    # Powered off while executing; ota-1 force-deleted; powered on 20 s after the delete
+    # (longer than notice_seconds); it notices within 1 s of its power-on.
+    ops = power_cut_drill(on=23.0, lost=24.0)
+    verdict = check(ops, Budgets(notice_seconds=5.0))
+    assert verdict.passed, _messages(verdict)
+    assert verdict.result("notice").checked == 1
+    assert verdict.metrics.detection_latency.max_ms == pytest.approx(1000.0)
+    # Without the power markers the same device is 20.9 s late (and its lost request is
+    # unanswered): the off period is what excuses it.
+    unmarked = [op for op in ops if op.f not in ("power-off", "power-on")]
+    assert failed(check(unmarked, Budgets(notice_seconds=5.0))) == {"notice", "answered"}
+
+
+def test_a_powered_off_device_that_notices_too_long_after_its_power_on_fails_notice() -> None:
+    verdict = check(power_cut_drill(on=23.0, lost=33.0), Budgets(notice_seconds=5.0))
+    assert failed(verdict) == {"notice"}
+    [v] = verdict.result("notice").violations
+    assert (v.thing_name, v.job_id) == ("dev-0001", "ota-1")
+    assert "recorded lost_access 10.000s after" in v.message
+    assert v.time == pytest.approx(T0 + 23.0 + 5.0)
+
+
+def test_a_power_cut_before_the_notice_deadline_restarts_the_clock_at_power_on() -> None:
+    # Reachable at the removal (3.1) but powered off 1 s later, before it noticed: the budget
+    # it had before the cut does not count.
+    ops = power_cut_drill(off=4.1, on=20.0, lost=21.0)
+    assert check(ops, Budgets()).passed, _messages(check(ops, Budgets()))
+    assert failed(check(power_cut_drill(off=4.1, on=20.0, lost=26.0), Budgets())) == {"notice"}
+    # A cut after the deadline changes nothing: it was late already.
+    assert failed(check(power_cut_drill(off=9.0, on=20.0, lost=21.0), Budgets())) == {"notice"}
+
+
+def test_a_device_never_powered_on_again_is_not_judged_and_the_notes_say_so() -> None:
+    verdict = check(power_cut_drill(on=None, lost=None), Budgets())
+    assert verdict.passed, _messages(verdict)
+    notice = verdict.result("notice")
+    assert notice.checked == 0
+    assert any("never powered on again" in n and "dev-0001" in n for n in notice.notes)
+    # Its last word was a step of ota-1 and its journal names it: neither counts against it.
+    assert any("powered off to the end" in n for n in verdict.result("consistent").notes)
+    assert any("journal" in n for n in verdict.result("valid-end").notes)
+    # The same history without the power-off marker fails on every count.
+    unmarked = [op for op in power_cut_drill(on=None, lost=None) if op.f != "power-off"]
+    assert failed(check(unmarked, Budgets())) >= {"notice", "consistent", "valid-end",
+                                                  "answered"}
+
+
+def test_a_request_cut_off_by_a_power_off_needs_no_reply() -> None:
+    verdict = check(power_cut_drill(), Budgets())
+    answered = verdict.result("answered")
+    assert answered.passed
+    assert any("power-off" in n for n in answered.notes)
+    # A request more than a reply timeout before the power-off still needs its reply.
+    verdict = check(power_cut_drill(in_flight=0.8), Budgets(reply_timeout_seconds=1.0))
+    assert failed(verdict) == {"answered"}
+    assert violation(verdict, "answered")[0] == "dev-0001"
+
+
+def test_the_recover_clock_starts_again_at_power_on_after_a_cut_mid_recovery() -> None:
+    # It noticed at 3.3, then lost its power before recovering; powered on at 30 and
+    # recovered 0.5 s later (its update in flight at 3.0 was cut off).
+    cut = {"off": 3.4, "lost": 3.3, "in_flight": 3.0}
+    verdict = check(power_cut_drill(on=30.0, recovered=30.5, end=40.0, **cut), Budgets())
+    assert verdict.passed, _messages(verdict)
+    assert verdict.metrics.recovery_time.max_ms == pytest.approx(500.0)
+    late = check(power_cut_drill(on=30.0, recovered=41.0, end=50.0, **cut), Budgets())
+    assert failed(late) == {"recover"}
+    assert "within 10.0s of its power-on" in violation(late, "recover")[2]
+    # Never powered on again: not judged, and said so.
+    never = check(power_cut_drill(on=None, end=40.0, **cut), Budgets())
+    assert never.result("recover").passed
+    assert any("never powered on again" in n and "dev-0001" in n
+               for n in never.result("recover").notes)
+
+
+def test_resuming_from_the_journal_right_after_power_on_is_no_zombie_nor_stale() -> None:
+    # Powered on 20 s after the removal, it resumes ota-1 from its journal (a step, an update
+    # the service rejects) before it learns the execution is gone: within the reply timeout
+    # of its power-on, so neither a zombie update nor a stale step.
+    h = History()
+    d = document_digest(DOC1)
+    h.device(23.05, "dev-0001", "step", job="ota-1", n=1, step="install", documentDigest=d,
+             state=nvm(journal="ota-1", number=1, digest=d))
+    h.request(23.06, "dev-0001", "UpdateJobExecution", "ota-1",
+              {"status": "IN_PROGRESS", "expectedVersion": 3}, code="ResourceNotFound")
+    verdict = check(power_cut_drill(lost=None, end=26.0) + h.ops, Budgets())
+    assert verdict.result("no-zombie").passed
+    assert not [v for v in verdict.result("consistent").violations
+                if "after the service deleted it" in v.message]
+    assert verdict.result("notice").passed  # its deadline (28 s) is past the end
+
+
+def test_power_spells_pair_each_power_off_with_the_next_power_on_of_that_device() -> None:
+    h = History()
+    h.drill(1.0, "power-off", {"things": ["a", "b", 7]})
+    h.drill(1.5, "power-off", {"things": ["a"]})  # already off: no new spell
+    h.drill(2.0, "power-on", {"things": ["a", "c"], "cleanSession": False})
+    h.drill(3.0, "power-off", {"things": ["a"]})
+    tl = timeline.build(h.ops)
+    assert tl.powered_off == {"a": [(T0 + 1.0, T0 + 2.0), (T0 + 3.0, float("inf"))],
+                              "b": [(T0 + 1.0, float("inf"))]}
+    assert tl.reachable_from("a", T0 + 1.2) == T0 + 2.0
+    assert tl.reachable_from("a", T0 + 3.5) is None
+    assert tl.reachable_from("c", T0 + 1.2) == T0 + 1.2
+    assert tl.off_for_good("a") == T0 + 3.0
+    assert tl.off_for_good("c") is None
+
+
 # --- edges ----------------------------------------------------------------------------------
 
 

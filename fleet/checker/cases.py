@@ -1,13 +1,22 @@
 """Cases shared by the invariants and the metrics: which device executions were removed
 while held (notice, detection latency) and how each device recovered (recover, recovery
 time), which updates applied another document to the new execution of a reused jobId
-(reuse, progress), plus what a valid NVM state is."""
+(reuse, progress), plus what a valid NVM state is.
+
+Clocks and power cuts: a device's clock for a budget (:func:`clock_start`) starts once the
+device is reachable (:meth:`Timeline.reachable_from`: after outages, its own
+disconnected/rebooted spells and the drill's power cuts). A power cut that begins before the
+budget is spent and before the device did what the budget was for restarts the clock at the
+device's power-on: the device lost its RAM, so the time before the cut does not count, nor
+does the time it was off. A device never powered on again is not judged from then on.
+"""
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass
+from math import inf
 from typing import Any
 
 from devicesim.wire.topics import Operation
@@ -68,6 +77,22 @@ class NoticeCase:
         return None if lost is None else max(0.0, lost.time - self.since)
 
 
+def clock_start(tl: Timeline, thing: str, time: float, budget: float,
+                done: float | None = None) -> float | None:
+    """When the device's clock for a ``budget`` that begins at ``time`` starts: when it is next
+    reachable, restarted at its power-on (and the next reachable moment) whenever the drill
+    cut its power before the budget was spent and before ``done`` (when the device did what
+    the budget was for, if it did). None if it is never reachable again, or never powered on
+    again after such a cut."""
+    since = tl.reachable_from(thing, time)
+    while since is not None:
+        cut = tl.power_cut(thing, since, since + budget)
+        if cut is None or (done is not None and done <= cut[0]):
+            return since
+        since = tl.reachable_from(thing, cut[1]) if cut[1] != inf else None
+    return None
+
+
 def removed_executions(tl: Timeline, b: Budgets) -> list[tuple[DeviceExecution, Removal]]:
     """Every device execution that the service removed (first removal of each)."""
     pairs = []
@@ -80,16 +105,30 @@ def removed_executions(tl: Timeline, b: Budgets) -> list[tuple[DeviceExecution, 
 
 def notice_cases(tl: Timeline, b: Budgets) -> list[NoticeCase]:
     """Executions held at removal. The clock starts at the removal (or the device's late
-    start), or when the device was next reachable if an outage or its own disconnection
-    covered that moment; a device never reachable again is not a case."""
-    cases = []
+    start), or when the device was next reachable if an outage, its own disconnection or a
+    power cut covered that moment, and starts again at its power-on if its power was cut
+    before it noticed and before the deadline (:func:`clock_start`); a device never
+    reachable again is not a case (:func:`unjudged_notice_cases`)."""
+    return [NoticeCase(e, r, since, since + b.notice_seconds)
+            for e, r, since in _held_at_removal(tl, b) if since is not None]
+
+
+def unjudged_notice_cases(tl: Timeline, b: Budgets) -> list[tuple[DeviceExecution, Removal]]:
+    """Executions held at removal whose device was never reachable again (powered off, or
+    disconnected, for the rest of the history) before it noticed."""
+    return [(e, r) for e, r, since in _held_at_removal(tl, b) if since is None]
+
+
+def _held_at_removal(tl: Timeline, b: Budgets) -> list[tuple[DeviceExecution, Removal,
+                                                              float | None]]:
+    out = []
     for e, r in removed_executions(tl, b):
         if _done_before(tl, e, r.time):
             continue
-        since = tl.reachable_from(e.thing_name, max(r.time, e.started.time))
-        if since is not None:
-            cases.append(NoticeCase(e, r, since, since + b.notice_seconds))
-    return cases
+        lost = e.lost_access.time if e.lost_access is not None else None
+        out.append((e, r, clock_start(tl, e.thing_name, max(r.time, e.started.time),
+                                      b.notice_seconds, lost)))
+    return out
 
 
 def _done_before(tl: Timeline, e: DeviceExecution, time: float) -> bool:
@@ -107,25 +146,40 @@ class RecoveryCase:
     lost: DeviceEventRecord
     valid: DeviceEventRecord | None  # the first event showing a valid state, in budget
     window: tuple[DeviceEventRecord, ...]  # the device's events within the budget
+    since: float  # when the clock starts (lost_access, or a later power-on)
+    deadline: float  # inf: powered off before it recovered and never powered on again
 
     @property
     def time(self) -> float | None:
-        return None if self.valid is None else self.valid.time - self.lost.time
+        return None if self.valid is None else max(0.0, self.valid.time - self.since)
 
 
 def recovery_cases(tl: Timeline, b: Budgets) -> list[RecoveryCase]:
     """Every ``lost_access`` (the first per execution) and the first event within
-    ``recover_seconds`` that shows the device recovered."""
+    ``recover_seconds`` that shows the device recovered. If the drill cut the device's power
+    before it recovered and before the deadline, the clock starts again at its power-on (it
+    recovers locally: outages do not matter); never powered on again, the deadline is
+    ``inf``."""
     cases = []
     for e in tl.executions:
         lost = e.lost_access
         if lost is None:
             continue
-        deadline = lost.time + b.recover_seconds
-        window = tuple(ev for ev in tl.events_of(e.thing_name)
-                       if lost.time <= ev.time <= deadline and ev is not lost)
+        events = [ev for ev in tl.events_of(e.thing_name) if ev.time >= lost.time
+                  and ev is not lost]
+        first = next((ev for ev in events if _recovers(ev, e)), None)
+        since = lost.time
+        while True:
+            cut = tl.power_cut(e.thing_name, since, since + b.recover_seconds)
+            if cut is None or (first is not None and first.time <= cut[0]):
+                break
+            since = cut[1]
+            if since == inf:
+                break
+        deadline = since + b.recover_seconds
+        window = tuple(ev for ev in events if ev.time <= deadline)
         valid = next((ev for ev in window if _recovers(ev, e)), None)
-        cases.append(RecoveryCase(e, lost, valid, window))
+        cases.append(RecoveryCase(e, lost, valid, window, since, deadline))
     return cases
 
 

@@ -8,6 +8,13 @@ Each docstring states the rule exactly as checked. Shared vocabulary:
   no later than ``reply_timeout`` after the removal and no ``job_finished`` before it.
 - *valid state* (NVM): ``activeComplete`` and ``activeVerified`` are true and the journal does
   not name the lost execution.
+- *reachable* (:meth:`~fleet.checker.timeline.Timeline.reachable_from`): not inside a broker
+  or service outage, a spell the device began with ``disconnected``/``rebooted`` and ended with
+  ``connected``, or a power cut (from the drill's ``power-off`` marker naming the device to
+  the next ``power-on`` naming it, or to the end of the history). Clocks start when the device
+  is reachable, and a power cut before the budget is spent restarts them at the power-on
+  (:func:`fleet.checker.cases.clock_start`): a device without power has lost its RAM and
+  cannot act, so the time it was off never counts against it.
 
 The checker is sound rather than paranoid: where the history cannot show a rule was broken
 (a deadline beyond the end of the history, a fact the recorder did not see) it passes the
@@ -23,6 +30,7 @@ from typing import Any
 from devicesim.wire.topics import Operation
 from fleet.checker.cases import (
     StaleUpdate,
+    clock_start,
     label,
     notice_cases,
     nvm_problem,
@@ -30,6 +38,7 @@ from fleet.checker.cases import (
     removed_executions,
     reused_updates,
     stale_document_updates,
+    unjudged_notice_cases,
     work_digest,
 )
 from fleet.checker.model import Budgets, InvariantResult, Violation
@@ -69,9 +78,15 @@ def _ev(*ops: Op | None) -> tuple[dict[str, Any], ...]:
     return tuple(evidence(op) for op in seen[:MAX_EVIDENCE])
 
 
-def _reachable(tl: Timeline, thing: str, time: float) -> float:
-    reachable = tl.reachable_from(thing, time)
-    return float("inf") if reachable is None else reachable
+def _clock(tl: Timeline, thing: str, time: float, budget: float) -> float:
+    """:func:`clock_start` for a device that has not done what the budget is for (``inf``:
+    never reachable again)."""
+    since = clock_start(tl, thing, time, budget)
+    return float("inf") if since is None else since
+
+
+def _powered_off_for_good(tl: Timeline, things: Iterable[str]) -> str:
+    return ", ".join(sorted({t for t in things if tl.off_for_good(t) is not None}))
 
 
 # --- the invariants -----------------------------------------------------------------------
@@ -82,12 +97,23 @@ def notice(tl: Timeline, b: Budgets) -> InvariantResult:
     the device records ``device:lost_access`` for that job (and execution number, when both
     say) no later than ``notice_seconds`` after the removal -- or after its own start, if it
     started the execution after the removal, or after it was next reachable, if a drill
-    outage marker or its own ``disconnected``/``rebooted`` event covers that moment. A device
+    outage marker, a power cut (``power-off`` .. ``power-on``) or its own
+    ``disconnected``/``rebooted`` event covers that moment; if the drill cut its power before
+    it noticed and before the deadline, the clock starts again at its power-on. A device
     that finished first (``job_finished``, or the service accepting its terminal update,
-    before the removal) is exempt; a deadline past the end of the history is not judged.
+    before the removal) is exempt; a device never reachable again (never powered on again)
+    and a deadline past the end of the history are not judged.
     Detection latency = ``lost_access`` time - that start of the clock (at least 0)."""
     violations, notes = [], []
     cases = notice_cases(tl, b)
+    unjudged = {e.thing_name for e, _ in unjudged_notice_cases(tl, b)}
+    off = _powered_off_for_good(tl, unjudged)
+    if off:
+        notes.append(f"devices never powered on again are not judged for notice after their "
+                     f"power-off: {off}")
+    others = ", ".join(sorted(t for t in unjudged if tl.off_for_good(t) is None))
+    if others:
+        notes.append(f"devices never reachable again after a removal are not judged: {others}")
     for c in cases:
         e, lost = c.execution, c.execution.lost_access
         if lost is not None and lost.time <= c.deadline:
@@ -109,39 +135,49 @@ def recover(tl: Timeline, b: Budgets) -> InvariantResult:
     """recover: within ``recover_seconds`` after ``lost_access`` the device records
     ``device:recovered`` or ``device:idle`` (or ``job_started`` of another execution) whose
     NVM shows a valid state: active image complete and verified, and no journal naming the
-    lost execution."""
+    lost execution. If the drill cut its power before it recovered and before the deadline,
+    the clock starts again at its power-on; a device never powered on again is not judged,
+    nor is a deadline past the end of the history."""
     violations, notes = [], []
     cases = recovery_cases(tl, b)
+    off = _powered_off_for_good(tl, (c.execution.thing_name for c in cases
+                                     if c.valid is None and c.deadline == float("inf")))
+    if off:
+        notes.append(f"devices never powered on again are not judged for recover after their "
+                     f"power-off: {off}")
     for c in cases:
-        if c.valid is not None:
+        if c.valid is not None or c.deadline == float("inf"):
             continue
-        if c.lost.time + b.recover_seconds > tl.end:
+        if c.deadline > tl.end:
             notes.append("some recovery deadlines fall after the end of the history")
             continue
         e = c.execution
         last = c.window[-1] if c.window else None
         why = nvm_problem(last.nvm, e.job_id, e.execution_number) if last else None
         state = f"its last state: {last.kind}, {why or 'valid'}" if last else "it reported nothing"
+        after = f"of losing {label(e.job_id, e.execution_number)}" if c.since == c.lost.time \
+            else f"of its power-on after losing {label(e.job_id, e.execution_number)}"
         violations.append(Violation(
             invariant="recover", thing_name=e.thing_name, job_id=e.job_id,
-            time=c.lost.time + b.recover_seconds,
+            time=c.deadline,
             message=f"{e.thing_name} did not reach a valid state within {b.recover_seconds}s "
-                    f"of losing {label(e.job_id, e.execution_number)} ({state})",
+                    f"{after} ({state})",
             evidence=_ev(c.lost.op, *(ev.op for ev in c.window[-(MAX_EVIDENCE - 1):]))))
     return _result("recover", violations, len(cases), notes)
 
 
 def no_zombie(tl: Timeline, b: Budgets) -> InvariantResult:
     """no-zombie: after a device's ``lost_access`` for a removed execution (or, if it never
-    noticed, after the removal -- or its next reachable moment, :meth:`Timeline.reachable_from`
-    -- plus ``reply_timeout_seconds``) the device publishes no
+    noticed, after the removal -- or its next reachable moment, :meth:`Timeline.reachable_from`,
+    or its power-on if the drill cut its power within the grace, :func:`clock_start` -- plus
+    ``reply_timeout_seconds``) the device publishes no
     ``UpdateJobExecution`` for that jobId, until it starts a new execution of the jobId; an
     update whose payload names a different ``executionNumber`` is not for that execution."""
     violations = []
     pairs = removed_executions(tl, b)
     for e, r in pairs:
         cutoff = e.lost_access.time if e.lost_access else \
-            _reachable(tl, e.thing_name, r.time) + b.reply_timeout_seconds
+            _clock(tl, e.thing_name, r.time, b.reply_timeout_seconds) + b.reply_timeout_seconds
         horizon = min((o.started.time for o in tl.executions_of(e.thing_name, e.job_id)
                        if o is not e and o.started.time > cutoff), default=float("inf"))
         zombies = [q for q in tl.requests_by_thing.get(e.thing_name, [])
@@ -165,7 +201,9 @@ def valid_end(tl: Timeline, b: Budgets) -> InvariantResult:
     """valid-end: each device's final NVM (the ``final-state`` marker's, else its last event
     carrying NVM) has a complete and verified active image, and its journal is empty or names
     an execution that still exists: listed in ``final-state.executions`` (without a final
-    state: not deleted by the service)."""
+    state: not deleted by the service). The journal of a device powered off to the end is not
+    judged (it never got the chance to clear it: notice judges whether it should have before
+    its power-off); its image is."""
     violations, notes = [], []
     final = tl.final_state
     if final is None:
@@ -187,7 +225,11 @@ def valid_end(tl: Timeline, b: Budgets) -> InvariantResult:
         checked += 1
         problem = nvm_problem(nvm)
         journal = nvm.get("journalJobId")
-        if problem is None and isinstance(journal, str) and journal:
+        if problem is None and isinstance(journal, str) and journal and \
+                tl.off_for_good(thing) is not None:
+            notes.append(f"{thing}: powered off to the end, its journal ({journal}) is not "
+                         f"judged")
+        elif problem is None and isinstance(journal, str) and journal:
             number = as_int(nvm.get("journalExecutionNumber"))
             if final is not None:
                 exists = any(compatible(as_int(x.get("executionNumber")), number)
@@ -209,13 +251,15 @@ def valid_end(tl: Timeline, b: Budgets) -> InvariantResult:
 def consistent(tl: Timeline, b: Budgets) -> InvariantResult:
     """consistent: (1) a device never reports ``job_started``/``step`` for an execution the
     service removed more than ``reply_timeout_seconds`` earlier (counted from when the device
-    was next reachable, if it was offline at the removal), unless it records
+    was next reachable, if it was offline or powered off at the removal, and from its
+    power-on if the drill cut its power within that grace), unless it records
     ``lost_access`` for it within ``reply_timeout_seconds`` (a rebooted device may resume from
     its journal, then check); (2) a device whose last word is that it is executing an
     execution (``job_started``/``step`` with nothing after) ends with that execution existing,
     in the job's current incarnation and not terminal, per ``final-state`` (without one: not
     removed); a status only the device itself sets (SUCCEEDED/FAILED/REJECTED) means it
-    finished and its last events did not reach the history, so it passes."""
+    finished and its last events did not reach the history, so it passes. A device powered
+    off for good has no belief left (its NVM is judged by valid-end): (2) does not judge it."""
     violations, notes = [], []
     checked = 0
     timeout = b.reply_timeout_seconds
@@ -227,7 +271,7 @@ def consistent(tl: Timeline, b: Budgets) -> InvariantResult:
             checked += 1
             key = (thing, ev.job_id, ev.incarnation)
             stale = [r for r in tl.removals_of(key, ev.execution_number)
-                     if _reachable(tl, thing, r.time) < ev.time - timeout]
+                     if _clock(tl, thing, r.time, timeout) < ev.time - timeout]
             if not stale or key in flagged:
                 continue
             checked_later = any(
@@ -246,9 +290,13 @@ def consistent(tl: Timeline, b: Budgets) -> InvariantResult:
     final = tl.final_state
     if final is None:
         notes.append("no final-state marker: end state judged from removal events only")
+    off_at_end: list[str] = []
     for thing, events in tl.device_events.items():
         executing = _executing_at_end(events)
         if executing is None or executing.job_id is None:
+            continue
+        if tl.off_for_good(thing) is not None:
+            off_at_end.append(thing)
             continue
         checked += 1
         job_id, number = executing.job_id, executing.execution_number
@@ -271,6 +319,9 @@ def consistent(tl: Timeline, b: Budgets) -> InvariantResult:
                 invariant="consistent", thing_name=thing, job_id=job_id, time=executing.time,
                 message=f"{thing} ends executing {label(job_id, number)} but {problem}",
                 evidence=_ev(executing.op, final.op if final else None)))
+    if off_at_end:
+        notes.append(f"devices powered off to the end are not judged for what they were "
+                     f"executing then: {', '.join(sorted(off_at_end))}")
     return _result("consistent", violations, checked, notes)
 
 
@@ -607,13 +658,14 @@ def answered(tl: Timeline, b: Budgets) -> InvariantResult:
     a token count as one request sent that many times). A request whose
     reply window (``reply_timeout_seconds``) meets a ``broker-outage`` or ``service-outage``
     marker may instead be retried: a later request of the same thing, operation and jobId,
-    with a new token, that was answered. Requests in the last ``reply_timeout_seconds`` of
-    the history are not judged."""
+    with a new token, that was answered. A request whose device the drill powered off within
+    its reply window needs no reply (the device lost its RAM, the request with it). Requests
+    in the last ``reply_timeout_seconds`` of the history are not judged."""
     violations, notes = [], []
     checked = 0
     timeout = b.reply_timeout_seconds
     groups: dict[tuple[str, str, str], list[Request]] = defaultdict(list)
-    untracked = 0
+    untracked = cut_off = 0
     for q in tl.requests:
         if q.client_token is None:
             untracked += 1
@@ -632,11 +684,17 @@ def answered(tl: Timeline, b: Budgets) -> InvariantResult:
             # Invokes sharing a token are one request sent again (a QoS 1 redelivery).
             if replies or (_covered(tl, q, timeout) and _retried(tl, q)):
                 continue
+            if tl.power_cut(q.thing_name, q.time, q.time + timeout) is not None:
+                cut_off += 1
+                continue
             outage = " (an outage covers it but it was not retried)" \
                 if _covered(tl, q, timeout) else ""
             violations.append(_answer_violation(q, "got no reply" + outage, [q.op]))
     if untracked:
         notes.append(f"{untracked} requests without clientToken could not be matched")
+    if cut_off:
+        notes.append(f"{cut_off} requests without a reply were cut off by their device's "
+                     f"power-off")
     if tl.orphan_replies:
         notes.append(f"{len(tl.orphan_replies)} replies matched no request")
     violations.sort(key=lambda v: v.time or 0.0)

@@ -20,7 +20,13 @@ and extracts:
   CancelJobExecution / DeleteJobExecution;
 - device requests paired with their replies (:class:`Request`, by process, operation and
   clientToken), version numbers and execution numbers the service published, the drill's
-  ``final-state`` and outage markers.
+  ``final-state`` and outage markers;
+- when the drill cut the power of a device (:attr:`Timeline.powered_off`): from the
+  ``power-off`` marker naming it to the next ``power-on`` marker naming it, or to the end of
+  the history if there is none. A powered-off device has lost its RAM and its connection and
+  says nothing (the drill runner writes the ``power-off`` marker once the power is cut and the
+  ``power-on`` marker before the devices boot, each then saying ``rebooted`` and
+  ``connected``).
 
 Times are the recorder's (``Op.time``), never a device clock.
 """
@@ -45,6 +51,8 @@ REMOVING_OPERATIONS = ("deleted", "canceled", "removed")
 #: spell that ``disconnected`` or ``rebooted`` began).
 _OFFLINE_KINDS = ("disconnected", "rebooted")
 _OUTAGE_MARKERS = ("broker-outage", "service-outage")
+_POWER_MARKERS = ("power-off", "power-on")
+_NEVER = float("inf")
 
 ExecKey = tuple[str, str, int]  # thing_name, job_id, incarnation
 
@@ -290,6 +298,9 @@ class Timeline:
     terminal: dict[ExecKey, list[TerminalFact]] = field(default_factory=dict)
     #: Per device, spells (start, end) during which it said it was not connected.
     offline: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    #: Per device, spells (power-off, power-on) during which the drill had cut its power,
+    #: oldest first; ``power-on`` is ``inf`` if it was never powered on again.
+    powered_off: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
     # --- lookups shared by the invariants ---------------------------------------------
 
@@ -335,19 +346,37 @@ class Timeline:
 
     def reachable_from(self, thing_name: str, time: float) -> float | None:
         """The first moment at or after ``time`` when the device could hear from the
-        service: after any broker/service outage covering ``time`` and, if the device said
-        it was disconnected (or rebooting) then, once it said ``connected`` again. None if it
-        never did within the history."""
+        service: after any broker/service outage covering ``time``, after the drill powered
+        it on again if its power was cut then, and, if the device said it was disconnected
+        (or rebooting) then, once it said ``connected`` again. None if it never did within
+        the history."""
         moved = True
         while moved:
             moved = False
             for start, end, _ in self.outages:
                 if start <= time < end:
                     time, moved = end, True
-            for start, end in self.offline.get(thing_name, []):
-                if start <= time < end:
-                    time, moved = end, True
-        return None if time == float("inf") else time
+            for spells in (self.offline.get(thing_name, []),
+                           self.powered_off.get(thing_name, [])):
+                for start, end in spells:
+                    if start <= time < end:
+                        time, moved = end, True
+        return None if time == _NEVER else time
+
+    def power_cut(self, thing_name: str, start: float, end: float) -> tuple[float, float] | None:
+        """The first spell (power-off, power-on) of the device whose power-off falls in
+        ``[start, end]`` and whose power-on comes after ``start`` (``inf`` if it never came);
+        None if there is none."""
+        for off, on in self.powered_off.get(thing_name, []):
+            if start <= off <= end and on > start:
+                return off, on
+        return None
+
+    def off_for_good(self, thing_name: str) -> float | None:
+        """When the drill cut the device's power for the rest of the history (None if it
+        was powered on after its every power-off)."""
+        spells = self.powered_off.get(thing_name, [])
+        return spells[-1][0] if spells and spells[-1][1] == _NEVER else None
 
     def executions_of(self, thing_name: str, job_id: str) -> list[DeviceExecution]:
         """The device's executions of a job, in every incarnation, oldest first."""
@@ -612,6 +641,8 @@ def _observe_execution(tl: Timeline, thing: str, execution: Mapping[str, Any], o
 
 
 def _marker(tl: Timeline, op: Op) -> None:
+    if op.f in _POWER_MARKERS:
+        _power(tl, op)
     if op.f in _OUTAGE_MARKERS:
         start = op.value.get("start", op.time)
         end = op.value.get("end")
@@ -623,6 +654,20 @@ def _marker(tl: Timeline, op: Op) -> None:
                    if isinstance(v, dict)}
         executions = tuple(e for e in op.value.get("executions") or [] if isinstance(e, dict))
         tl.final_state = FinalState(op, devices, executions)
+
+
+def _power(tl: Timeline, op: Op) -> None:
+    """A ``power-off`` opens a spell for each device it names (unless one is open already);
+    a ``power-on`` closes the open spell of each device it names (ops come sorted)."""
+    things = op.value.get("things")
+    named = [t for t in things if isinstance(t, str) and t] if isinstance(things, list) else []
+    for thing in dict.fromkeys(named):
+        spells = tl.powered_off.get(thing, [])
+        is_off = bool(spells) and spells[-1][1] == _NEVER
+        if op.f == "power-off" and not is_off:
+            tl.powered_off.setdefault(thing, []).append((op.time, _NEVER))
+        elif op.f == "power-on" and is_off:
+            spells[-1] = (spells[-1][0], op.time)
 
 
 def _request(tl: Timeline, op: Op, pending: dict[tuple[str, str, str], list[Request]]) -> None:
