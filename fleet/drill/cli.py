@@ -34,6 +34,8 @@ def register(sub: Any) -> None:
     group.add_argument("--behaviour", help="one behaviour for every device")
     group.add_argument("--mix", help="behaviour weights, e.g. reference=0.9,stuck=0.1")
     p.add_argument("--seed", type=int, help="override the drill's seed")
+    p.add_argument("--timeout", type=float,
+                   help="seconds for the schedule to settle (big fleets need more)")
     p.add_argument("--broker", metavar="URL", help="use this broker instead of the embedded one")
     p.add_argument("--workers", type=int, default=1, help="device processes (default 1)")
     p.add_argument("--report-dir", type=Path,
@@ -72,6 +74,10 @@ def _drill_from(args: argparse.Namespace) -> spec.Drill:
         changes["mix"] = parse_mix(args.mix)
     if args.seed is not None:
         changes["seed"] = args.seed
+    if args.timeout is not None:
+        if args.timeout <= 0:
+            raise ValueError("--timeout: must be positive")
+        changes["timeout"] = args.timeout
     if args.workers < 1:
         raise ValueError("--workers: must be at least 1")
     return dataclasses.replace(drill, **changes)
@@ -118,7 +124,8 @@ def drill_problems(result: DrillResult) -> list[str]:
     """What makes a run untrustworthy even when every invariant holds."""
     problems = []
     if result.timed_out:
-        problems.append("the schedule did not settle before the drill's timeout")
+        problems.append("the schedule did not settle before the drill's timeout (a big "
+                        "fleet needs a longer --timeout, or --workers to use every core)")
     stats = [op.value for op in result.ops if op.f == "recorder-stats"]
     missing = stats[-1].get("missingDeviceEvents", 0) if stats else 0
     if missing:
