@@ -10,15 +10,23 @@ it, so the service must echo it). ``notify-next`` arrives through the SDK's stre
 
 awscrt calls back on its native threads; everything is handed to the asyncio loop with
 ``call_soon_threadsafe``.
+
+Order: the agent's actions must reach the broker in the order it took them, but the SDK
+publishes a request only after its own subscribe round trip. So while a request is in
+flight, what the agent publishes next (device events, the next request) waits in a queue
+until the request is answered or failed: a ``lost_access`` event can never overtake the
+update the device sent before noticing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import enum
 import json
 import logging
+from collections import deque
 from concurrent.futures import Future
 from typing import Any
 
@@ -34,7 +42,8 @@ from devicesim.wire.codec import camel
 log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_SECONDS = 3600
-OPERATION_TIMEOUT_SECONDS = 30
+#: as the agent's default reply timeout: a lost request holds the queue no longer than that
+OPERATION_TIMEOUT_SECONDS = 10
 
 
 def to_wire(value: Any) -> Any:
@@ -64,6 +73,10 @@ class SdkTransport:
         self._on_connection = on_connection
         self._loop = asyncio.get_running_loop()
         self._connected: asyncio.Future[bool] | None = None
+        self._stopped: asyncio.Future[None] | None = None
+        self._closing = False
+        self._queue: deque[tuple[str, bytes]] = deque()
+        self._busy = False  # a request is in flight: the queue waits for its answer
         self.connected = False
         self._client = mqtt5.Client(mqtt5.ClientOptions(
             host_name=host, port=port, disable_metrics=True,
@@ -73,7 +86,8 @@ class SdkTransport:
             session_behavior=mqtt5.ClientSessionBehaviorType.REJOIN_ALWAYS,
             min_reconnect_delay_ms=50, max_reconnect_delay_ms=2000,
             on_lifecycle_event_connection_success_fn=self._crt_connected,
-            on_lifecycle_event_disconnection_fn=self._crt_disconnected))
+            on_lifecycle_event_disconnection_fn=self._crt_disconnected,
+            on_lifecycle_event_stopped_fn=self._crt_stopped))
         self._jobs = iotjobs.IotJobsClientV2(self._client, rr.ClientOptions(
             max_request_response_subscriptions=4, max_streaming_subscriptions=2,
             operation_timeout_in_seconds=OPERATION_TIMEOUT_SECONDS))
@@ -106,25 +120,35 @@ class SdkTransport:
                 await opened
 
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
-        parsed = topics.parse_jobs_topic(topic)
-        if parsed is None or parsed.kind is not topics.Kind.REQUEST:
-            self._client.publish(mqtt5.PublishPacket(topic=topic, payload=payload,
-                                                     qos=mqtt5.QoS.AT_LEAST_ONCE))
-            return
-        request = json.loads(payload)
-        token = request.get("clientToken")
-        future = self._call(parsed, request)
-        future.add_done_callback(lambda f: self._loop.call_soon_threadsafe(
-            self._answer, topic, token, f))
+        self._queue.append((topic, payload))
+        self._drain_queue()
+
+    def _drain_queue(self) -> None:
+        while self._queue and not self._busy and not self._closing:
+            topic, payload = self._queue.popleft()
+            parsed = topics.parse_jobs_topic(topic)
+            if parsed is None or parsed.kind is not topics.Kind.REQUEST:
+                self._client.publish(mqtt5.PublishPacket(topic=topic, payload=payload,
+                                                         qos=mqtt5.QoS.AT_LEAST_ONCE))
+                continue
+            request = json.loads(payload)
+            token = request.get("clientToken")
+            self._busy = True
+            self._call(parsed, request).add_done_callback(
+                lambda f, topic=topic, token=token: self._loop.call_soon_threadsafe(
+                    self._answer, topic, token, f))
 
     async def close(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
-        self._jobs.close()
-        stopped = self._loop.create_future()
+        """Stop the client and wait until awscrt says it stopped; nothing is delivered to
+        the device afterwards (its RAM is gone)."""
+        self._closing = True
+        self._queue.clear()
+        self._stream = None
+        self._stopped = self._loop.create_future()
         self._client.stop()
-        self._loop.call_soon(_resolve, stopped)
-        await stopped
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await self._stopped
 
     def drop(self) -> None:
         """awscrt offers no abrupt close; stop and start again (a clean reconnect)."""
@@ -158,6 +182,10 @@ class SdkTransport:
             step_timeout_in_minutes=r.get("stepTimeoutInMinutes")))
 
     def _answer(self, request_topic: str, token: str | None, future: Future[Any]) -> None:
+        self._busy = False
+        if self._closing:
+            return
+        self._drain_queue()  # what the agent published meanwhile goes first
         try:
             response = future.result()
             topic, body = topics.accepted(request_topic), to_wire(response)
@@ -175,8 +203,11 @@ class SdkTransport:
 
     def _next_changed(self, event: iotjobs.NextJobExecutionChangedEvent) -> None:
         payload = json.dumps(to_wire(event)).encode()
-        self._loop.call_soon_threadsafe(self._on_message, topics.notify_next(self.thing),
-                                        payload)
+        self._loop.call_soon_threadsafe(self._pushed, payload)
+
+    def _pushed(self, payload: bytes) -> None:
+        if not self._closing:
+            self._on_message(topics.notify_next(self.thing), payload)
 
     # -- lifecycle (CRT threads) ---------------------------------------------------------
 
@@ -185,6 +216,8 @@ class SdkTransport:
         self._loop.call_soon_threadsafe(self._on_connected, session_present)
 
     def _on_connected(self, session_present: bool) -> None:
+        if self._closing:
+            return
         self.connected = True
         waiter = self._connected
         if waiter is not None and not waiter.done():
@@ -192,11 +225,19 @@ class SdkTransport:
         else:
             self._on_connection(session_present)
 
+    def _crt_stopped(self, data: mqtt5.LifecycleStoppedData) -> None:
+        self._loop.call_soon_threadsafe(self._on_stopped)
+
+    def _on_stopped(self) -> None:
+        self.connected = False
+        if self._stopped is not None:
+            _resolve(self._stopped)
+
     def _crt_disconnected(self, data: mqtt5.LifecycleDisconnectData) -> None:
         self._loop.call_soon_threadsafe(self._on_disconnected)
 
     def _on_disconnected(self) -> None:
-        if self.connected:
+        if self.connected and not self._closing:
             self.connected = False
             self._on_connection(False)
 
@@ -204,3 +245,4 @@ class SdkTransport:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
