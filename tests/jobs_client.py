@@ -62,18 +62,18 @@ class JobsClient:
 
     async def request(self, topic: str, body: dict[str, Any] | None = None, *,
                       raw: bytes | None = None, token: bool = True,
-                      timeout: float = 5.0) -> Reply:
+                      within: float = 5.0) -> Reply:
         body = dict(body or {})
         if raw is None and token:
             body.setdefault("clientToken", f"{self.thing}-{next(self._tokens)}")
         payload = raw if raw is not None else json.dumps(body).encode()
         if raw is not None or "clientToken" not in body:
             await self.client.publish(topic, payload, qos=1)
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within):
                 return await self.untokened.get()
         waiter = self._waiting[body["clientToken"]] = asyncio.get_running_loop().create_future()
         await self.client.publish(topic, payload, qos=1)
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             return await waiter
 
     # conveniences named after the AWS operations
@@ -89,12 +89,12 @@ class JobsClient:
     async def update(self, job_id: str, **body: Any) -> Reply:
         return await self.request(topics.update(self.thing, job_id), body)
 
-    async def next_notify_next(self, timeout: float = 5.0) -> dict[str, Any]:
-        async with asyncio.timeout(timeout):
+    async def next_notify_next(self, within: float = 5.0) -> dict[str, Any]:
+        async with asyncio.timeout(within):
             return await self.notify_next.get()
 
-    async def next_notify(self, timeout: float = 5.0) -> dict[str, Any]:
-        async with asyncio.timeout(timeout):
+    async def next_notify(self, within: float = 5.0) -> dict[str, Any]:
+        async with asyncio.timeout(within):
             return await self.notify.get()
 
 

@@ -56,7 +56,8 @@ def create(service: JobsService, job_id: str, *things: str, doc: str = DOC) -> N
 async def test_get_pending_and_start_next(service: JobsService, device: JobsClient) -> None:
     reply = await device.get_pending()
     assert reply.kind == "accepted"
-    assert reply.body["inProgressJobs"] == [] and reply.body["queuedJobs"] == []
+    assert reply.body["inProgressJobs"] == []
+    assert reply.body["queuedJobs"] == []
     assert reply.body["clientToken"].startswith(device.thing)
     assert isinstance(reply.body["timestamp"], int)
 
@@ -78,7 +79,8 @@ async def test_get_pending_and_start_next(service: JobsService, device: JobsClie
     pending = await device.get_pending()
     assert [s["jobId"] for s in pending.body["inProgressJobs"]] == ["job-a"]
     # QUEUED -> IN_PROGRESS through start-next pushes nothing
-    assert device.notify_next.empty() and device.notify.empty()
+    assert device.notify_next.empty()
+    assert device.notify.empty()
 
 
 async def test_start_next_with_nothing_pending_has_no_execution(
@@ -201,7 +203,8 @@ async def test_terminal_codes_are_configurable(broker_address: BrokerAddress, tm
         service.store.cancel_job_execution("job-g", device.thing, force=True)
         service.flush()
         reply = await device.update("job-g", status="SUCCEEDED")
-        assert reply.code == "TerminalStateReached" and "executionState" not in reply.body
+        assert reply.code == "TerminalStateReached"
+        assert "executionState" not in reply.body
         assert (await device.describe("job-g")).code == "TerminalStateReached"
     finally:
         await service.stop()
@@ -226,7 +229,8 @@ async def test_bad_input_is_rejected_and_service_survives(
 async def test_empty_payload_is_an_empty_request(service: JobsService,
                                                  device: JobsClient) -> None:
     reply = await device.request(topics.get_pending(device.thing), raw=b"")
-    assert reply.kind == "accepted" and "clientToken" not in reply.body
+    assert reply.kind == "accepted"
+    assert "clientToken" not in reply.body
 
 
 async def test_service_ignores_its_own_replies(service: JobsService,

@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -68,7 +68,7 @@ async def test_ready_file_and_clean_stop(fleet_up: FleetUp) -> None:
 
 
 async def _updater(client: JobsClient, job_id: str, versions: dict[str, int],
-                   stop: asyncio.Event) -> None:
+                   stop: asyncio.Event, progress: asyncio.Event) -> None:
     """Send IN_PROGRESS updates back to back, tracking the last version the service accepted
     (or reported in a VersionMismatch / describe after a lost reply)."""
     n = 0
@@ -78,18 +78,33 @@ async def _updater(client: JobsClient, job_id: str, versions: dict[str, int],
             reply = await client.update(job_id, status="IN_PROGRESS",
                                         expectedVersion=versions[client.thing],
                                         statusDetails={"n": str(n)},
-                                        includeJobExecutionState=True, timeout=3)
+                                        includeJobExecutionState=True, within=3)
         except TimeoutError:  # the service died with our request: ask again once it is back
             while True:
                 try:
-                    reply = await client.describe(job_id, timeout=3)
+                    reply = await client.describe(job_id, within=3)
                     break
                 except TimeoutError:
                     continue
             versions[client.thing] = reply.body["execution"]["versionNumber"]
+            progress.set()
             continue
         state = reply.body["executionState"]
         versions[client.thing] = state["versionNumber"]
+        progress.set()
+
+
+async def _until(condition: Callable[[], bool], progress: asyncio.Event,
+                 tasks: list[asyncio.Task[None]]) -> None:
+    """Wait (on the updaters' progress, not a clock) until ``condition`` holds; an updater
+    that fails fails the test at once."""
+    while not condition():
+        progress.clear()
+        waiter = asyncio.ensure_future(progress.wait())
+        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        for task in done - {waiter}:
+            task.result()
 
 
 async def test_sigkill_mid_updates_loses_nothing(fleet_up: FleetUp, tmp_path: Path) -> None:
@@ -102,21 +117,21 @@ async def test_sigkill_mid_updates_loses_nothing(fleet_up: FleetUp, tmp_path: Pa
     info = await fleet_up.start()
     host, port = fleet_up.broker.host, fleet_up.broker.port
     versions = dict.fromkeys(THINGS, 2)
-    stop = asyncio.Event()
+    stop, progress = asyncio.Event(), asyncio.Event()
     async with contextlib.AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(jobs_client(host, port, t)) for t in THINGS]
-        tasks = [asyncio.create_task(_updater(c, f"durable-job-{i}", versions, stop))
+        tasks = [asyncio.create_task(_updater(c, f"durable-job-{i}", versions, stop, progress))
                  for i, c in enumerate(clients)]
         async with asyncio.timeout(30):
-            while sum(versions.values()) < 2 * len(THINGS) + 40:
-                await asyncio.wait(tasks, timeout=0.05)  # wake on progress or a failed task
+            await _until(lambda: sum(versions.values()) >= 2 * len(THINGS) + 40, progress,
+                         tasks)
         assert await fleet_up.signal(signal.SIGKILL) == -signal.SIGKILL
         killed_at = dict(versions)
         assert int(info["pid"]) != os.getpid()  # type: ignore[call-overload]
         await fleet_up.start()
         async with asyncio.timeout(30):
-            while any(versions[t] < killed_at[t] + 5 for t in THINGS):
-                await asyncio.wait(tasks, timeout=0.05)
+            await _until(lambda: all(versions[t] >= killed_at[t] + 5 for t in THINGS),
+                         progress, tasks)
         stop.set()
         async with asyncio.timeout(15):
             await asyncio.gather(*tasks)
@@ -139,7 +154,8 @@ async def test_bad_broker_url_is_a_one_line_error(tmp_path: Path) -> None:
     async with asyncio.timeout(20):
         _, err = await proc.communicate()
     assert proc.returncode == 2
-    assert err.decode().strip().count("\n") == 0 and "http://nope" in err.decode()
+    assert err.decode().strip().count("\n") == 0
+    assert "http://nope" in err.decode()
 
 
 def test_topics_reference() -> None:  # keep the import of topics honest for this module

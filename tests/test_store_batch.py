@@ -40,8 +40,12 @@ def test_a_failing_operation_in_a_batch_leaves_the_others(tmp_path: Path) -> Non
 
 def test_a_failed_batch_keeps_nothing_and_announces_nothing(tmp_path: Path) -> None:
     store = make(tmp_path / "s.db")
-    with pytest.raises(RuntimeError), store.batch():
-        store.update("a", "j", status=X.SUCCEEDED, expected_version=2)
-        raise RuntimeError("the shell died mid-batch")
+    def crash_mid_batch() -> None:
+        with store.batch():
+            store.update("a", "j", status=X.SUCCEEDED, expected_version=2)
+            raise RuntimeError("the shell died mid-batch")
+
+    with pytest.raises(RuntimeError):
+        crash_mid_batch()
     assert store.drain() == []
     assert store.describe_job_execution("j", "a").status is X.IN_PROGRESS
