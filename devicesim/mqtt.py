@@ -99,6 +99,7 @@ class Client:
         self._loop = asyncio.get_running_loop()
         self._waiters = _Waiters()
         self._closing = False
+        self._subscriptions: dict[str, int] = {}
         self._reconnect_task: asyncio.Task[None] | None = None
         self.connected = False
         c = paho.Client(CallbackAPIVersion.VERSION2, client_id=options.client_id,
@@ -133,6 +134,9 @@ class Client:
             return await self._waiters.connack
 
     async def subscribe(self, filters: list[str], qos: int = 1) -> None:
+        """Subscribe and wait for SUBACK; after a reconnect on which the broker had lost the
+        session (restarted without it), the client subscribes again by itself."""
+        self._subscriptions.update(dict.fromkeys(filters, qos))
         result, mid = self._paho.subscribe([(f, qos) for f in filters])
         self._check(result, "subscribe")
         assert mid is not None
@@ -200,6 +204,12 @@ class Client:
         session_present = bool(flags.session_present)
         if waiter is not None and not waiter.done():
             waiter.set_result(session_present)
+        elif not session_present and self._subscriptions:
+            # a reconnect, and the broker forgot us (e.g. SIGKILLed before its autosave):
+            # SUBSCRIBE goes out before anything published from now on
+            self._paho.subscribe(list(self._subscriptions.items()))
+            log.info("resubscribed client_id=%s filters=%d", self.options.client_id,
+                     len(self._subscriptions))
         if self._on_connection is not None:
             self._on_connection(session_present)
 

@@ -76,8 +76,7 @@ class Recorder:
         self._broker, self._now, self._client_id = broker, now, client_id
         self._pump = Pump()
         self._client: Client | None = None
-        self._last_seq: dict[str, int] = {}
-        self.gaps: dict[str, int] = {}
+        self._seqs: dict[str, set[int]] = {}  # device event numbers seen, per device
         self.received = 0
 
     async def start(self) -> None:
@@ -99,21 +98,26 @@ class Recorder:
         op = classify(topic, payload, self._now())
         seq = op.value.get("seq") if op.f.startswith("device:") else None
         if isinstance(seq, int):
-            last = self._last_seq.get(op.process, 0)
-            if seq > last + 1:
-                self.gaps[op.process] = self.gaps.get(op.process, 0) + seq - last - 1
-            self._last_seq[op.process] = max(last, seq)
+            self._seqs.setdefault(op.process, set()).add(seq)
         self.ops.append(op)
         if self._listener is not None:
             self._listener(op)
 
     def has_events(self, counts: dict[str, int]) -> bool:
-        """True once the recorder saw every device's events up to the given ``seq``."""
-        return all(self._last_seq.get(thing, 0) >= n for thing, n in counts.items())
+        """True once the recorder saw every device's events 1..n (for the given n)."""
+        return all(len(self._seqs.get(thing, ())) >= n for thing, n in counts.items())
+
+    def gaps(self) -> dict[str, int]:
+        """Per device, how many of its events (1..highest seen) never arrived. Events may
+        arrive out of order (one queued while offline goes out after the reconnect's
+        ``connected``), so this is only final once the devices are done."""
+        return {thing: max(seqs) - len(seqs) for thing, seqs in self._seqs.items()
+                if max(seqs) != len(seqs)}
 
     def stats(self) -> dict[str, Any]:
-        return {"received": self.received, "devices": len(self._last_seq),
-                "missingDeviceEvents": sum(self.gaps.values()), "gaps": self.gaps}
+        gaps = self.gaps()
+        return {"received": self.received, "devices": len(self._seqs),
+                "missingDeviceEvents": sum(gaps.values()), "gaps": gaps}
 
     async def stop(self) -> None:
         if self._client is not None:

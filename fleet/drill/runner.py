@@ -257,6 +257,12 @@ class _Run:
     async def restart_broker(self, *, kill: bool) -> None:
         if self.broker is None:
             raise ValueError("restart-broker: only possible on the embedded broker")
+        if kill:
+            # a crash loses what the broker did not save yet; let one full autosave happen
+            # first (the second save line starts after the first finished), so the sessions
+            # and subscriptions of the drill's own recorder and service survive the crash
+            for _ in range(2):
+                await asyncio.to_thread(self.broker.wait_for_autosave)
         start = time.time()
         await asyncio.to_thread(self.broker.kill if kill else self.broker.stop)
         await asyncio.to_thread(self.broker.restart)

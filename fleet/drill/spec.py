@@ -222,7 +222,10 @@ class _Parser:
         if action == "force-delete-jobs" and not kwargs.get("jobs"):
             raise self.fail(f"{where}.jobs", "required by action force-delete-jobs")
         if "when" in raw:
-            kwargs["when"] = self.when(raw["when"], f"{where}.when")
+            kwargs["when"] = when = self.when(raw["when"], f"{where}.when")
+            watches_job = (when.started, when.succeeded, when.step) != (None, None, None)
+            if watches_job and "job" not in kwargs:
+                raise self.fail(f"{where}.job", "required: the job that `when` watches")
         return Step(**kwargs)
 
     def when(self, raw: Any, where: str) -> When:

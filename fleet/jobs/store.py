@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS executions (
     force_canceled INTEGER NOT NULL, step_deadline REAL, in_progress_deadline REAL,
     sweep_at REAL, seq INTEGER NOT NULL, deadline REAL, PRIMARY KEY (thing_name, job_id));
 CREATE INDEX IF NOT EXISTS executions_by_job ON executions (job_id, seq);
+CREATE INDEX IF NOT EXISTS executions_by_job_status ON executions (job_id, status);
 CREATE INDEX IF NOT EXISTS executions_pending ON executions (thing_name, status, seq);
 CREATE INDEX IF NOT EXISTS executions_sweep ON executions (sweep_at) WHERE sweep_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS executions_deadline ON executions (deadline)
@@ -310,7 +311,8 @@ class JobsStore:
             e.started_at, e.in_progress_deadline, e.step_deadline)
         if status is X.IN_PROGRESS and e.status is X.QUEUED:
             started_at = now
-            minutes = (job or self._get_job(e.job_id)).in_progress_timeout_minutes
+            minutes = (job.in_progress_timeout_minutes if job is not None
+                       else self._job_column(e.job_id, "in_progress_timeout_minutes"))
             in_progress_deadline = None if minutes is None else now + minutes * 60
         if step_timeout is not None:
             step_deadline = None if step_timeout == -1 else now + step_timeout * 60
@@ -343,14 +345,23 @@ class JobsStore:
         self._db.execute(f"UPDATE jobs SET {assignments} WHERE job_id = ?",
                          (*columns.values(), job_id))
 
+    def _job_column(self, job_id: str, column: str) -> Any:
+        """One column of a job (hot paths: no decoding of the whole job and its targets)."""
+        row = self._db.execute(f"SELECT {column} FROM jobs WHERE job_id = ?",
+                               (job_id,)).fetchone()
+        if row is None:
+            raise ResourceNotFoundException(f"Job {job_id} not found")
+        return row[0]
+
     def _maybe_complete(self, job_id: str) -> None:
-        job = self._get_job(job_id)
-        if job.status is not J.IN_PROGRESS or job.target_selection != "SNAPSHOT":
+        row = self._db.execute("SELECT status, target_selection FROM jobs WHERE job_id = ?",
+                               (job_id,)).fetchone()
+        if row is None or row[0] != J.IN_PROGRESS.value or row[1] != "SNAPSHOT":
             return
         if self._db.execute("SELECT 1 FROM executions WHERE job_id = ? AND status IN (?, ?)"
                             " LIMIT 1", (job_id, *_PENDING)).fetchone():
             return
-        new = lifecycle.job_event(job.status, "complete", job_id=job_id, force=False,
+        new = lifecycle.job_event(J.IN_PROGRESS, "complete", job_id=job_id, force=False,
                                   settings=self.settings)
         self._set_job(job_id, status=new.value, completed_at=self._now())
         self._job_event(job_id, "completed", extra={
@@ -683,8 +694,11 @@ class JobsStore:
         """When :meth:`tick` next has work, or None."""
         if self._empty_deleting_jobs():
             return self._now()
-        sweep = self._db.execute("SELECT min(sweep_at) FROM executions").fetchone()[0]
-        deadline = self._db.execute("SELECT min(deadline) FROM executions").fetchone()[0]
+        # the IS NOT NULL terms let SQLite use the partial indexes (no table scan)
+        sweep = self._db.execute("SELECT min(sweep_at) FROM executions"
+                                 " WHERE sweep_at IS NOT NULL").fetchone()[0]
+        deadline = self._db.execute("SELECT min(deadline) FROM executions"
+                                    " WHERE deadline IS NOT NULL").fetchone()[0]
         due = [t for t in (sweep, deadline) if t is not None]
         return min(due) if due else None
 
@@ -698,8 +712,8 @@ class JobsStore:
         """Sweep executions of deleting jobs, finish deletions, time executions out."""
         now = self._now()
         rows = self._db.execute(
-            f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE sweep_at <= ?"
-            " ORDER BY sweep_at", (now,)).fetchall()
+            f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE sweep_at IS NOT NULL AND"
+            " sweep_at <= ? ORDER BY sweep_at", (now,)).fetchall()
         for row in rows:
             e = self._execution_from(row)
             with self._tx([e.thing_name]):
@@ -711,7 +725,8 @@ class JobsStore:
             self._documents.pop(job_id, None)
             log.info("delete_job done job_id=%s", job_id)
         rows = self._db.execute(
-            f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE deadline <= ?",
+            f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE deadline IS NOT NULL AND"
+            " deadline <= ?",
             (now,)).fetchall()
         for row in rows:
             e = self._execution_from(row)
