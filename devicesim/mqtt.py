@@ -23,7 +23,10 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,12 @@ class ClientOptions:
     max_inflight: int = 20
     reconnect_min_delay: float = 0.05
     reconnect_max_delay: float = 2.0
+    #: MQTT 5 (persistent sessions through a session expiry interval) instead of 3.1.1
+    mqtt5: bool = False
+    #: MQTT 5 "No Local": the broker does not send back what this client published itself
+    #: (the jobs service subscribes to a wildcard that also covers its own replies)
+    no_local: bool = False
+    session_expiry: int = 3600
 
 
 @dataclass(slots=True)
@@ -102,8 +111,12 @@ class Client:
         self._subscriptions: dict[str, int] = {}
         self._reconnect_task: asyncio.Task[None] | None = None
         self.connected = False
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=options.client_id,
-                        clean_session=options.clean_session, protocol=paho.MQTTv311)
+        if options.mqtt5:
+            c = paho.Client(CallbackAPIVersion.VERSION2, client_id=options.client_id,
+                            protocol=paho.MQTTv5)
+        else:
+            c = paho.Client(CallbackAPIVersion.VERSION2, client_id=options.client_id,
+                            clean_session=options.clean_session, protocol=paho.MQTTv311)
         if options.username is not None:
             c.username_pw_set(options.username, options.password)
         c.max_inflight_messages_set(options.max_inflight)
@@ -126,7 +139,14 @@ class Client:
         self._pump.add(self)
         self._waiters.connack = self._loop.create_future()
         try:
-            self._paho.connect_async(self.options.host, self.options.port, self.options.keepalive)
+            o = self.options
+            if o.mqtt5:
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                props.SessionExpiryInterval = 0 if o.clean_session else o.session_expiry
+                self._paho.connect_async(o.host, o.port, o.keepalive,
+                                         clean_start=o.clean_session, properties=props)
+            else:
+                self._paho.connect_async(o.host, o.port, o.keepalive)
             self._check(self._paho.reconnect(), "connect")
         except OSError as e:
             raise MqttError(f"connect to {self.options.host}:{self.options.port}: {e}") from e
@@ -137,12 +157,17 @@ class Client:
         """Subscribe and wait for SUBACK; after a reconnect on which the broker had lost the
         session (restarted without it), the client subscribes again by itself."""
         self._subscriptions.update(dict.fromkeys(filters, qos))
-        result, mid = self._paho.subscribe([(f, qos) for f in filters])
+        result, mid = self._paho.subscribe([self._option(f, qos) for f in filters])
         self._check(result, "subscribe")
         assert mid is not None
         waiter = self._waiters.suback[mid] = self._loop.create_future()
         async with asyncio.timeout(REPLY_TIMEOUT):
             await waiter
+
+    def _option(self, topic_filter: str, qos: int) -> tuple[str, Any]:
+        if self.options.mqtt5:
+            return (topic_filter, SubscribeOptions(qos=qos, noLocal=self.options.no_local))
+        return (topic_filter, qos)
 
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
         """Queue a publish; QoS 1 messages survive a reconnect of a persistent session."""
@@ -207,7 +232,7 @@ class Client:
         elif not session_present and self._subscriptions:
             # a reconnect, and the broker forgot us (e.g. SIGKILLed before its autosave):
             # SUBSCRIBE goes out before anything published from now on
-            self._paho.subscribe(list(self._subscriptions.items()))
+            self._paho.subscribe([self._option(f, q) for f, q in self._subscriptions.items()])
             log.info("resubscribed client_id=%s filters=%d", self.options.client_id,
                      len(self._subscriptions))
         if self._on_connection is not None:

@@ -64,6 +64,7 @@ class JobsService:
         self._client = Client(
             ClientOptions(client_id=SERVICE_CLIENT_ID, host=b.host, port=b.port,
                           clean_session=False, keepalive=30, max_inflight=0,
+                          mqtt5=True, no_local=True,
                           username=self.config.username, password=self.config.password),
             self._pump, on_message=self._on_message)
         await self._client.connect()
