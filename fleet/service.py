@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 SERVICE_CLIENT_ID = "devicesim-jobs-service"
 TIMER_POLL = 1.0
+#: executions swept per tick before the loop serves requests again
+TICK_CHUNK = 100
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,8 +136,12 @@ class JobsService:
                         await self._wake.wait()
                 continue
             try:
-                self.store.tick()
+                with self.store.batch():  # one commit per chunk
+                    more = self.store.tick(limit=TICK_CHUNK)
             except Exception:  # never let a timer bug stop the sweep for good
                 log.exception("tick failed")
+                more = False
                 await asyncio.sleep(0.1)
             self._publish(self.store.drain())
+            if more:  # a burst: let requests in between chunks
+                await asyncio.sleep(0)

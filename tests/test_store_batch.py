@@ -49,3 +49,17 @@ def test_a_failed_batch_keeps_nothing_and_announces_nothing(tmp_path: Path) -> N
         crash_mid_batch()
     assert store.drain() == []
     assert store.describe_job_execution("j", "a").status is X.IN_PROGRESS
+
+
+def test_a_burst_is_swept_in_chunks(tmp_path: Path) -> None:
+    clock = [1_700_000_000.0]
+    store = JobsStore(tmp_path / "s.db", now=lambda: clock[0])
+    things = [f"t{i}" for i in range(5)]
+    store.create_job("big", targets=[ARN + t for t in things], document='{"operation": "x"}')
+    store.delete_job("big", force=True)
+    clock[0] += 60  # every execution is due
+    assert store.tick(limit=2) is True
+    assert len(store.list_job_executions_for_job("big")[0]) == 3
+    assert store.tick(limit=2) is True
+    assert store.tick(limit=2) is False  # the last one, and the job's deletion completes
+    assert store.list_jobs()[0] == []

@@ -708,17 +708,23 @@ class JobsStore:
             " e WHERE e.job_id = jobs.job_id)", (J.DELETION_IN_PROGRESS.value,)).fetchall()
         return [r[0] for r in rows]
 
-    def tick(self) -> None:
-        """Sweep executions of deleting jobs, finish deletions, time executions out."""
+    def tick(self, limit: int | None = None) -> bool:
+        """Sweep executions of deleting jobs, finish deletions, time executions out.
+
+        At most ``limit`` executions are swept per call (a shell keeps its loop responsive
+        in a burst); returns True when more is due already.
+        """
         now = self._now()
         rows = self._db.execute(
             f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE sweep_at IS NOT NULL AND"
-            " sweep_at <= ? ORDER BY sweep_at", (now,)).fetchall()
-        for row in rows:
+            " sweep_at <= ? ORDER BY sweep_at LIMIT ?", (now, -1 if limit is None else limit + 1)
+        ).fetchall()
+        more = limit is not None and len(rows) > limit
+        for row in rows[:limit]:
             e = self._execution_from(row)
             with self._tx([e.thing_name]):
                 self._remove_execution(e, event=self.settings.execution_deleted_events)
-        for job_id in self._empty_deleting_jobs():
+        for job_id in [] if more else self._empty_deleting_jobs():
             with self._tx():
                 self._job_event(job_id, "deleted")
                 self._db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
@@ -733,6 +739,7 @@ class JobsStore:
             with self._tx([e.thing_name]):
                 self._change_execution(e, X.TIMED_OUT, details=None)
             log.info("timed_out job_id=%s thing_name=%s", e.job_id, e.thing_name)
+        return more
 
 
 def _asdict(job: Job) -> dict[str, Any]:
