@@ -17,12 +17,14 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	@touch $(STAMP)
 
-# Mosquitto is the embedded broker; install it only when neither PATH nor /usr/sbin has it.
+# Mosquitto is the embedded broker (and its C clients the benchmark's reference); install
+# them only when missing.
 mosquitto:
-	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
+	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ] \
+	    || ! command -v mosquitto_pub >/dev/null 2>&1; then \
 		echo "installing mosquitto"; \
 		$(SUDO) apt-get update && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto mosquitto-clients; \
 	fi
 
 test: setup
