@@ -141,10 +141,13 @@ class DeviceShell:
             filters = [f for f in filters if not f.endswith("/notify-next")]
         return filters
 
-    async def start(self) -> None:
+    async def start(self, gate: asyncio.Semaphore | None = None) -> None:
+        """Connect (inside ``gate``, which bounds connects in flight: Mosquitto's listen
+        backlog is 100), subscribe if the broker has no session for us, tell the agent."""
         self._starting = True
         try:
-            session_present = await self._client.connect()
+            async with gate or contextlib.nullcontext():
+                session_present = await self._client.connect()
             if not session_present:
                 await self._client.subscribe(self._filters())
         finally:
@@ -251,8 +254,7 @@ class Fleet:
             shell = DeviceShell(thing, behaviours.get(name) or resolve(name), self.config,
                                 self._pump, now=self._now)
             self.devices[thing] = shell
-            async with gate:
-                await shell.start()
+            await shell.start(gate)
 
         # behaviours are stateless policy objects: one instance per name is shared
         for name in set(self.assignment.values()):

@@ -103,9 +103,13 @@ def request_topic(thing_name: str, operation: Operation, job_id: str | None = No
 
 
 def device_subscriptions(thing_name: str) -> list[str]:
-    """What a device subscribes to (Mosquitto routes replies only to subscribers)."""
+    """What a device subscribes to (Mosquitto routes replies only to subscribers).
+
+    Not ``notify``: the reference agent acts on ``notify-next`` alone (as the AWS IoT Device
+    Client does), and every pending-set change would otherwise cost each device a message.
+    """
     p = jobs_prefix(thing_name)
-    return [f"{p}/notify-next", f"{p}/notify", f"{p}/get/+", f"{p}/start-next/+", f"{p}/+/get/+",
+    return [f"{p}/notify-next", f"{p}/get/+", f"{p}/start-next/+", f"{p}/+/get/+",
             f"{p}/+/update/+"]
 
 
