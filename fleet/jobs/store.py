@@ -16,7 +16,6 @@ committed transaction).
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import random
@@ -36,11 +35,9 @@ from devicesim.wire.enums import JobStatus as J
 from devicesim.wire.messages import (
     JobExecutionsChangedEvent,
     NextJobExecutionChangedEvent,
-    has_other_characters,
     validate_status_details,
-    validate_step_timeout,
 )
-from fleet.jobs import lifecycle
+from fleet.jobs import lifecycle, validation
 from fleet.jobs.errors import (
     InvalidRequestException,
     InvalidStateTransitionException,
@@ -55,10 +52,6 @@ from fleet.jobs.settings import ServiceSettings, TerminalDescribe
 
 log = logging.getLogger(__name__)
 
-MAX_DOCUMENT_CHARS = 32768
-MAX_DESCRIPTION_CHARS = 2028
-MAX_TIMEOUT_MINUTES = 10080
-_REASON_CODE = re.compile(r"[A-Z0-9_]{1,128}")
 _THING_ARN = re.compile(r"arn:aws[a-z-]*:iot:([a-z0-9-]*):(\d*):(thing|thinggroup)/(.+)")
 _PENDING = (X.IN_PROGRESS.value, X.QUEUED.value)
 
@@ -427,14 +420,14 @@ class JobsStore:
                    description: str | None = None, target_selection: str = "SNAPSHOT",
                    in_progress_timeout_minutes: int | None = None,
                    namespace_id: str | None = None) -> Job:
-        _check_job_id(job_id)
+        validation.check_job_id(job_id)
         things = self._thing_names(targets)
-        _check_document(document)
-        _check_text("description", description)
+        validation.check_document(document)
+        validation.check_text("description", description)
         if target_selection not in ("SNAPSHOT", "CONTINUOUS"):
             raise InvalidRequestException("targetSelection: must be SNAPSHOT or CONTINUOUS")
         if in_progress_timeout_minutes is not None and not (
-                1 <= in_progress_timeout_minutes <= MAX_TIMEOUT_MINUTES):
+                1 <= in_progress_timeout_minutes <= validation.MAX_TIMEOUT_MINUTES):
             raise InvalidRequestException(
                 "timeoutConfig.inProgressTimeoutInMinutes: must be between 1 and 10080")
         now = self._now()
@@ -496,20 +489,21 @@ class JobsStore:
         query, params = "SELECT * FROM jobs WHERE 1 = 1", []
         if status is not None:
             query += " AND status = ?"
-            params.append(_enum(J, status, "status").value)
+            params.append(validation.parse_enum(J, status, "status").value)
         if target_selection is not None:
             query += " AND target_selection = ?"
             params.append(target_selection)
-        offset, limit = _page(max_results, next_token)
+        offset, limit = validation.page(max_results, next_token)
         rows = self._db.execute(query + " ORDER BY seq LIMIT ? OFFSET ?",
                                 (*params, limit + 1, offset)).fetchall()
-        return [self._job_from(r) for r in rows[:limit]], _token(offset, limit, len(rows))
+        jobs = [self._job_from(r) for r in rows[:limit]]
+        return jobs, validation.next_token_for(offset, limit, len(rows))
 
     def cancel_job(self, job_id: str, *, force: bool = False, reason_code: str | None = None,
                    comment: str | None = None) -> Job:
-        if reason_code is not None and not _REASON_CODE.fullmatch(reason_code):
+        if reason_code is not None and not validation.REASON_CODE.fullmatch(reason_code):
             raise InvalidRequestException("reasonCode: must match [A-Z0-9_]{1,128}")
-        _check_text("comment", comment)
+        validation.check_text("comment", comment)
         job = self._get_job(job_id)
         new = lifecycle.job_event(job.status, "cancel", job_id=job_id, force=force,
                                   settings=self.settings)
@@ -584,13 +578,13 @@ class JobsStore:
         params: list[Any] = list(key) if isinstance(key, tuple) else [key]
         if status is not None:
             where += " AND status = ?"
-            params.append(_enum(X, status, "status").value)
-        offset, limit = _page(max_results, next_token)
+            params.append(validation.parse_enum(X, status, "status").value)
+        offset, limit = validation.page(max_results, next_token)
         rows = self._db.execute(f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE {where}"
                                 " ORDER BY seq LIMIT ? OFFSET ?",
                                 (*params, limit + 1, offset)).fetchall()
         page = [self._execution_from(r) for r in rows[:limit]]
-        return page, _token(offset, limit, len(rows))
+        return page, validation.next_token_for(offset, limit, len(rows))
 
     def pending_count(self) -> int:
         """How many executions are QUEUED or IN_PROGRESS, over all things."""
@@ -642,7 +636,7 @@ class JobsStore:
     def start_next(self, thing: str, *, status_details: dict[str, str] | None = None,
                    step_timeout: int | None = None) -> Execution | None:
         """The head of the pending list, moved to IN_PROGRESS if it was QUEUED."""
-        _check_device_request(status_details, step_timeout)
+        validation.check_device_request(status_details, step_timeout)
         pending = self._pending(thing)
         if not pending:
             return None
@@ -672,7 +666,7 @@ class JobsStore:
                step_timeout: int | None = None) -> Execution:
         if job_id == topics.NEXT:
             raise InvalidRequestException("UpdateJobExecution does not accept $next")
-        _check_device_request(status_details, step_timeout)
+        validation.check_device_request(status_details, step_timeout)
         e = self._get_execution(job_id, thing, execution_number)
         new_status = lifecycle.device_update(e.status, status, e.state(), self.settings,
                                              job_id=job_id)
@@ -751,65 +745,3 @@ def _event_process_details(counts: dict[str, int]) -> dict[str, int]:
              "FAILED": "numberOfFailedThings", "REMOVED": "numberOfRemovedThings",
              "SUCCEEDED": "numberOfSucceededThings", "TIMED_OUT": "numberOfTimedOutThings"}
     return {name: counts.get(status, 0) for status, name in names.items()}
-
-
-def _check_job_id(job_id: str) -> None:
-    if not topics.JOB_ID_RE.fullmatch(job_id):
-        raise InvalidRequestException("jobId: must be 1-64 characters of [a-zA-Z0-9_-]")
-    if job_id in topics.RESERVED_JOB_IDS:
-        raise InvalidRequestException(
-            f"jobId: {job_id!r} collides with a reserved MQTT topic level of the Jobs API")
-
-
-def _check_device_request(status_details: dict[str, str] | None,
-                          step_timeout: int | None) -> None:
-    try:
-        validate_status_details(status_details)
-        validate_step_timeout(step_timeout)
-    except ValueError as err:
-        raise InvalidRequestException(str(err)) from None
-
-
-def _check_text(name: str, value: str | None) -> None:
-    """description / comment: 1-2028 characters, no control characters (model pattern)."""
-    if value is not None and (not value or len(value) > MAX_DESCRIPTION_CHARS
-                              or has_other_characters(value)):
-        raise InvalidRequestException(
-            f"{name}: must be 1-2028 characters without control characters")
-
-
-def _check_document(document: str) -> None:
-    if len(document) > MAX_DOCUMENT_CHARS:
-        raise InvalidRequestException("document: at most 32768 characters")
-    try:
-        parsed = json.loads(document)
-    except ValueError as e:
-        raise InvalidRequestException(f"document: not valid JSON: {e}") from None
-    if not isinstance(parsed, dict):
-        raise InvalidRequestException("document: must be a JSON object")
-
-
-def _enum(kind: Any, value: str, name: str) -> Any:
-    try:
-        return kind(value)
-    except ValueError:
-        raise InvalidRequestException(
-            f"{name}: {value!r} is not one of {', '.join(m.value for m in kind)}") from None
-
-
-def _page(max_results: int | None, next_token: str | None) -> tuple[int, int]:
-    limit = 250 if max_results is None else max_results
-    if not 1 <= limit <= 250:
-        raise InvalidRequestException("maxResults: must be between 1 and 250")
-    if next_token is None:
-        return 0, limit
-    try:
-        return int(base64.urlsafe_b64decode(next_token.encode()).decode()), limit
-    except ValueError:
-        raise InvalidRequestException("nextToken: not a token this service issued") from None
-
-
-def _token(offset: int, limit: int, fetched: int) -> str | None:
-    if fetched <= limit:
-        return None
-    return base64.urlsafe_b64encode(str(offset + limit).encode()).decode()
