@@ -63,3 +63,14 @@ async def test_faulty_behaviour_fails_its_drill(behaviour: str, drill: str,
     result = await drill_result(drill, tmp_path, behaviour=behaviour, mix={}, timeout=15.0)
     assert not result.verdict.passed
     assert catches <= failed(result), failed(result)
+
+
+async def test_force_delete_drill_with_devices_in_worker_processes(tmp_path: Path) -> None:
+    drill = dataclasses.replace(spec.load("force-delete"), devices=DEVICES)
+    print(f"drill {drill.name} seed={drill.seed} devices={drill.devices} workers=2")
+    result = await run(drill, RunOptions(report_dir=tmp_path, workers=2))
+    assert not result.timed_out
+    assert failed(result) == set()
+    assert result.verdict.result("notice").checked > 0
+    things = {op.process for op in result.ops if op.f == "device:job_started"}
+    assert len(things) == DEVICES  # every device, from both `devicesim run` children

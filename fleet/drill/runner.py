@@ -34,6 +34,10 @@ from fleet.service import JobsService, ServiceConfig
 
 log = logging.getLogger(__name__)
 
+#: with devices in worker processes: how long the recorder must hear nothing before a
+#: settled-looking fleet counts as settled
+QUIET_SECONDS = 0.5
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunOptions:
@@ -231,6 +235,8 @@ class _Run:
             await self.restart_broker(kill=step.kill)
         elif action == "settle":
             await self.until(self.settled, self.deadline)
+            while self.fleet is None and not await self.quiet():
+                await self.until(self.settled, self.deadline)
 
     async def deleted(self, controller: Controller, before: dict[str, int]) -> None:
         """Until each job's deletion completed: told by its ``deleted`` jobs event when
@@ -248,6 +254,20 @@ class _Run:
         assert self.service is not None
         return (self.progress.idle(self.things) and self.caught_up()
                 and self.service.store.pending_count() == 0)
+
+    async def quiet(self, seconds: float = QUIET_SECONDS) -> bool:
+        """With devices in other processes the recorder cannot know what they published
+        yet: the fleet counts as settled only if no device event arrives for ``seconds``
+        and it still looks settled then."""
+        assert self.recorder is not None
+        seen = self.recorder.received
+        self.changed.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                while self.recorder.received == seen:
+                    self.changed.clear()
+                    await self.changed.wait()
+        return self.recorder.received == seen and self.settled()
 
     def caught_up(self) -> bool:
         if self.fleet is None or self.recorder is None:
