@@ -35,7 +35,8 @@ def register(sub: Any) -> None:
     group.add_argument("--mix", help="behaviour weights, e.g. reference=0.9,stuck=0.1")
     p.add_argument("--seed", type=int, help="override the drill's seed")
     p.add_argument("--timeout", type=float,
-                   help="seconds for the schedule to settle (big fleets need more)")
+                   help="seconds for the schedule to settle (default: the drill's, scaled "
+                        "up with --devices)")
     p.add_argument("--broker", metavar="URL", help="use this broker instead of the embedded one")
     p.add_argument("--workers", type=int, default=1, help="device processes (default 1)")
     p.add_argument("--report-dir", type=Path,
@@ -78,6 +79,10 @@ def _drill_from(args: argparse.Namespace) -> spec.Drill:
         if args.timeout <= 0:
             raise ValueError("--timeout: must be positive")
         changes["timeout"] = args.timeout
+    elif args.devices is not None and args.devices > drill.devices:
+        # the drill's timeout is for its own fleet size: a bigger fleet gets proportionally
+        # more (a safety limit, not the expected duration)
+        changes["timeout"] = drill.timeout * args.devices / drill.devices
     if args.workers < 1:
         raise ValueError("--workers: must be at least 1")
     return dataclasses.replace(drill, **changes)
