@@ -115,14 +115,6 @@ def _log_name(label: str) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in label)
 
 
-def _store_clock(store: JobsStore) -> Callable[[], float]:
-    # JobsStore keeps its injected clock private. Reading it keeps
-    # approximateSecondsBeforeTimedOut consistent with the store's own timers; a public
-    # ``JobsStore.now()`` would be the cleaner seam.
-    clock: Callable[[], float] = store.now
-    return clock
-
-
 def make_app(store: JobsStore, on_change: OnChange, *,
              now: Callable[[], float] | None = None) -> web.Application:
     """The control-plane aiohttp application around ``store``.
@@ -130,7 +122,7 @@ def make_app(store: JobsStore, on_change: OnChange, *,
     ``on_change`` (sync or async) is called after every successful mutating operation.
     ``now`` defaults to the store's clock.
     """
-    dispatcher = _Dispatcher(Context(store, now or _store_clock(store)), on_change)
+    dispatcher = _Dispatcher(Context(store, now or store.now), on_change)
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", dispatcher.handle)
     return app
