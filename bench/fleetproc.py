@@ -9,7 +9,7 @@ commands (see :mod:`bench.control`):
 - ``wait_states(state, count, within)``: until ``count`` devices are in ``state``.
 - ``cpu()``: CPU seconds so far (the parent brackets a phase with two calls).
 - ``pauses(reset)``: garbage-collector pauses and event-loop stalls since the last reset
-  (:mod:`bench.gcwatch`, :mod:`bench.loopwatch`).
+  (:mod:`bench.pauses`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ import time
 from typing import Any
 
 from bench import control, procinfo
-from bench.gcwatch import GcWatch
-from bench.loopwatch import LoopWatch
+from bench.pauses import Pauses
 from devicesim.engine import Fleet, FleetConfig
 from fleet.broker import BrokerAddress
 
@@ -33,26 +32,11 @@ class FleetProcess:
     def __init__(self, config: FleetConfig) -> None:
         self.config = config
         self.fleet: Fleet | None = None
-        self.gc = GcWatch()
-        self.loop = LoopWatch()
+        self.watch = Pauses()
 
     def handlers(self) -> dict[str, control.Handler]:
         return {"start": self.start, "idle_cpu": self.idle_cpu,
-                "wait_states": self.wait_states, "cpu": self.cpu, "pauses": self.pauses}
-
-    async def pauses(self, reset: bool = False, watch: bool = False) -> dict[str, Any]:
-        """Collector pauses and event-loop stalls since the last reset. ``reset``: start
-        counting afresh, with the loop heartbeat running if ``watch``; otherwise stop the
-        heartbeat."""
-        snapshot = {"gc": self.gc.snapshot(), "loop": self.loop.snapshot()}
-        if reset:
-            self.gc.reset()
-            self.loop.reset()
-        if reset and watch:
-            self.loop.start()
-        else:
-            await self.loop.stop()
-        return snapshot
+                "wait_states": self.wait_states, "cpu": self.cpu, "pauses": self.watch.report}
 
     async def start(self, within: float) -> dict[str, Any]:
         gc.collect()
@@ -101,7 +85,7 @@ async def run(args: argparse.Namespace) -> None:
     try:
         await control.serve(proc.handlers())
     finally:
-        await proc.loop.stop()
+        await proc.watch.loop.stop()
         await proc.close()
 
 

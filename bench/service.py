@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import control, procinfo
-from bench.gcwatch import GcWatch
-from bench.loopwatch import LoopWatch
+from bench.pauses import Pauses
 from devicesim.wire import topics
 from fleet.broker import BrokerAddress
 from fleet.jobs.errors import ResourceNotFoundException
@@ -61,29 +60,14 @@ class Commands:
     def __init__(self, service: CountingService) -> None:
         self.service = service
         self.store = service.store
-        self.gc = GcWatch()
-        self.loop = LoopWatch()
+        self.watch = Pauses()
 
     def handlers(self) -> dict[str, control.Handler]:
         return {"create_job": self.create_job, "delete_job": self.delete_job,
                 "wait_counts": self.wait_counts, "wait_job": self.wait_job,
                 "wait_job_gone": self.wait_job_gone, "wait_quiet": self.wait_quiet,
                 "set_sweep_step": self.set_sweep_step, "stats": self.stats,
-                "pauses": self.pauses}
-
-    async def pauses(self, reset: bool = False, watch: bool = False) -> dict[str, Any]:
-        """Collector pauses and event-loop stalls since the last reset. ``reset``: start
-        counting afresh, with the loop heartbeat running if ``watch``; otherwise stop the
-        heartbeat."""
-        snapshot = {"gc": self.gc.snapshot(), "loop": self.loop.snapshot()}
-        if reset:
-            self.gc.reset()
-            self.loop.reset()
-        if reset and watch:
-            self.loop.start()
-        else:
-            await self.loop.stop()
-        return snapshot
+                "pauses": self.watch.report}
 
     async def create_job(self, job_id: str, things: list[str], document: dict[str, Any]
                          ) -> dict[str, Any]:
@@ -163,7 +147,7 @@ async def run(args: argparse.Namespace) -> None:
     try:
         await control.serve(commands.handlers())
     finally:
-        await commands.loop.stop()
+        await commands.watch.loop.stop()
         await service.stop()
 
 
