@@ -92,11 +92,12 @@ class _Run:
 
     async def until(self, condition: Callable[[], bool], deadline: float | None = None
                     ) -> None:
-        """Wait for ``condition`` to hold, re-checking on each recorded op (and at
-        ``deadline``, for time-based conditions)."""
+        """Wait for ``condition`` to hold, re-checking on each recorded op (and once at
+        ``deadline``, for time-based conditions). The drill's own timeout bounds it."""
         while not condition():
             self.changed.clear()
-            delay = None if deadline is None else max(0.0, deadline - time.time())
+            now = time.time()
+            delay = None if deadline is None or deadline <= now else deadline - now
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self.changed.wait()
@@ -123,7 +124,10 @@ class _Run:
                   mix=mix, broker=self.address.url, endpoint=self.service.endpoint,
                   behaviours=assign_behaviours(self.things, mix, drill.seed))
         await self.start_fleet(mix)
-        await self.until(lambda: self.progress.idle(self.things), self.deadline)
+
+    async def ready(self) -> None:
+        """Until every device is connected and idle."""
+        await self.until(lambda: self.progress.idle(self.things))
         self.mark("fleet-ready", seconds=round(time.time() - self.started, 3))
 
     @property
@@ -234,9 +238,9 @@ class _Run:
         elif action == "restart-broker":
             await self.restart_broker(kill=step.kill)
         elif action == "settle":
-            await self.until(self.settled, self.deadline)
+            await self.until(self.settled)
             while self.fleet is None and not await self.quiet():
-                await self.until(self.settled, self.deadline)
+                await self.until(self.settled)
 
     async def deleted(self, controller: Controller, before: dict[str, int]) -> None:
         """Until each job's deletion completed: told by its ``deleted`` jobs event when
@@ -324,6 +328,7 @@ async def run(drill: Drill, options: RunOptions) -> DrillResult:
             try:
                 async with asyncio.timeout_at(asyncio.get_running_loop().time()
                                               + max(0.0, run_.deadline - time.time())):
+                    await run_.ready()
                     await run_.run_steps(controller)
             except TimeoutError:
                 timed_out = True
