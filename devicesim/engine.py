@@ -106,10 +106,8 @@ class DeviceShell:
         self.agent = self._default_agent(self._saved)
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._seq = 0
-        self.events = 0
         self._pump = pump
         self._client = self._make_client(clean_session=False)
-        self.powered = True
         self._starting = False
 
     def _make_client(self, *, clean_session: bool) -> Client | SdkTransport:
@@ -162,7 +160,6 @@ class DeviceShell:
 
     async def power_off(self) -> None:
         """Lose power: RAM (agent, timers) and the connection are gone; the NVM stays."""
-        self.powered = False
         await self.stop()
 
     async def power_on(self, *, clean_session: bool = False) -> None:
@@ -170,7 +167,6 @@ class DeviceShell:
         it queued for the device meanwhile (a device that does not keep MQTT sessions)."""
         self._client = self._make_client(clean_session=clean_session)
         self.agent = self._default_agent(self._saved)
-        self.powered = True
         self._feed(Rebooted(nvm=self._saved))
         await self.start()
 
@@ -178,6 +174,11 @@ class DeviceShell:
         """A simulated power cycle."""
         await self.power_off()
         await self.power_on(clean_session=clean_session)
+
+    @property
+    def events(self) -> int:
+        """How many device events this device published (its last ``seq``)."""
+        return self._seq
 
     @property
     def saved_nvm(self) -> Nvm:
@@ -212,7 +213,6 @@ class DeviceShell:
                 self._client.publish(action.topic, action.payload, action.qos)
             elif isinstance(action, EmitEvent):
                 self._seq += 1
-                self.events += 1
                 event_out = dataclasses.replace(action.event, seq=self._seq)
                 self._client.publish(topics.device_events(self.thing), event_out.to_json())
             elif isinstance(action, SaveNvm):
