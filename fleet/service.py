@@ -19,6 +19,7 @@ from pathlib import Path
 from devicesim.mqtt import Client, ClientOptions, Pump
 from devicesim.wire import topics
 from fleet.broker import BrokerAddress
+from fleet.controlplane.server import ControlPlane
 from fleet.dataplane import DataPlane
 from fleet.jobs.settings import ServiceSettings
 from fleet.jobs.store import JobsStore, Publish
@@ -58,7 +59,7 @@ class JobsService:
         self._wake = asyncio.Event()
         self._inbox: list[tuple[str, bytes]] = []
         self._timer: asyncio.Task[None] | None = None
-        self._control: object | None = None
+        self._control: ControlPlane | None = None
         self.endpoint: str | None = None
 
     async def start(self) -> None:
@@ -74,8 +75,6 @@ class JobsService:
         self._timer = asyncio.get_running_loop().create_task(self._run_timers(),
                                                              name="jobs-timers")
         if self.config.http:
-            from fleet.controlplane.server import ControlPlane
-
             control = ControlPlane(self.store, on_change=self.flush)
             self.endpoint = await control.start(self.config.http_host, self.config.http_port)
             self._control = control
@@ -83,7 +82,7 @@ class JobsService:
 
     async def stop(self) -> None:
         if self._control is not None:
-            await self._control.stop()  # type: ignore[attr-defined]
+            await self._control.stop()
         if self._timer is not None:
             self._timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
