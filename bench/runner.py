@@ -21,7 +21,7 @@ from bench.control import BenchError, Child
 from bench.profiling import Sampler, py_spy
 from bench.recorder import DetectionRecorder, distribution
 from fleet.broker import EmbeddedBroker
-from fleet.jobs.settings import ServiceSettings
+from fleet.service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 

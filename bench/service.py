@@ -1,4 +1,5 @@
-"""Child process: the jobs service (``fleet.service.JobsService``, no HTTP) under bench control.
+"""Child process: the jobs service (``fleet.service.shell.JobsService``, no HTTP) under
+bench control.
 
 ``python -m bench.service --broker mqtt://HOST:PORT --state DB [--sweep-step S] [--seed N]``
 then commands on stdin (see :mod:`bench.control`): ``create_job``, ``delete_job``,
@@ -21,10 +22,10 @@ from bench import control, procinfo
 from bench.pauses import Pauses
 from devicesim.wire import topics
 from fleet.broker import BrokerAddress
-from fleet.jobs.errors import ResourceNotFoundException
-from fleet.jobs.settings import ServiceSettings
-from fleet.jobs.store import Publish
-from fleet.service import JobsService, ServiceConfig
+from fleet.service.errors import ResourceNotFoundException
+from fleet.service.settings import ServiceSettings
+from fleet.service.shell import JobsService, ServiceConfig
+from fleet.service.store import Publish
 
 POLL = 0.02
 _JOB_EVENTS = "$aws/events/job/"
@@ -32,7 +33,7 @@ _JOB_EVENTS = "$aws/events/job/"
 
 class CountingService(JobsService):
     """The jobs service, counting every message its wildcard subscription delivers (its
-    own replies and pushes come back too; :class:`fleet.dataplane.DataPlane` ignores them)
+    own replies and pushes come back too; :class:`fleet.service.dataplane.DataPlane` ignores them)
     and noting when it publishes a job event (``$aws/events/job/{jobId}/{operation}``)."""
 
     received = 0

@@ -17,6 +17,7 @@ import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
+from devicesim import __version__
 from devicesim.behaviours import resolve
 from devicesim.engine import Fleet, FleetConfig
 
@@ -59,6 +60,7 @@ def parse_broker(url: str) -> tuple[str, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="devicesim", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"devicesim {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = sub.add_parser("run", help="run simulated devices")
     run.add_argument("--broker", required=True, metavar="URL", help="mqtt://HOST:PORT")

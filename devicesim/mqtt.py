@@ -35,6 +35,10 @@ REPLY_TIMEOUT = 10.0
 
 OnMessage = Callable[[str, bytes], None]
 OnConnection = Callable[[bool], None]  # session_present on connect; False on disconnect
+#: Supervision: a long-lived component reports an unexpected error it survived (or did not)
+#: as ``on_failure(where, error)``, ``where`` naming the component and its context
+#: (``"mqtt-pump"``, ``"device dev-0001 timer"``, ...). A drill records it and fails the run.
+OnFailure = Callable[[str, BaseException], None]
 
 
 class MqttError(Exception):

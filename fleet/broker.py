@@ -85,12 +85,13 @@ class BrokerAddress:
 
 
 def default_config_path() -> Path:
-    """The project's ``mosquitto.conf``: the checkout's top level, else a packaged copy."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "mosquitto.conf", here / "mosquitto.conf"):
-        if candidate.is_file():
-            return candidate
-    raise BrokerError(f"mosquitto.conf not found next to the package ({here.parent})")
+    """The project's ``mosquitto.conf``, shipped inside the package (in a checkout,
+    ``fleet/mosquitto.conf`` is a symlink to the top-level file, the one source of truth)."""
+    path = Path(__file__).resolve().parent / "mosquitto.conf"
+    if not path.is_file():
+        raise BrokerError(f"mosquitto.conf not found in the package ({path.parent}): "
+                          "reinstall devicesim")
+    return path
 
 
 def probe(address: BrokerAddress, timeout: float = 2.0) -> int:

@@ -8,12 +8,15 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from fleet import awscli, up
+from devicesim import __version__
+from fleet import awscli
 from fleet.drill import cli as drill_cli
+from fleet.service import up
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleet", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fleet {__version__}")
     parser.add_argument("--log-level", default="WARNING",
                         help="DEBUG, INFO, WARNING (default) or ERROR")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

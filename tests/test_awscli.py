@@ -555,10 +555,10 @@ class Plane:
 @pytest.fixture
 async def plane(tmp_path: Path, aws_config: Path) -> AsyncIterator[Plane]:
     server = pytest.importorskip(
-        "fleet.controlplane.server",
-        reason="the control plane (fleet/controlplane/server.py) is not there yet")
-    from fleet.jobs.settings import ServiceSettings
-    from fleet.jobs.store import JobsStore
+        "fleet.service.controlplane.server",
+        reason="the control plane (fleet/service/controlplane/server.py) is not there yet")
+    from fleet.service.settings import ServiceSettings
+    from fleet.service.store import JobsStore
 
     store = JobsStore(tmp_path / "jobs.sqlite", ServiceSettings(), now=lambda: T0)
     control = server.ControlPlane(store, store.drain)

@@ -64,11 +64,11 @@ def test_detection_budget_follows_perf_targets() -> None:
 def test_profile_summary_counts_own_and_inclusive_samples() -> None:
     root = str(ROOT)
     collapsed = "\n".join([
-        f"main ({root}/fleet/service.py:10);handle ({root}/fleet/dataplane.py:20);"
+        f"main ({root}/fleet/service/shell.py:10);handle ({root}/fleet/service/dataplane.py:20);"
         f"dumps (/usr/lib/python3.11/json/__init__.py:231) 3",
-        f"main ({root}/fleet/service.py:10);handle ({root}/fleet/dataplane.py:22) 1",
+        f"main ({root}/fleet/service/shell.py:10);handle ({root}/fleet/service/dataplane.py:22) 1",
     ])
     summary = summarise(collapsed)
     assert summary["samples"] == 4
     assert summary["own"][0] == ["json/__init__.py:dumps", 75.0]
-    assert ["fleet/dataplane.py:handle", 100.0] in summary["inclusive"]
+    assert ["fleet/service/dataplane.py:handle", 100.0] in summary["inclusive"]

@@ -23,10 +23,10 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from devicesim.wire import topics
-from fleet.controlplane import ControlPlane
-from fleet.jobs.errors import BY_NAME
-from fleet.jobs.settings import ServiceSettings
-from fleet.jobs.store import JobsStore, Publish
+from fleet.service.controlplane import ControlPlane
+from fleet.service.errors import BY_NAME
+from fleet.service.settings import ServiceSettings
+from fleet.service.store import JobsStore, Publish
 
 T0 = 1_700_000_000.25
 ACCOUNT = "123456789012"

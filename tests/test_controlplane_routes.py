@@ -8,8 +8,8 @@ from botocore.utils import percent_encode
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleet.controlplane import routes
-from fleet.controlplane.handlers import HANDLERS
+from fleet.service.controlplane import routes
+from fleet.service.controlplane.handlers import HANDLERS
 
 JOB_IDS = st.text(st.sampled_from("abcXYZ019_-"), min_size=1, max_size=64)
 THING_NAMES = st.text(st.sampled_from("abcXYZ019_-:"), min_size=1, max_size=128)

@@ -14,8 +14,8 @@ import aiohttp
 import botocore.session
 import pytest
 
-from fleet.controlplane import ControlPlane, routes
-from fleet.jobs.store import JobsStore
+from fleet.service.controlplane import ControlPlane, routes
+from fleet.service.store import JobsStore
 
 T0 = 1_700_000_000.25
 THING_ARN = "arn:aws:iot:us-east-1:123456789012:thing/thing-a"

@@ -13,8 +13,8 @@ import pytest
 
 from devicesim.wire import topics
 from fleet.broker import BrokerAddress
-from fleet.jobs.settings import ServiceSettings, TerminalDescribe, TerminalUpdateCode
-from fleet.service import JobsService, ServiceConfig
+from fleet.service.settings import ServiceSettings, TerminalDescribe, TerminalUpdateCode
+from fleet.service.shell import JobsService, ServiceConfig
 from tests.jobs_client import JobsClient, jobs_client
 
 pytestmark = pytest.mark.broker

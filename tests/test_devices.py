@@ -31,9 +31,9 @@ from devicesim.documents import document_digest
 from devicesim.engine import DeviceShell, Fleet, FleetConfig
 from devicesim.nvm import Nvm, Phase
 from fleet.broker import BrokerAddress
+from fleet.drill.recorder import Recorder
 from fleet.history import Op, OpType
-from fleet.recorder import Recorder
-from fleet.service import JobsService, ServiceConfig
+from fleet.service.shell import JobsService, ServiceConfig
 
 pytestmark = pytest.mark.broker
 

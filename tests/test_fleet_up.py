@@ -15,7 +15,7 @@ import pytest
 
 from devicesim.wire import topics
 from fleet.broker import BrokerAddress
-from fleet.jobs.store import JobsStore
+from fleet.service.store import JobsStore
 from tests.jobs_client import JobsClient, jobs_client
 
 pytestmark = pytest.mark.broker

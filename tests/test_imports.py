@@ -2,7 +2,9 @@
 
 - ``devicesim`` (device side) never imports ``fleet`` (cloud side);
 - the checker imports nothing from ``fleet`` but the history format, and nothing from
-  ``devicesim`` but the wire contract (it must not check the emulator against itself);
+  ``devicesim`` but the wire contract (it must not check the emulator against itself), so
+  in particular never the service;
+- the service never imports the drill or the checker (it must not know how it is judged);
 - the pure cores (wire contract, jobs store and lifecycle, agent, checker) import neither
   asyncio nor an MQTT client.
 """
@@ -16,7 +18,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PURE = ["devicesim/wire", "devicesim/agent.py", "devicesim/nvm.py", "devicesim/documents.py",
-        "devicesim/behaviours.py", "fleet/jobs", "fleet/checker", "fleet/dataplane.py",
+        "devicesim/behaviours.py", "fleet/service/store.py",
+        "fleet/service/lifecycle.py", "fleet/service/records.py", "fleet/service/settings.py",
+        "fleet/service/validation.py", "fleet/service/errors.py", "fleet/checker",
+        "fleet/service/dataplane.py",
         "fleet/history.py", "fleet/drill/spec.py", "fleet/drill/progress.py"]
 NETWORK = ("asyncio", "paho", "aiomqtt", "awscrt", "awsiot", "aiohttp", "socket", "boto3",
            "botocore")
@@ -54,6 +59,13 @@ def test_checker_shares_only_the_contract(path: Path) -> None:
             assert module == "fleet.history" or module.startswith("fleet.checker"), module
         if module.startswith("devicesim."):
             assert module.startswith("devicesim.wire"), module
+
+
+@pytest.mark.parametrize("path", modules("fleet/service"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_service_never_imports_the_drill_or_the_checker(path: Path) -> None:
+    bad = {m for m in imports(path) if m.split(".")[:2] in (["fleet", "drill"],
+                                                            ["fleet", "checker"])}
+    assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
 
 
 @pytest.mark.parametrize("path", modules(*PURE), ids=lambda p: str(p.relative_to(ROOT)))

@@ -26,7 +26,7 @@ from devicesim.wire.messages import (
     JobExecutionState,
     NextJobExecutionChangedEvent,
 )
-from fleet.jobs.errors import (
+from fleet.service.errors import (
     InvalidRequestException,
     InvalidStateTransitionException,
     JobsError,
@@ -36,9 +36,9 @@ from fleet.jobs.errors import (
     TerminalStateException,
     VersionConflictException,
 )
-from fleet.jobs.records import Job
-from fleet.jobs.settings import ServiceSettings, TerminalDescribe, TerminalUpdateCode
-from fleet.jobs.store import JobsStore, Publish
+from fleet.service.records import Job
+from fleet.service.settings import ServiceSettings, TerminalDescribe, TerminalUpdateCode
+from fleet.service.store import JobsStore, Publish
 
 T0 = 1_700_000_000.0
 DOC = {"operation": "install", "version": "2.0"}

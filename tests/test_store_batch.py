@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from devicesim.wire.enums import JobExecutionStatus as X
-from fleet.jobs.errors import VersionConflictException
-from fleet.jobs.store import JobsStore
+from fleet.service.errors import VersionConflictException
+from fleet.service.store import JobsStore
 
 ARN = "arn:aws:iot:us-east-1:123456789012:thing/"
 

@@ -34,7 +34,7 @@ from devicesim.wire import topics
 from devicesim.wire.enums import JobExecutionStatus as X
 from devicesim.wire.enums import JobStatus as J
 from devicesim.wire.messages import JobExecutionsChangedEvent, NextJobExecutionChangedEvent
-from fleet.jobs.errors import (
+from fleet.service.errors import (
     BY_NAME,
     InvalidRequestException,
     InvalidStateTransitionException,
@@ -45,8 +45,8 @@ from fleet.jobs.errors import (
     TerminalStateException,
     VersionConflictException,
 )
-from fleet.jobs.settings import ServiceSettings, TerminalUpdateCode
-from fleet.jobs.store import JobsStore, Publish
+from fleet.service.settings import ServiceSettings, TerminalUpdateCode
+from fleet.service.store import JobsStore, Publish
 
 SEED = 1234
 T0 = 1_700_000_000.0

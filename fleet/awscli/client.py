@@ -32,7 +32,7 @@ DEFAULT_REGION = "us-east-1"
 
 def default_endpoint() -> str:
     """The running ``fleet up``'s control plane; FileNotFoundError when there is none."""
-    from fleet import up
+    from fleet.service import up
 
     return up.default_endpoint()
 

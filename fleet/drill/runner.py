@@ -25,12 +25,12 @@ from devicesim.engine import Fleet, FleetConfig, assign_behaviours
 from fleet import history
 from fleet.broker import BrokerAddress, EmbeddedBroker, probe
 from fleet.checker import Verdict, check
-from fleet.controller import Controller, ControllerError, iot_client
+from fleet.drill.controller import Controller, ControllerError, iot_client
 from fleet.drill.progress import Progress
+from fleet.drill.recorder import Recorder
 from fleet.drill.spec import Drill, Step
 from fleet.history import Op, OpType
-from fleet.recorder import Recorder
-from fleet.service import JobsService, ServiceConfig
+from fleet.service.shell import JobsService, ServiceConfig
 
 log = logging.getLogger(__name__)
 

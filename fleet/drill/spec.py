@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.checker import Budgets
-from fleet.jobs.settings import ServiceSettings
+from fleet.service.settings import ServiceSettings
 
 ACTIONS = {
     "create-job": "create a job (document, targets) targeting a fraction of the fleet",
@@ -108,14 +108,14 @@ class Drill:
 
 
 def builtin_names() -> list[str]:
-    folder = resources.files("fleet") / "drills"
+    folder = resources.files("fleet.drill") / "builtin"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
 def load(name_or_path: str) -> Drill:
     """A built-in drill by name, or a TOML file by path."""
     if name_or_path in builtin_names():
-        text = (resources.files("fleet") / "drills" / f"{name_or_path}.toml").read_text()
+        text = (resources.files("fleet.drill") / "builtin" / f"{name_or_path}.toml").read_text()
         return parse(text, source=name_or_path)
     path = Path(name_or_path)
     if not path.is_file():

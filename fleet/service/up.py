@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from fleet.broker import BrokerAddress, BrokerError, EmbeddedBroker, probe
-from fleet.jobs.settings import ServiceSettings
-from fleet.service import JobsService, ServiceConfig
+from fleet.service.settings import ServiceSettings
+from fleet.service.shell import JobsService, ServiceConfig
 
 log = logging.getLogger(__name__)
 

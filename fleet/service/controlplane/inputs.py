@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from devicesim.wire import topics
-from fleet.jobs.errors import InvalidRequestException
+from fleet.service.errors import InvalidRequestException
 
 _INTEGER = re.compile(r"-?[0-9]{1,19}")
 _NAMESPACE_ID = re.compile(r"[a-zA-Z0-9_-]+")

@@ -24,17 +24,17 @@ from types import TracebackType
 
 from aiohttp import web
 
-from fleet.controlplane import routes
-from fleet.controlplane.handlers import HANDLERS, Context
-from fleet.controlplane.inputs import Input, parse_body
-from fleet.controlplane.shapes import Json
-from fleet.jobs.errors import (
+from fleet.service.controlplane import routes
+from fleet.service.controlplane.handlers import HANDLERS, Context
+from fleet.service.controlplane.inputs import Input, parse_body
+from fleet.service.controlplane.shapes import Json
+from fleet.service.errors import (
     InternalFailureException,
     InvalidRequestException,
     JobsError,
     ResourceAlreadyExistsException,
 )
-from fleet.jobs.store import JobsStore
+from fleet.service.store import JobsStore
 
 log = logging.getLogger(__name__)
 

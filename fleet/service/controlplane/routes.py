@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from fleet.jobs.errors import JobsError
+from fleet.service.errors import JobsError
 
 _LABEL = re.compile(r"\{([A-Za-z]+)\}")
 

@@ -1,8 +1,8 @@
 """One function per control-plane operation: read the input, call the store, shape output.
 
 Handlers are synchronous and free of HTTP: they take a :class:`Context` and an
-:class:`~fleet.controlplane.inputs.Input` and return the response members (``None`` for an
-operation without output). Errors are raised as :class:`~fleet.jobs.errors.JobsError` and
+:class:`~fleet.service.controlplane.inputs.Input` and return the response members (``None`` for an
+operation without output). Errors are raised as :class:`~fleet.service.errors.JobsError` and
 become wire responses in the server, in one place.
 """
 
@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from devicesim.wire.enums import JobExecutionStatus, JobStatus
-from fleet.controlplane import shapes
-from fleet.controlplane.inputs import Input, unsupported
-from fleet.controlplane.shapes import Json
-from fleet.jobs.errors import InvalidRequestException
-from fleet.jobs.store import JobsStore
+from fleet.service.controlplane import shapes
+from fleet.service.controlplane.inputs import Input, unsupported
+from fleet.service.controlplane.shapes import Json
+from fleet.service.errors import InvalidRequestException
+from fleet.service.store import JobsStore
 
 MAX_RESULTS = (1, 250)
 TARGET_SELECTIONS = ("SNAPSHOT", "CONTINUOUS")

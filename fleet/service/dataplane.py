@@ -28,9 +28,9 @@ from devicesim.wire.messages import (
     UpdateJobExecutionRequest,
     UpdateJobExecutionResponse,
 )
-from fleet.jobs.errors import JobsError
-from fleet.jobs.settings import EmptyPayload
-from fleet.jobs.store import JobsStore, Publish
+from fleet.service.errors import JobsError
+from fleet.service.settings import EmptyPayload
+from fleet.service.store import JobsStore, Publish
 
 log = logging.getLogger(__name__)
 _IGNORED = (topics.Kind.ACCEPTED, topics.Kind.REJECTED, topics.Kind.NOTIFY,

@@ -14,7 +14,7 @@ from devicesim.wire.messages import (
     validate_status_details,
     validate_step_timeout,
 )
-from fleet.jobs.errors import InvalidRequestException
+from fleet.service.errors import InvalidRequestException
 
 MAX_DOCUMENT_CHARS = 32768
 MAX_DESCRIPTION_CHARS = 2028

@@ -5,6 +5,6 @@ function per operation), ``inputs`` / ``shapes`` (the model's input and output s
 ``server`` (aiohttp app, error translation, :class:`ControlPlane`).
 """
 
-from fleet.controlplane.server import ControlPlane, OnChange, make_app
+from fleet.service.controlplane.server import ControlPlane, OnChange, make_app
 
 __all__ = ["ControlPlane", "OnChange", "make_app"]

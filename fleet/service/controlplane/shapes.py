@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from devicesim.wire.enums import JobExecutionStatus as X
-from fleet.jobs.records import Execution, Job
+from fleet.service.records import Execution, Job
 
 Json = dict[str, Any]
 

@@ -19,10 +19,10 @@ from pathlib import Path
 from devicesim.mqtt import Client, ClientOptions, Pump
 from devicesim.wire import topics
 from fleet.broker import BrokerAddress
-from fleet.controlplane.server import ControlPlane
-from fleet.dataplane import DataPlane
-from fleet.jobs.settings import ServiceSettings
-from fleet.jobs.store import JobsStore, Publish
+from fleet.service.controlplane.server import ControlPlane
+from fleet.service.dataplane import DataPlane
+from fleet.service.settings import ServiceSettings
+from fleet.service.store import JobsStore, Publish
 
 log = logging.getLogger(__name__)
 

@@ -37,8 +37,8 @@ from devicesim.wire.messages import (
     NextJobExecutionChangedEvent,
     validate_status_details,
 )
-from fleet.jobs import lifecycle, validation
-from fleet.jobs.errors import (
+from fleet.service import lifecycle, validation
+from fleet.service.errors import (
     InvalidRequestException,
     InvalidStateTransitionException,
     LimitExceededException,
@@ -47,8 +47,8 @@ from fleet.jobs.errors import (
     TerminalStateException,
     VersionConflictException,
 )
-from fleet.jobs.records import Execution, Job
-from fleet.jobs.settings import ServiceSettings, TerminalDescribe
+from fleet.service.records import Execution, Job
+from fleet.service.settings import ServiceSettings, TerminalDescribe
 
 log = logging.getLogger(__name__)
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 from devicesim.wire.enums import JobExecutionStatus as X
 from devicesim.wire.enums import JobStatus as J
 from devicesim.wire.messages import JobExecutionState
-from fleet.jobs.errors import (
+from fleet.service.errors import (
     BY_NAME,
     InvalidRequestException,
     InvalidStateTransitionException,
     JobsError,
     TerminalStateException,
 )
-from fleet.jobs.settings import ServiceSettings, TerminalUpdateCode
+from fleet.service.settings import ServiceSettings, TerminalUpdateCode
 
 #: What a device may ask UpdateJobExecution to do, from each state.
 DEVICE_TRANSITIONS: dict[X, frozenset[X]] = {

@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
 
-from fleet.jobs.errors import BY_NAME
+from fleet.service.errors import BY_NAME
 
 
 class TerminalDescribe(StrEnum):
