@@ -5,7 +5,7 @@ Jepsen-style: ``{"time": 1764382512.123456, "process": "dev-0001", "type": "invo
 recorder (or controller) saw the operation. ``type`` is one of invoke / ok / fail / info.
 
 The vocabulary (``f`` and ``value``) is the contract between recorder, controller and
-checker; it is documented in the README ("History format"):
+checker; it is documented in docs/history.md:
 
 ======================  ==========  ========  ==============================================
 who                     process     type      f / value
