@@ -334,18 +334,22 @@ class Agent:
 
     def handle(self, event: Event, now: float) -> list[Action]:
         self._now = now
-        match event:
-            case MessageReceived():
-                self._on_message(event.topic, event.payload)
-            case TimerFired():
-                self._on_timer(event.key)
-            case Connected():
-                self._on_connected(event.session_present)
-            case Disconnected():
-                self._on_disconnected()
-            case Rebooted():
-                self._on_rebooted(event.nvm)
-        out, self._out = self._out, []
+        try:
+            match event:
+                case MessageReceived():
+                    self._on_message(event.topic, event.payload)
+                case TimerFired():
+                    self._on_timer(event.key)
+                case Connected():
+                    self._on_connected(event.session_present)
+                case Disconnected():
+                    self._on_disconnected()
+                case Rebooted():
+                    self._on_rebooted(event.nvm)
+        finally:
+            # a handler that raised (a behaviour plugin's bug) leaves nothing half-queued
+            # to leak out with the next event
+            out, self._out = self._out, []
         return out
 
     # --- connection, reboot, timers --------------------------------------------------------

@@ -2,6 +2,24 @@
 
 Usage errors are one line naming the bad option (exit 2). A one-line status is printed
 while running (unless ``--quiet``) and a summary at the end; SIGINT / SIGTERM stop cleanly.
+
+One fleet, however it is split: ``--start`` / ``--count`` (or ``--shard``) choose this
+process's range of the ``--total`` things of the whole fleet, and ``--mix`` is assigned over
+the whole fleet, so a thing gets the same behaviour in one process or in any split.
+``--workers N`` runs the range as N child processes (each told ``--total``).
+
+``--summary PATH``: at exit (also after SIGINT / SIGTERM) PATH is replaced atomically by::
+
+    {"things": {"dev-0000": {"behaviour": "reference", "events": 7, "nvm": {...}}, ...},
+     "failures": ["device dev-0003: RuntimeError: boom", ...]}
+
+``events`` is the device's last event ``seq``; ``nvm`` its persisted NVM summary. With
+``--workers`` each child writes ``PATH.w{i}`` and the parent merges those into PATH (and
+removes them); a child that left no summary is a failure of the merged one.
+
+Exit status: 0; 1 if any device (or worker) failed — each distinct failure is one line on
+stderr at the end, ``devicesim run: failure: ...``; 2 for a usage error; 130 if interrupted
+before the fleet ran.
 """
 
 from __future__ import annotations
@@ -9,17 +27,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import logging
 import os
 import signal
 import sys
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from devicesim import __version__
 from devicesim.behaviours import resolve
-from devicesim.engine import Fleet, FleetConfig
+from devicesim.engine import Fleet, FleetConfig, FleetStartError, describe, worker_ranges
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -48,7 +70,8 @@ def parse_shard(text: str, total: int) -> tuple[int, int]:
     if not sep or n < 1 or not 0 <= i < n:
         raise ValueError(f"--shard: expected 0 <= i < n, got {text!r}")
     per = -(-total // n)
-    return i * per, max(0, min(per, total - i * per))
+    start = min(i * per, total)  # an empty last shard starts at the end, not past it
+    return start, max(0, min(per, total - start))
 
 
 def parse_broker(url: str) -> tuple[str, int]:
@@ -68,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--count", type=int, default=1, help="devices in this process")
     run.add_argument("--start", type=int, default=0, help="index of the first thing")
     run.add_argument("--total", type=int, default=None,
-                     help="things in the whole fleet, for --shard and --mix (default: count)")
+                     help="things in the whole fleet, of which this process runs a range; "
+                     "--mix is assigned over all of them, --shard splits them (default: "
+                     "--start + --count; with --shard, --count)")
     group = run.add_mutually_exclusive_group()
     group.add_argument("--behaviour", help="one behaviour for every device (default reference;"
                        " or package.module:Class)")
@@ -78,7 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--state-dir", type=Path, help="persist each device's NVM here")
     run.add_argument("--duration", type=float, help="stop after this many seconds")
     run.add_argument("--seed", type=int, default=1, help="seed of every device's randomness")
+    run.add_argument("--summary", type=Path, metavar="PATH",
+                     help="at exit, write per-device behaviour, event count and NVM, and the "
+                     "failures, as JSON (atomically); with --workers each child writes "
+                     "PATH.w{i} and this process merges them into PATH")
     run.add_argument("--quiet", action="store_true", help="no status line")
+    run.add_argument("--log-level", default="WARNING",
+                     help="DEBUG, INFO, WARNING (default), ERROR or CRITICAL")
     return parser
 
 
@@ -86,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        logging.basicConfig(level=args.log_level.upper(),
+                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
         config, workers = _config(args)
     except ValueError as e:
         print(f"devicesim run: {e}", file=sys.stderr)
@@ -93,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if workers > 1:
         return _run_workers(args, config, workers)
     try:
-        return asyncio.run(_run(config, args.duration, args.quiet))
+        return asyncio.run(_run(config, args.duration, args.quiet, args.summary))
     except KeyboardInterrupt:
         return 130
 
@@ -105,71 +138,169 @@ def _config(args: argparse.Namespace) -> tuple[FleetConfig, int]:
         resolve(name)  # a ValueError names an unknown behaviour now, not later
     if args.count < 1 or args.start < 0:
         raise ValueError("--count must be >= 1 and --start >= 0")
-    start, count = args.start, args.count
+    if args.total is not None and args.total < 1:
+        raise ValueError("--total must be >= 1")
+    start, count, total = args.start, args.count, args.total
     if args.shard:
-        start, count = parse_shard(args.shard, args.total or args.count)
+        total = args.total or args.count
+        start, count = parse_shard(args.shard, total)
+    if total is not None and total < start + count:
+        raise ValueError(f"--total ({total}) must be at least --start + --count "
+                         f"({start + count})")
     if args.workers < 1:
         raise ValueError("--workers must be >= 1")
+    if args.summary is not None and not args.summary.parent.is_dir():
+        raise ValueError(f"--summary: no directory {str(args.summary.parent)!r}")
     return FleetConfig(host=host, port=port, prefix=args.prefix, count=count, start=start,
-                       mix=mix, seed=args.seed, state_dir=args.state_dir), args.workers
+                       total=total, mix=mix, seed=args.seed, state_dir=args.state_dir
+                       ), args.workers
 
 
 def _run_workers(args: argparse.Namespace, config: FleetConfig, workers: int) -> int:
-    """Split this process's range over ``workers`` child processes."""
+    """Split this process's range over ``workers`` child processes (each told the whole
+    fleet's size); SIGINT / SIGTERM are passed on to them; their summaries are merged."""
     import subprocess
 
-    per = -(-config.count // workers)
-    procs = []
     base = [sys.executable, "-m", "devicesim.cli", "run", "--broker", args.broker,
             "--prefix", config.prefix, "--seed", str(config.seed),
+            "--total", str(config.fleet_size), "--log-level", args.log_level,
             "--mix", ",".join(f"{k}={v}" for k, v in config.mix.items())]
     if args.state_dir:
         base += ["--state-dir", str(args.state_dir)]
     if args.duration:
         base += ["--duration", str(args.duration)]
-    for w in range(workers):
-        start, count = config.start + w * per, min(per, config.count - w * per)
-        if count > 0:
-            procs.append(subprocess.Popen([*base, "--start", str(start), "--count", str(count),
-                                           *(["--quiet"] if w or args.quiet else [])]))
+    ranges = worker_ranges(config.start, config.count, workers)
+    parts = [None if args.summary is None else Path(f"{args.summary}.w{w}")
+             for w in range(len(ranges))]
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def forward(signum: int, frame: object) -> None:
+        for proc in procs:
+            proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return max(p.wait() for p in procs)
-    except KeyboardInterrupt:
-        for p in procs:
-            p.send_signal(signal.SIGINT)
-        return max(p.wait() for p in procs)
+        for w, ((start, count), part) in enumerate(zip(ranges, parts, strict=True)):
+            extra = ["--quiet"] if w or args.quiet else []
+            if part is not None:
+                part.unlink(missing_ok=True)  # never merge what an earlier run left
+                extra += ["--summary", str(part)]
+            procs.append(subprocess.Popen([*base, "--start", str(start), "--count", str(count),
+                                           *extra]))
+        codes = [proc.wait() for proc in procs]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    worst = max(code if code >= 0 else 128 - code for code in codes)  # -N: killed by N
+    if args.summary is None:
+        return worst
+    read = [_read_summary(part) for part in parts if part is not None]
+    summary = merge_summaries(read)
+    # the workers printed their own failures; these are the parent's
+    own = [_no_summary(i) for i, part in enumerate(read) if part is None]
+    try:
+        write_summary(args.summary, summary)
+    except OSError as e:
+        own.append(f"--summary: {describe(e)}")
+    for part in parts:
+        if part is not None:
+            part.unlink(missing_ok=True)
+    _print_failures(own)
+    return max(worst, 1 if summary["failures"] or own else 0)
 
 
-async def _run(config: FleetConfig, duration: float | None, quiet: bool) -> int:
+def merge_summaries(parts: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+    """The workers' summaries (None: worker ``i`` left none) as one summary."""
+    things: dict[str, Any] = {}
+    failures: list[str] = []
+    for i, part in enumerate(parts):
+        if part is None:
+            failures.append(_no_summary(i))
+            continue
+        things.update(part["things"])
+        failures.extend(part["failures"])
+    return {"things": dict(sorted(things.items())), "failures": failures}
+
+
+def _no_summary(worker: int) -> str:
+    return f"worker {worker}: exited without writing its summary"
+
+
+def _read_summary(path: Path) -> dict[str, Any] | None:
+    try:
+        summary: dict[str, Any] = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):  # ValueError: not JSON (not written by us)
+        return None
+    return summary
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    """Replace ``path`` atomically: a reader sees the old file or the whole new one."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(summary, indent=1) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _print_failures(failures: list[str]) -> None:
+    """One line on stderr per distinct failure."""
+    for line, n in Counter(failures).items():
+        times = f" ({n} times)" if n > 1 else ""
+        print(f"devicesim run: failure: {line}{times}", file=sys.stderr, flush=True)
+
+
+async def _run(config: FleetConfig, duration: float | None, quiet: bool,
+               summary_path: Path | None = None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     fleet = Fleet(config)
     began = time.monotonic()
+    failures: list[str] = []
     try:
         connect_seconds = await fleet.start()
+    except FleetStartError as e:
+        failures.append(f"fleet start: {e}")  # start() stopped every device it connected
+    else:
+        try:
+            if not quiet:
+                print(f"devicesim: {config.count} devices connected in {connect_seconds:.2f} s"
+                      f" (pid {os.getpid()})", flush=True)
+            await _wait(fleet, stop, duration, quiet, began)
+        finally:
+            await fleet.stop()
         if not quiet:
-            print(f"devicesim: {config.count} devices connected in {connect_seconds:.2f} s "
-                  f"(pid {os.getpid()})", flush=True)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(duration):
-                while not stop.is_set():
-                    if not quiet:
-                        states = " ".join(f"{k}={v}" for k, v in sorted(fleet.states().items()))
-                        print(f"\r{time.monotonic() - began:7.1f}s {states}\033[K", end="",
-                              flush=True)
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(1.0):
-                            await stop.wait()
-    finally:
-        await fleet.stop()
-    if not quiet:
-        events = sum(d.events for d in fleet.devices.values())
-        states = " ".join(f"{k}={v}" for k, v in sorted(fleet.states().items()))
-        print(f"\ndevicesim: ran {time.monotonic() - began:.1f} s; {len(fleet.devices)} "
-              f"devices; {events} device events; final states: {states}", flush=True)
-    return 0
+            events = sum(d.events for d in fleet.devices.values())
+            states = " ".join(f"{k}={v}" for k, v in sorted(fleet.states().items()))
+            print(f"\ndevicesim: ran {time.monotonic() - began:.1f} s; {len(fleet.devices)} "
+                  f"devices; {events} device events; final states: {states}", flush=True)
+    summary = fleet.summary()
+    failures = summary["failures"] = [*summary["failures"], *failures]
+    if summary_path is not None:
+        try:
+            write_summary(summary_path, summary)
+        except OSError as e:
+            failures.append(f"--summary: {describe(e)}")
+    _print_failures(failures)
+    return 1 if failures else 0
+
+
+async def _wait(fleet: Fleet, stop: asyncio.Event, duration: float | None, quiet: bool,
+                began: float) -> None:
+    """Until ``stop`` is set or ``duration`` has passed, updating the status line."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(duration):
+            while not stop.is_set():
+                if not quiet:
+                    states = " ".join(f"{k}={v}" for k, v in sorted(fleet.states().items()))
+                    print(f"\r{time.monotonic() - began:7.1f}s {states}\033[K", end="",
+                          flush=True)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await stop.wait()
 
 
 if __name__ == "__main__":

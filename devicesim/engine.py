@@ -6,6 +6,17 @@ actions in order: publish, publish a device event (numbered ``seq`` 1, 2, ...), 
 NVM, arm or cancel a timer. :class:`Fleet` builds the shells, ramps connects (at most
 ``connect_concurrency`` in flight, below Mosquitto's backlog of 100) and reports counts.
 
+One fleet, however it is split: a :class:`FleetConfig` names its own range of things
+(``start``, ``count``) inside the whole fleet (``total`` things), and behaviours are assigned
+over the whole fleet (:func:`assign_behaviours`, through :func:`fleet_assignment`), so one
+process or any number of worker processes give every thing the same behaviour.
+
+Supervision: an exception while a device handles an event (a behaviour plugin bug, an agent
+bug) is logged with its ``thing_name``, published as the device's ``error`` event, recorded
+in :attr:`Fleet.failures` and reported as ``on_failure(f"device {thing}", error)``; the
+device goes on with its next event. :meth:`Fleet.start` either connects every device or
+stops those it did connect and raises one :class:`FleetStartError`.
+
 The simulated NVM lives in memory, and in ``{state_dir}/{thing}.json`` when a state dir is
 given, so a reboot (:meth:`DeviceShell.reboot`) — or a new ``devicesim run`` — resumes from
 what the device had persisted.
@@ -24,10 +35,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from devicesim import nvm as nvm_store
 from devicesim.agent import (
+    Action,
     Agent,
     AgentConfig,
     CancelTimer,
@@ -43,14 +55,36 @@ from devicesim.agent import (
     TimerFired,
 )
 from devicesim.behaviours import Behaviour, resolve
-from devicesim.mqtt import Client, ClientOptions, Pump
+from devicesim.mqtt import Client, ClientOptions, OnFailure, Pump
 from devicesim.nvm import Nvm
 from devicesim.wire import topics
+from devicesim.wire.events import DeviceEvent, DeviceEventKind
 
 if TYPE_CHECKING:
     from devicesim.sdk import SdkTransport
 
 log = logging.getLogger(__name__)
+
+#: as the agent's own ``error`` events
+_MAX_ERROR_REASON = 500
+
+
+class FleetStartError(Exception):
+    """Some devices failed to connect (or subscribe); the others were stopped."""
+
+    def __init__(self, failed: list[tuple[str, BaseException]], devices: int) -> None:
+        thing, first = failed[0]
+        which = (f"all {devices} devices" if len(failed) == devices else
+                 f"{len(failed)} of {devices} devices")
+        rest = "" if len(failed) == devices else " (the others were stopped)"
+        super().__init__(f"{which} failed to connect{rest}; first: {thing}: {describe(first)}")
+        self.failed = failed
+
+
+def describe(error: BaseException) -> str:
+    """An exception as one line: ``Type: message``."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,10 +102,29 @@ class FleetConfig:
     keepalive: int = 60
     agent: AgentConfig = field(default_factory=AgentConfig)
     width: int = 4
+    #: things in the whole fleet this config is a range of (None: ``start + count``)
+    total: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.total is not None and self.total < self.start + self.count:
+            raise ValueError(f"total ({self.total}) is less than start + count "
+                             f"({self.start + self.count})")
+
+    @property
+    def fleet_size(self) -> int:
+        """Things in the whole fleet: ``total``, or ``start + count``."""
+        return self.start + self.count if self.total is None else self.total
+
+    def thing_name(self, index: int) -> str:
+        return f"{self.prefix}{index:0{self.width}d}"
 
     def thing_names(self) -> list[str]:
-        return [f"{self.prefix}{i:0{self.width}d}" for i in range(self.start,
-                                                                   self.start + self.count)]
+        """The things of this range (this process's devices)."""
+        return [self.thing_name(i) for i in range(self.start, self.start + self.count)]
+
+    def fleet_thing_names(self) -> list[str]:
+        """Every thing of the whole fleet, index 0 to ``fleet_size - 1``."""
+        return [self.thing_name(i) for i in range(self.fleet_size)]
 
 
 def assign_behaviours(things: list[str], mix: dict[str, float], seed: int) -> dict[str, str]:
@@ -90,15 +143,31 @@ def assign_behaviours(things: list[str], mix: dict[str, float], seed: int) -> di
     return dict(zip(things, names, strict=True))
 
 
+def fleet_assignment(config: FleetConfig) -> dict[str, str]:
+    """The behaviours of ``config``'s own range, as assigned over the whole fleet: the same
+    for a thing whichever range (worker process, shard) it falls in."""
+    whole = assign_behaviours(config.fleet_thing_names(), config.mix, config.seed)
+    return {thing: whole[thing] for thing in config.thing_names()}
+
+
+def worker_ranges(start: int, count: int, workers: int) -> list[tuple[int, int]]:
+    """(start, count) of each worker process of ``--workers`` (empty ranges left out)."""
+    per = -(-count // workers)
+    ranges = [(start + w * per, min(per, count - w * per)) for w in range(workers)]
+    return [(s, c) for s, c in ranges if c > 0]
+
+
 class DeviceShell:
     """One device: an :class:`Agent` plus its MQTT connection, timers and NVM file."""
 
     def __init__(self, thing: str, behaviour: Behaviour, config: FleetConfig, pump: Pump,
-                 *, now: Callable[[], float] = time.time) -> None:
+                 *, now: Callable[[], float] = time.time,
+                 on_failure: OnFailure | None = None) -> None:
         self.thing = thing
         self.behaviour = behaviour
         self._config = config
         self._now = now
+        self._on_failure = on_failure
         self._loop = asyncio.get_running_loop()
         self._nvm_path = None if config.state_dir is None else config.state_dir / f"{thing}.json"
         self._saved = self._load_nvm()
@@ -184,6 +253,10 @@ class DeviceShell:
     def saved_nvm(self) -> Nvm:
         return self._saved
 
+    @property
+    def connected(self) -> bool:
+        return self._client.connected
+
     def cut_network(self) -> None:
         """Drop the connection abruptly; the client reconnects by itself."""
         self._client.drop()
@@ -208,58 +281,114 @@ class DeviceShell:
         self._feed(TimerFired(key))
 
     def _feed(self, event: Event) -> None:
-        for action in self.agent.handle(event, self._now()):
-            if isinstance(action, Publish):
-                self._client.publish(action.topic, action.payload, action.qos)
-            elif isinstance(action, EmitEvent):
-                self._seq += 1
-                event_out = dataclasses.replace(action.event, seq=self._seq)
-                self._client.publish(topics.device_events(self.thing), event_out.to_json())
-            elif isinstance(action, SaveNvm):
-                self._saved = action.nvm
-                if self._nvm_path is not None:
-                    nvm_store.save(self._nvm_path, action.nvm)
-            elif isinstance(action, SetTimer):
-                old = self._timers.pop(action.key, None)
-                if old is not None:
-                    old.cancel()
-                delay = max(0.0, action.at - self._now())
-                self._timers[action.key] = self._loop.call_later(delay, self._fire, action.key)
-            elif isinstance(action, CancelTimer):
-                handle = self._timers.pop(action.key, None)
-                if handle is not None:
-                    handle.cancel()
+        """Hand ``event`` to the agent and carry out its actions. Whatever raises here (a
+        behaviour plugin, the agent, persisting the NVM) is supervised: logged, reported,
+        published as an ``error`` event; the device goes on with its next event."""
+        try:
+            for action in self.agent.handle(event, self._now()):
+                self._act(action)
+        except Exception as e:  # any bug: the device must not stall or fail silently
+            log.exception("device failed thing_name=%s event=%s", self.thing,
+                          type(event).__name__)
+            self._failed(e)
+
+    def _failed(self, error: Exception) -> None:
+        if self._on_failure is not None:
+            try:
+                self._on_failure(f"device {self.thing}", error)
+            except Exception:  # a broken supervisor must not take the device down with it
+                log.exception("on_failure raised thing_name=%s", self.thing)
+        reason = describe(error)[:_MAX_ERROR_REASON]
+        try:
+            self._emit(DeviceEvent(kind=DeviceEventKind.ERROR, thing_name=self.thing,
+                                   timestamp=self._now(), reason=reason))
+        except Exception:  # the connection may be what failed: the failure is reported
+            log.exception("error event not published thing_name=%s", self.thing)
+
+    def _emit(self, event: DeviceEvent) -> None:
+        """Publish a device event with the next ``seq`` (used only once it is queued)."""
+        seq = self._seq + 1
+        self._client.publish(topics.device_events(self.thing),
+                             dataclasses.replace(event, seq=seq).to_json())
+        self._seq = seq
+
+    def _act(self, action: Action) -> None:
+        if isinstance(action, Publish):
+            self._client.publish(action.topic, action.payload, action.qos)
+        elif isinstance(action, EmitEvent):
+            self._emit(action.event)
+        elif isinstance(action, SaveNvm):
+            self._saved = action.nvm
+            if self._nvm_path is not None:
+                nvm_store.save(self._nvm_path, action.nvm)
+        elif isinstance(action, SetTimer):
+            old = self._timers.pop(action.key, None)
+            if old is not None:
+                old.cancel()
+            delay = max(0.0, action.at - self._now())
+            self._timers[action.key] = self._loop.call_later(delay, self._fire, action.key)
+        elif isinstance(action, CancelTimer):
+            handle = self._timers.pop(action.key, None)
+            if handle is not None:
+                handle.cancel()
 
 
 class Fleet:
-    """Many devices on this loop. ``start()`` ramps the connects; ``stop()`` disconnects."""
+    """Many devices on this loop. ``start()`` ramps the connects; ``stop()`` disconnects.
 
-    def __init__(self, config: FleetConfig, *, now: Callable[[], float] = time.time) -> None:
+    ``on_failure(where, error)`` hears of every failure the fleet survived: a device's
+    (``where`` = ``"device {thing}"``) and its MQTT clients' and pump's; each is also kept as
+    one line in :attr:`failures`.
+    """
+
+    def __init__(self, config: FleetConfig, *, now: Callable[[], float] = time.time,
+                 on_failure: OnFailure | None = None) -> None:
         self.config = config
         if config.state_dir is not None:
             config.state_dir.mkdir(parents=True, exist_ok=True)
         self._now = now
-        self._pump = Pump()
-        self.assignment = assign_behaviours(config.thing_names(), config.mix, config.seed)
+        self._on_failure = on_failure
+        #: one line per failure survived, ``"{where}: {Type}: {message}"``, in order
+        self.failures: list[str] = []
+        self._pump = Pump(on_failure=self._failed)
+        self.assignment = fleet_assignment(config)
         self.devices: dict[str, DeviceShell] = {}
 
+    def _failed(self, where: str, error: BaseException) -> None:
+        self.failures.append(f"{where}: {describe(error)}")
+        if self._on_failure is not None:
+            self._on_failure(where, error)
+
     async def start(self) -> float:
-        """Connect and subscribe every device; returns the seconds it took."""
+        """Connect and subscribe every device; returns the seconds it took.
+
+        If any device fails to, the connects still in flight are cancelled, every device is
+        stopped and :class:`FleetStartError` names how many failed and the first error."""
         began = time.monotonic()
         gate = asyncio.Semaphore(self.config.connect_concurrency)
-        behaviours: dict[str, Behaviour] = {}
+        # behaviours are stateless policy objects: one instance per name is shared
+        behaviours = {name: resolve(name) for name in set(self.assignment.values())}
+        failed: list[tuple[str, BaseException]] = []
 
         async def one(thing: str) -> None:
-            name = self.assignment[thing]
-            shell = DeviceShell(thing, behaviours.get(name) or resolve(name), self.config,
-                                self._pump, now=self._now)
-            self.devices[thing] = shell
-            await shell.start(gate)
+            try:
+                shell = DeviceShell(thing, behaviours[self.assignment[thing]], self.config,
+                                    self._pump, now=self._now, on_failure=self._failed)
+                self.devices[thing] = shell
+                await shell.start(gate)
+            except Exception as e:  # whatever it is, start() raises it as FleetStartError
+                failed.append((thing, e))
+                raise
 
-        # behaviours are stateless policy objects: one instance per name is shared
-        for name in set(self.assignment.values()):
-            behaviours[name] = resolve(name)
-        await asyncio.gather(*(one(t) for t in self.assignment))
+        try:
+            async with asyncio.TaskGroup() as group:  # one failure cancels the others
+                for thing in self.assignment:
+                    group.create_task(one(thing), name=f"connect {thing}")
+        except BaseException as e:  # failed or cancelled: leave no device connected
+            await self.stop()
+            if failed and isinstance(e, Exception):  # not a cancellation or interrupt
+                raise FleetStartError(failed, len(self.assignment)) from failed[0][1]
+            raise
         # thousands of long-lived device objects: keep them out of the collector's full
         # passes (those paused the loop for hundreds of ms at 5,000 devices)
         gc.collect()
@@ -281,3 +410,17 @@ class Fleet:
     def nvm_summaries(self) -> dict[str, dict[str, object]]:
         """Each device's NVM as persisted (what a reboot would resume from)."""
         return {thing: d.saved_nvm.summary().to_dict() for thing, d in self.devices.items()}
+
+    def summary(self) -> dict[str, Any]:
+        """What ``devicesim run --summary`` writes: per device its behaviour, event count
+        (last ``seq``) and persisted NVM summary, and the failures survived::
+
+            {"things": {"dev-0000": {"behaviour": "reference", "events": 7,
+                                     "nvm": {"activeSlot": "A", ...}}, ...},
+             "failures": ["device dev-0003: RuntimeError: boom", ...]}
+        """
+        nvm = self.nvm_summaries()
+        return {"things": {thing: {"behaviour": self.assignment[thing], "events": d.events,
+                                   "nvm": nvm[thing]}
+                           for thing, d in sorted(self.devices.items())},
+                "failures": list(self.failures)}

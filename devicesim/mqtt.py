@@ -9,6 +9,9 @@ Received messages are handed to a plain synchronous callback ``on_message(topic,
 that runs on the loop: the pure cores behind it do no I/O.
 
 Errors: paho's own return codes are turned into :class:`MqttError` at this seam only.
+Supervision: an exception from a client's housekeeping, socket callbacks, reconnect loop or
+the handlers behind it never ends the connection or the pump; it is logged and handed to the
+pump's ``on_failure`` (:data:`OnFailure`), which decides whether the run fails.
 """
 
 from __future__ import annotations
@@ -72,32 +75,74 @@ class _Waiters:
 
 
 class Pump:
-    """Owns the housekeeping timer for every client on one event loop."""
+    """Owns the housekeeping timer for every client on one event loop, and their supervision.
 
-    def __init__(self, interval: float = 1.0) -> None:
+    A client whose ``misc()`` raises is logged and reported; the others are still served. The
+    pump task itself, should it end with an error, is reported and started again. Clients
+    report errors they survived (a raising message handler, ...) through :meth:`report`.
+    Without ``on_failure`` the failure is only logged (``log.exception`` where it was caught).
+    """
+
+    def __init__(self, interval: float = 1.0, *, on_failure: OnFailure | None = None) -> None:
         self._clients: set[Client] = set()
         self._interval = interval
+        self._on_failure = on_failure
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     def add(self, client: Client) -> None:
         self._clients.add(client)
+        self._closing = False
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="mqtt-pump")
+            self._start()
 
     def discard(self, client: Client) -> None:
         self._clients.discard(client)
+
+    def report(self, where: str, error: BaseException) -> None:
+        """Hand a failure some component survived (or did not) to ``on_failure``."""
+        if self._on_failure is None:
+            return
+        try:
+            self._on_failure(where, error)
+        except Exception:  # a broken supervisor must not take the component down with it
+            log.exception("on_failure raised where=%s", where)
+
+    def _start(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(), name="mqtt-pump")
+        task.add_done_callback(self._ended)
+        self._task = task
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:  # no clients left; the next add() starts it again
+            return
+        log.error("mqtt pump failed clients=%d error=%r", len(self._clients), error,
+                  exc_info=error)
+        self.report("mqtt-pump", error)
+        if task is self._task and self._clients and not self._closing:
+            self._start()
 
     async def _run(self) -> None:
         while self._clients:
             await asyncio.sleep(self._interval)
             for client in list(self._clients):
-                client.misc()
+                try:
+                    client.misc()
+                except Exception as e:  # one client's bug must not starve the keepalives of all
+                    client_id = client.options.client_id
+                    log.exception("mqtt housekeeping failed client_id=%s", client_id)
+                    self.report(f"mqtt client {client_id}", e)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._closing = True
+        task = self._task
+        if task is not None:
+            task.cancel()
+            # waits without raising: an error the task ended with was reported by _ended
+            await asyncio.wait([task])
 
 
 class Client:
@@ -217,10 +262,32 @@ class Client:
         self._loop.remove_writer(sock)
 
     def _read(self) -> None:
-        self._paho.loop_read(64)
+        try:
+            self._paho.loop_read(64)
+        except Exception as e:  # else only asyncio's handler would log it
+            log.exception("mqtt read failed client_id=%s", self.options.client_id)
+            self._report("read", e)
 
     def _write(self) -> None:
-        self._paho.loop_write()
+        try:
+            self._paho.loop_write()
+        except Exception as e:
+            log.exception("mqtt write failed client_id=%s", self.options.client_id)
+            self._report("write", e)
+
+    def _report(self, what: str, error: Exception) -> None:
+        """An error this client survived (logged where caught), reported through the pump."""
+        self._pump.report(f"mqtt client {self.options.client_id} {what}", error)
+
+    def _notify_connection(self, session_present: bool) -> None:
+        if self._on_connection is None:
+            return
+        try:
+            self._on_connection(session_present)
+        except Exception as e:  # a handler bug must not break paho's CONNACK/close handling
+            log.exception("on_connection failed client_id=%s connected=%s",
+                          self.options.client_id, session_present)
+            self._report("on_connection", e)
 
     def _connected(self, client: paho.Client, userdata: object, flags: paho.ConnectFlags,
                    reason: ReasonCode, properties: object) -> None:
@@ -239,8 +306,7 @@ class Client:
             self._paho.subscribe([self._option(f, q) for f, q in self._subscriptions.items()])
             log.info("resubscribed client_id=%s filters=%d", self.options.client_id,
                      len(self._subscriptions))
-        if self._on_connection is not None:
-            self._on_connection(session_present)
+        self._notify_connection(session_present)
 
     def _disconnected(self, client: paho.Client, userdata: object,
                       flags: paho.DisconnectFlags, reason: ReasonCode, properties: object
@@ -249,8 +315,8 @@ class Client:
         if self._closing:
             return
         log.info("disconnected client_id=%s reason=%s", self.options.client_id, reason)
-        if was_connected and self._on_connection is not None:
-            self._on_connection(False)
+        if was_connected:
+            self._notify_connection(False)
         if self._reconnect_task is None or self._reconnect_task.done():
             self._reconnect_task = self._loop.create_task(self._reconnect())
 
@@ -268,9 +334,10 @@ class Client:
     def _message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         try:
             self._on_message(msg.topic, bytes(msg.payload))
-        except Exception:  # a handler bug must not kill the connection
+        except Exception as e:  # a handler bug must not kill the connection
             log.exception("on_message failed client_id=%s topic=%s", self.options.client_id,
                           msg.topic)
+            self._report(f"on_message {msg.topic}", e)
 
     async def _reconnect(self) -> None:
         delay = self.options.reconnect_min_delay
@@ -281,6 +348,9 @@ class Client:
                 return
             except OSError as e:
                 log.debug("reconnect failed client_id=%s error=%s", self.options.client_id, e)
+            except Exception as e:  # not a network error: a bug; report it and keep trying
+                log.exception("reconnect failed client_id=%s", self.options.client_id)
+                self._report("reconnect", e)
             delay = min(delay * 2, self.options.reconnect_max_delay)
 
     def _check(self, rc: MQTTErrorCode, what: str) -> None:

@@ -20,7 +20,15 @@ from typing import Any
 
 import pytest
 
-from fleet.checker import INVARIANTS, Budgets, Verdict, check, document_digest, timeline
+from fleet.checker import (
+    INVARIANTS,
+    Budgets,
+    Status,
+    Verdict,
+    check,
+    document_digest,
+    timeline,
+)
 from fleet.history import Op, OpType
 
 T0 = 1_764_000_000.0
@@ -765,9 +773,12 @@ def test_a_power_cut_before_the_notice_deadline_restarts_the_clock_at_power_on()
 
 def test_a_device_never_powered_on_again_is_not_judged_and_the_notes_say_so() -> None:
     verdict = check(power_cut_drill(on=None, lost=None), Budgets())
-    assert verdict.passed, _messages(verdict)
+    assert not verdict.failed, _messages(verdict)
     notice = verdict.result("notice")
     assert notice.checked == 0
+    # its only device was never judged: nothing shows how it reacts, so no PASS
+    assert verdict.status is Status.INCONCLUSIVE
+    assert notice.status is Status.INCONCLUSIVE
     assert any("never powered on again" in n and "dev-0001" in n for n in notice.notes)
     # Its last word was a step of ota-1 and its journal names it: neither counts against it.
     assert any("powered off to the end" in n for n in verdict.result("consistent").notes)
@@ -955,10 +966,14 @@ def test_a_deadline_past_the_end_of_the_history_is_not_judged() -> None:
     assert verdict.result("notice").notes
 
 
-def test_an_empty_history_passes_vacuously_and_says_so() -> None:
+def test_an_empty_history_is_never_a_pass() -> None:
     verdict = check([], Budgets())
-    assert verdict.passed
-    assert all(r.checked == 0 for r in verdict.results)
+    assert verdict.status is Status.FAIL
+    assert verdict.failed == ["complete"]
+    assert "empty" in verdict.result("complete").violations[0].message
+    assert verdict.result("notice").status is Status.INCONCLUSIVE
+    assert all(r.status is Status.NO_CASES for r in verdict.results
+               if r.name not in ("complete", "notice"))
 
 
 def test_budgets_reject_negative_values() -> None:

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import sysconfig
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,7 +47,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fresh_venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def fresh_venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = tmp_path_factory.mktemp("venv") / "fresh"
     proc = _run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=venv.parent)
     assert proc.returncode == 0, proc.stderr
@@ -61,7 +60,7 @@ def fresh_venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     proc = _run(sys.executable, "-m", "pip", "--python", python, "install", "--no-deps",
                 "--no-index", "-q", wheel, cwd=venv)
     assert proc.returncode == 0, proc.stderr
-    yield venv
+    return venv
 
 
 def test_the_wheel_carries_the_broker_config_and_the_builtin_drills(wheel: Path) -> None:

@@ -18,11 +18,31 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
-#: The invariant ids, in report order (also the JUnit test names).
-INVARIANTS = ("notice", "recover", "no-zombie", "valid-end", "consistent", "progress", "reuse",
-              "service", "answered")
+#: The invariant ids, in report order (also the JUnit test names). ``complete`` judges the
+#: history itself (nothing lost, nothing stalled, nothing crashed): the others are only as
+#: good as it is.
+INVARIANTS = ("complete", "notice", "recover", "no-zombie", "valid-end", "consistent",
+              "progress", "reuse", "service", "answered")
+
+
+class Status(StrEnum):
+    """The outcome of one invariant, and of a whole verdict.
+
+    ``PASS``: cases were checked (at least the required number) and none broke the rule.
+    ``FAIL``: a case broke it. ``INCONCLUSIVE``: no case broke it, but fewer cases were seen
+    than the drill requires (a PASS over nothing is not a PASS). ``NO_CASES``: nothing to
+    check and nothing required (the drill does not exercise it; e.g. ``reuse`` in a drill
+    that reuses no jobId): shown as such, never counted as a pass of anything.
+    A verdict is FAIL if any invariant is, else INCONCLUSIVE if any is, else PASS.
+    """
+
+    PASS = "PASS"
+    FAIL = "FAIL"
+    INCONCLUSIVE = "INCONCLUSIVE"
+    NO_CASES = "NO-CASES"
 
 
 def document_digest(document: str | Mapping[str, Any]) -> str:
@@ -59,6 +79,45 @@ class Budgets:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Requirements:
+    """How many cases a drill must produce for its verdict to count (drill configuration,
+    recorded in the history's ``start`` marker so that ``fleet check`` applies the same).
+
+    ``notice_fraction``: ``notice`` needs at least this fraction of the devices targeted by
+    the drill's jobs (rounded up) as cases. ``notice_per_behaviour``: every behaviour present
+    among the targeted devices needs at least this many ``notice`` cases of its own (a faulty
+    behaviour never caught mid-step was never tested). Fewer is INCONCLUSIVE.
+    """
+
+    notice_fraction: float = 0.0
+    notice_per_behaviour: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.notice_fraction <= 1.0:
+            raise ValueError("notice_fraction must be within 0..1")
+        if self.notice_per_behaviour < 0:
+            raise ValueError("notice_per_behaviour must be >= 0")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"noticeFraction": self.notice_fraction,
+                "noticePerBehaviour": self.notice_per_behaviour}
+
+    @classmethod
+    def from_json(cls, value: object) -> Requirements:
+        """From a ``start`` marker's ``requirements`` (defaults for what is missing)."""
+        if not isinstance(value, Mapping):
+            return cls()
+        default = cls()
+        fraction = value.get("noticeFraction")
+        per = value.get("noticePerBehaviour")
+        return cls(
+            notice_fraction=float(fraction) if isinstance(fraction, int | float)
+            and not isinstance(fraction, bool) else default.notice_fraction,
+            notice_per_behaviour=per if isinstance(per, int) and not isinstance(per, bool)
+            else default.notice_per_behaviour)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Violation:
     """One broken rule: which invariant, which device and job, when, and the ops that show it.
 
@@ -76,15 +135,21 @@ class Violation:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InvariantResult:
-    """The outcome of one invariant. ``checked`` counts the cases examined, so that a pass
-    over zero cases (nothing was force-deleted, say) is visible as such; ``notes`` says what
-    could not be checked for lack of data."""
+    """The outcome of one invariant. ``checked`` counts the cases examined and
+    ``cases_by_behaviour`` splits them by the behaviour of the device each case is about
+    (devices of unknown behaviour under ``"unknown"``; cases about no device, such as the
+    service's deletion limit, are in ``checked`` only), so that a pass over zero cases is
+    visible as such; ``status`` says whether enough were seen (:class:`Status`);
+    ``passed`` is true when no case broke the rule; ``notes`` says what could not be
+    checked for lack of data, and why a result is INCONCLUSIVE."""
 
     name: str
     passed: bool
     violations: tuple[Violation, ...] = ()
     checked: int = 0
     notes: tuple[str, ...] = ()
+    cases_by_behaviour: Mapping[str, int] = field(default_factory=dict)
+    status: Status = Status.PASS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,7 +189,15 @@ class Metrics:
 class Verdict:
     results: list[InvariantResult]
     metrics: Metrics
-    passed: bool
+    status: Status
+
+    @property
+    def passed(self) -> bool:
+        return self.status is Status.PASS
+
+    @property
+    def inconclusive(self) -> list[str]:
+        return [r.name for r in self.results if r.status is Status.INCONCLUSIVE]
 
     def result(self, name: str) -> InvariantResult:
         for r in self.results:
@@ -134,4 +207,4 @@ class Verdict:
 
     @property
     def failed(self) -> list[str]:
-        return [r.name for r in self.results if not r.passed]
+        return [r.name for r in self.results if r.status is Status.FAIL]

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fleet.checker.model import Distribution, InvariantResult, Verdict, Violation
+from fleet.checker.model import Distribution, InvariantResult, Status, Verdict, Violation
 
 #: How many violations a JUnit failure or the terminal lists per invariant.
 MAX_LISTED = 50
@@ -30,12 +30,27 @@ def _dist(d: Distribution) -> str:
             f"max={d.max_ms:.1f}ms")
 
 
+def _by_behaviour(r: InvariantResult) -> str:
+    return " ".join(f"{k}={v}" for k, v in r.cases_by_behaviour.items())
+
+
+def verdict_line(verdict: Verdict) -> str:
+    """``PASS``, ``FAIL (a, b)`` or ``INCONCLUSIVE (notice)``."""
+    if verdict.status is Status.FAIL:
+        return "FAIL (" + ", ".join(verdict.failed) + ")"
+    if verdict.status is Status.INCONCLUSIVE:
+        return "INCONCLUSIVE (" + ", ".join(verdict.inconclusive) + ")"
+    return "PASS"
+
+
 def terminal(verdict: Verdict) -> str:
-    """A plain-text verdict: one row per invariant, its first violation, then metrics."""
-    rows = [("invariant", "result", "checked", "violations", "first: thing", "job", "time")]
+    """A plain-text verdict: one row per invariant (its status, the cases it checked, per
+    behaviour), its first violations or why it is inconclusive, then metrics."""
+    rows = [("invariant", "result", "checked", "by behaviour", "violations", "first: thing",
+             "job", "time")]
     for r in verdict.results:
         first = r.violations[0] if r.violations else None
-        rows.append((r.name, "PASS" if r.passed else "FAIL", str(r.checked),
+        rows.append((r.name, r.status.value, str(r.checked), _by_behaviour(r),
                      str(len(r.violations)),
                      (first.thing_name or "-") if first else "", (first.job_id or "-") if first
                      else "", _when(first.time) if first else ""))
@@ -48,6 +63,8 @@ def terminal(verdict: Verdict) -> str:
             lines.append(f"  {r.name}: {v.message}")
         if len(r.violations) > 3:
             lines.append(f"  {r.name}: ... and {len(r.violations) - 3} more")
+        if r.status is Status.INCONCLUSIVE:
+            lines.extend(f"  {r.name}: {n}" for n in r.notes if n.startswith("INCONCLUSIVE"))
     m = verdict.metrics
     codes = ", ".join(f"{k}={v}" for k, v in m.rejections_by_code.items()) or "none"
     lines += [
@@ -60,8 +77,7 @@ def terminal(verdict: Verdict) -> str:
         f"requests            {m.requests}, replies {m.replies} (accepted {m.accepted}), "
         f"rejections: {codes}",
         "",
-        "VERDICT: " + ("PASS" if verdict.passed else
-                       "FAIL (" + ", ".join(verdict.failed) + ")"),
+        "VERDICT: " + verdict_line(verdict),
     ]
     return "\n".join(lines) + "\n"
 
@@ -69,8 +85,10 @@ def terminal(verdict: Verdict) -> str:
 def to_json(verdict: Verdict) -> dict[str, Any]:
     """The verdict as JSON-ready data (times as epoch seconds)."""
     return {
+        "status": verdict.status.value,
         "passed": verdict.passed,
         "failed": verdict.failed,
+        "inconclusive": verdict.inconclusive,
         "results": [dataclasses.asdict(r) for r in verdict.results],
         "metrics": dataclasses.asdict(verdict.metrics),
     }
@@ -95,16 +113,28 @@ def _violation_text(v: Violation) -> str:
 
 
 def junit_xml(verdict: Verdict, suite_name: str) -> str:
-    """JUnit XML: one testcase per invariant; a failure lists the devices and the events."""
-    failures = sum(not r.passed for r in verdict.results)
+    """JUnit XML: one testcase per invariant; a failure lists the devices and the events; an
+    INCONCLUSIVE invariant is an ``error`` (it could not be judged: CI must not read it as a
+    pass); one with no cases (and none required) is ``skipped``."""
+    failures = sum(r.status is Status.FAIL for r in verdict.results)
+    errors = sum(r.status is Status.INCONCLUSIVE for r in verdict.results)
+    skipped = sum(r.status is Status.NO_CASES for r in verdict.results)
     suites = ET.Element("testsuites", name=suite_name, tests=str(len(verdict.results)),
-                        failures=str(failures))
+                        failures=str(failures), errors=str(errors), skipped=str(skipped))
     suite = ET.SubElement(suites, "testsuite", name=suite_name,
-                          tests=str(len(verdict.results)), failures=str(failures), errors="0",
-                          skipped="0", time=f"{verdict.metrics.duration_seconds:.3f}")
+                          tests=str(len(verdict.results)), failures=str(failures),
+                          errors=str(errors), skipped=str(skipped),
+                          time=f"{verdict.metrics.duration_seconds:.3f}")
     for r in verdict.results:
         case = ET.SubElement(suite, "testcase", classname=suite_name, name=r.name)
-        if not r.passed:
+        if r.status is Status.INCONCLUSIVE:
+            why = [n for n in r.notes if n.startswith("INCONCLUSIVE")]
+            error = ET.SubElement(case, "error", type="Inconclusive",
+                                  message=why[0] if why else "too few cases")
+            error.text = "\n".join(why)
+        elif r.status is Status.NO_CASES:
+            ET.SubElement(case, "skipped", message="no cases: the drill does not exercise it")
+        if r.status is Status.FAIL:
             things = sorted({v.thing_name for v in r.violations if v.thing_name})
             message = f"{len(r.violations)} violation(s)"
             if things:
@@ -112,7 +142,7 @@ def junit_xml(verdict: Verdict, suite_name: str) -> str:
             failure = ET.SubElement(case, "failure", message=message, type="InvariantViolation")
             failure.text = _failure_text(r)
         out = ET.SubElement(case, "system-out")
-        out.text = "\n".join([f"checked={r.checked}", *r.notes])
+        out.text = "\n".join([f"checked={r.checked} {_by_behaviour(r)}".rstrip(), *r.notes])
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 

@@ -28,12 +28,26 @@ and extracts:
   ``power-on`` marker before the devices boot, each then saying ``rebooted`` and
   ``connected``).
 
-Times are the recorder's (``Op.time``), never a device clock.
+Times are the recorder's (``Op.time``), repaired for each device's own events by the
+device's sequence (:func:`device_order`): MQTT delivers one publisher's messages in order, so
+arrival order is the device's order except across a reconnect, when messages it queued
+while offline may arrive after newer ones. A device's events are therefore de-duplicated by
+``seq`` (a QoS 1 redelivery is one event), put in ``seq`` order, and an event that arrived
+after a later one of the same device is timed no later than it. Offline spells begin at the
+device's own ``timestamp`` of its ``disconnected``/``rebooted`` (the only clock that knows
+when the connection dropped; every process of a drill shares the host's clock) and end when
+it said ``connected``. A reply identical to one already matched to its request (same
+operation, outcome and payload: a QoS 1 redelivery) is one reply.
+
+The drill's ``start`` marker names each device's behaviour (:attr:`Timeline.behaviours`)
+and the case requirements (:class:`~fleet.checker.model.Requirements`).
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +55,7 @@ from typing import Any
 
 from devicesim.wire.enums import JobExecutionStatus
 from devicesim.wire.topics import NEXT, Operation
-from fleet.checker.model import document_digest
+from fleet.checker.model import Requirements, document_digest
 from fleet.history import Op, OpType
 
 FORCE_APIS = ("DeleteJob", "CancelJob", "CancelJobExecution", "DeleteJobExecution")
@@ -301,8 +315,25 @@ class Timeline:
     #: Per device, spells (power-off, power-on) during which the drill had cut its power,
     #: oldest first; ``power-on`` is ``inf`` if it was never powered on again.
     powered_off: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    #: Each device's behaviour, from the ``start`` marker (empty if it names none).
+    behaviours: dict[str, str] = field(default_factory=dict)
+    requirements: Requirements = field(default_factory=Requirements)
+    #: Per device, the event sequence numbers recorded (after de-duplication).
+    seqs: dict[str, set[int]] = field(default_factory=dict)
+    duplicate_device_events: int = 0
+    duplicate_replies: int = 0
+    #: ``failure`` markers: a component of the run failed (``{where, error}``).
+    failures: list[Op] = field(default_factory=list)
 
     # --- lookups shared by the invariants ---------------------------------------------
+
+    def behaviour_of(self, thing_name: str) -> str:
+        return self.behaviours.get(thing_name, "unknown")
+
+    @property
+    def targeted(self) -> set[str]:
+        """Every thing a successful CreateJob targeted."""
+        return {t for c in self.creates for t in c.targets}
 
     def incarnation(self, job_id: str, time: float) -> int:
         return bisect.bisect_right(self.boundaries.get(job_id, []), time)
@@ -398,12 +429,27 @@ class Timeline:
         return False
 
     def deletion_completed(self, job_id: str) -> Op | None:
-        """The ``$aws/events/job/{jobId}/deleted`` event of the current incarnation."""
+        """Proof that the deletion of the jobId's current incarnation completed: its
+        ``$aws/events/job/{jobId}/deleted`` event, else (jobs events off) the controller's
+        ``DescribeJob`` answered ResourceNotFound after its successful ``DeleteJob``."""
         current = self.current_incarnation(job_id)
         found = None
         for operation, incarnation, op in self.job_events_by_job.get(job_id, []):
             if operation == "deleted" and incarnation == current:
                 found = op
+        if found is not None:
+            return found
+        deleted_at = None
+        for c in self.calls_by_job.get(job_id, []):
+            if self.incarnation(job_id, c.time) != current:
+                continue
+            if c.f == "DeleteJob" and c.ok:
+                deleted_at = c.time
+            elif c.f == "DescribeJob" and deleted_at is not None and c.time > deleted_at and \
+                    c.completion is not None and c.completion.type is OpType.FAIL and \
+                    _dict(c.completion.value.get("error")).get("code") == \
+                    "ResourceNotFoundException":
+                found = c.completion
         return found
 
 
@@ -411,10 +457,17 @@ class Timeline:
 
 
 def build(ops: Sequence[Op]) -> Timeline:
-    ordered = sorted(ops, key=lambda op: op.time)
+    ordered, duplicates = device_order(ops)
     start = min((op.time for op in ordered), default=0.0)
     end = max((op.time for op in ordered), default=0.0)
-    tl = Timeline(ops=ordered, start=start, end=end)
+    tl = Timeline(ops=ordered, start=start, end=end, duplicate_device_events=duplicates)
+    for op in ordered:
+        if op.process == "drill" and op.f == "start":
+            behaviours = op.value.get("behaviours")
+            if isinstance(behaviours, dict):
+                tl.behaviours = {str(k): str(v) for k, v in behaviours.items()}
+            tl.requirements = Requirements.from_json(op.value.get("requirements"))
+            break
     tl.calls = _pair_controller_calls(ordered)
     for c in tl.calls:
         if c.job_id:
@@ -449,6 +502,48 @@ def build(ops: Sequence[Op]) -> Timeline:
     _terminal_facts(tl)
     _offline_spells(tl)
     return tl
+
+
+def _seq(op: Op) -> int | None:
+    seq = op.value.get("seq")
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+
+
+def device_order(ops: Sequence[Op]) -> tuple[list[Op], int]:
+    """The history sorted by time, with each device's events de-duplicated by ``seq`` and
+    timed in ``seq`` order: an event recorded after a later one of its device is timed no
+    later than it, and sorted just before it. Other operations, and events without ``seq``,
+    keep their time; ties keep the history's order. Returns the sorted operations and how
+    many duplicates were dropped."""
+    streams: dict[str, list[tuple[int, int]]] = defaultdict(list)  # thing -> (seq, index)
+    keep = [True] * len(ops)
+    seen: set[tuple[str, int]] = set()
+    duplicates = 0
+    for i, op in enumerate(ops):
+        if not op.f.startswith("device:"):
+            continue
+        seq = _seq(op)
+        if seq is None:
+            continue
+        if (op.process, seq) in seen:
+            keep[i] = False
+            duplicates += 1
+            continue
+        seen.add((op.process, seq))
+        streams[op.process].append((seq, i))
+    out = list(ops)
+    # sort key: (time, anchor, rank); an event moved before a later one takes its anchor
+    keys = [(op.time, i, 0) for i, op in enumerate(ops)]
+    for stream in streams.values():
+        stream.sort()
+        later: tuple[float, int, int] | None = None
+        for _, i in reversed(stream):
+            if later is not None and keys[i] > later:
+                out[i] = dataclasses.replace(out[i], time=later[0])
+                keys[i] = (later[0], later[1], later[2] - 1)
+            later = keys[i]
+    order = sorted((i for i in range(len(ops)) if keep[i]), key=keys.__getitem__)
+    return [out[i] for i in order], duplicates
 
 
 def _pair_controller_calls(ops: list[Op]) -> list[ControllerCall]:
@@ -545,6 +640,9 @@ def _device_event(tl: Timeline, op: Op) -> None:
         version_number=as_int(v.get("versionNumber")), document_digest=digest, nvm=nvm,
         incarnation=incarnation)
     tl.device_events.setdefault(thing, []).append(rec)
+    seq = _seq(op)
+    if seq is not None:
+        tl.seqs.setdefault(op.process, set()).add(seq)
     if job_id is None:
         return
     tl.events_by_job.setdefault(job_id, []).append(rec)
@@ -648,6 +746,8 @@ def _marker(tl: Timeline, op: Op) -> None:
         end = op.value.get("end")
         tl.outages.append((float(start), float(end) if end is not None else float("inf"), op))
         return
+    if op.f == "failure":
+        tl.failures.append(op)
     tl.markers.setdefault(op.f, op)
     if op.f == "final-state":
         devices = {str(k): v for k, v in _dict(op.value.get("devices")).items()
@@ -688,6 +788,9 @@ def _reply(tl: Timeline, op: Op, pending: dict[tuple[str, str, str], list[Reques
     candidates = pending.get((op.process, op.f, token), []) if token else []
     matched = None
     if candidates:
+        if any(_same_reply(op, r) for q in candidates for r in q.replies):
+            tl.duplicate_replies += 1  # delivered again (QoS 1): one reply
+            return
         unanswered = [r for r in candidates if not r.replies]
         matched = unanswered[0] if unanswered else candidates[-1]
         matched.replies.append(op)
@@ -707,6 +810,11 @@ def _reply(tl: Timeline, op: Op, pending: dict[tuple[str, str, str], list[Reques
         number = as_int(matched.payload.get("executionNumber")) if matched else None
         _observe_execution(tl, thing, {"jobId": job_id, "executionNumber": number,
                                        "versionNumber": state.get("versionNumber")}, op)
+
+
+def _same_reply(a: Op, b: Op) -> bool:
+    return a.type is b.type and a.value.get("topic") == b.value.get("topic") and \
+        a.value.get("payload") == b.value.get("payload")
 
 
 def _removals_from_force_calls(tl: Timeline) -> None:
@@ -776,7 +884,9 @@ def _offline_spells(tl: Timeline) -> None:
         spells, since = [], None
         for ev in events:
             if ev.kind in _OFFLINE_KINDS and since is None:
-                since = ev.time
+                stamp = ev.op.value.get("timestamp")
+                since = min(ev.time, float(stamp)) if isinstance(stamp, int | float) and \
+                    not isinstance(stamp, bool) and math.isfinite(stamp) else ev.time
             elif ev.kind == "connected" and since is not None:
                 spells.append((since, ev.time))
                 since = None

@@ -1,6 +1,9 @@
 """``fleet drill`` and ``fleet check``: run a drill (the main job) or re-check a history.
 
-Exit status: 0 every invariant holds, 1 violations, 2 usage or environment error.
+Exit status: 0 PASS (every invariant holds, over enough cases, on a complete history),
+1 FAIL (a violation, or a history that is incomplete: interrupted, timed out, lost events,
+a component failed), 2 usage or environment error, 3 INCONCLUSIVE (nothing broke, but too
+few cases were seen for the verdict to count).
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from typing import Any
 
 from fleet import history
 from fleet.broker import BrokerError, find_mosquitto
-from fleet.checker import Budgets, check
-from fleet.checker.report import terminal, write_reports
+from fleet.checker import Budgets, Status, check
+from fleet.checker.report import terminal, verdict_line, write_reports
 from fleet.drill import spec
-from fleet.drill.runner import DrillResult, RunOptions, run
+from fleet.drill.runner import RunOptions, run
 
 DEFAULT_DRILL = "force-delete"
+EXIT = {Status.PASS: 0, Status.FAIL: 1, Status.INCONCLUSIVE: 3}
 
 
 def register(sub: Any) -> None:
@@ -37,6 +41,9 @@ def register(sub: Any) -> None:
     p.add_argument("--timeout", type=float,
                    help="seconds for the schedule to settle (default: the drill's, scaled "
                         "up with --devices)")
+    p.add_argument("--stall-seconds", type=float,
+                   help="stop the drill when nothing happens for this long (default: the "
+                        "drill's, 10)")
     p.add_argument("--broker", metavar="URL", help="use this broker instead of the embedded one")
     p.add_argument("--workers", type=int, default=1, help="device processes (default 1)")
     p.add_argument("--report-dir", type=Path,
@@ -83,6 +90,10 @@ def _drill_from(args: argparse.Namespace) -> spec.Drill:
         # the drill's timeout is for its own fleet size: a bigger fleet gets proportionally
         # more (a safety limit, not the expected duration)
         changes["timeout"] = drill.timeout * args.devices / drill.devices
+    if args.stall_seconds is not None:
+        if args.stall_seconds <= 0:
+            raise ValueError("--stall-seconds: must be positive")
+        changes["stall_seconds"] = args.stall_seconds
     if args.workers < 1:
         raise ValueError("--workers: must be at least 1")
     return dataclasses.replace(drill, **changes)
@@ -114,29 +125,14 @@ def run_drill(args: argparse.Namespace) -> int:
     paths = write_reports(result.verdict, report_dir, result.history_path)
     print()
     print(terminal(result.verdict))
-    problems = drill_problems(result)
-    for problem in problems:
-        print(f"\ndrill: {problem}")
-    passed = result.verdict.passed and not problems
-    print(f"\nverdict: {'PASS' if passed else 'FAIL'} "
+    if result.timed_out:
+        print("drill: the schedule did not settle before the drill's timeout (a big fleet "
+              "needs a longer --timeout, or --workers to use every core)")
+    print(f"\nverdict: {verdict_line(result.verdict)} "
           f"({time.monotonic() - began:.1f} s)  reports: {result.history_path}, "
           f"{', '.join(str(p) for p in paths)}")
     print(f"re-check: fleet check {result.history_path}")
-    return 0 if passed else 1
-
-
-def drill_problems(result: DrillResult) -> list[str]:
-    """What makes a run untrustworthy even when every invariant holds."""
-    problems = []
-    if result.timed_out:
-        problems.append("the schedule did not settle before the drill's timeout (a big "
-                        "fleet needs a longer --timeout, or --workers to use every core)")
-    stats = [op.value for op in result.ops if op.f == "recorder-stats"]
-    missing = stats[-1].get("missingDeviceEvents", 0) if stats else 0
-    if missing:
-        problems.append(f"the recorder missed {missing} device events: the history is "
-                        "incomplete")
-    return problems
+    return EXIT[result.verdict.status]
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -147,5 +143,5 @@ def run_check(args: argparse.Namespace) -> int:
     print(terminal(verdict))
     if args.report_dir:
         write_reports(verdict, args.report_dir, args.history)
-    print(f"\nverdict: {'PASS' if verdict.passed else 'FAIL'}")
-    return 0 if verdict.passed else 1
+    print(f"\nverdict: {verdict_line(verdict)}")
+    return EXIT[verdict.status]

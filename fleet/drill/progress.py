@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from fleet.drill.spec import When
-from fleet.history import Op
+from fleet.history import Op, OpType
 
 _FINAL_OK = "SUCCEEDED"
 
@@ -32,6 +32,12 @@ class Progress:
         self.idle_things: set[str] = set()
         #: how many times each jobId's deletion completed ($aws/events/job/{id}/deleted)
         self.deletions: Counter[str] = Counter()
+        #: the highest event ``seq`` seen per device: an older event arriving late (queued
+        #: while the device was offline) does not change what the device is doing now
+        self.last_seq: dict[str, int] = {}
+        #: device requests (thing, operation, clientToken) still waiting for a reply
+        self.unanswered: set[tuple[str, str, str]] = set()
+        self._answered: set[tuple[str, str, str]] = set()
 
     def expect(self, job_id: str, targets: int) -> None:
         """A (new) job was created for ``targets`` things: start counting afresh."""
@@ -41,13 +47,19 @@ class Progress:
         if op.f == "job-event" and op.value.get("operation") == "deleted":
             self.deletions[str(op.value.get("jobId"))] += 1
         if not op.f.startswith("device:"):
+            self._track_request(op)
             return
         kind = op.f[len("device:"):]
-        self.last_kind[op.process] = kind
-        if kind == "idle":
-            self.idle_things.add(op.process)
-        else:
-            self.idle_things.discard(op.process)
+        seq = op.value.get("seq")
+        newest = not isinstance(seq, int) or seq > self.last_seq.get(op.process, 0)
+        if newest:
+            if isinstance(seq, int):
+                self.last_seq[op.process] = seq
+            self.last_kind[op.process] = kind
+            if kind == "idle":
+                self.idle_things.add(op.process)
+            else:
+                self.idle_things.discard(op.process)
         job = self.jobs.get(str(op.value.get("jobId")))
         if job is None:
             return
@@ -59,6 +71,18 @@ class Progress:
             job.finished.add(op.process)
             if op.value.get("status") == _FINAL_OK:
                 job.succeeded.add(op.process)
+
+    def _track_request(self, op: Op) -> None:
+        token = op.value.get("clientToken")
+        if not isinstance(token, str) or op.process in ("controller", "drill", "service"):
+            return
+        key = (op.process, op.f, token)
+        if op.type is OpType.INVOKE:
+            if key not in self._answered:
+                self.unanswered.add(key)
+        elif op.type in (OpType.OK, OpType.FAIL):
+            self.unanswered.discard(key)
+            self._answered.add(key)
 
     def running(self, job_id: str) -> set[str]:
         """Things that started the job and have not finished it."""
@@ -78,6 +102,17 @@ class Progress:
             return False
         return not (when.step is not None
                     and len(job.steps.get(when.step, ())) < when.fraction * need)
+
+    def summary(self) -> dict[str, object]:
+        """What the drill has seen so far, for a stall's diagnosis."""
+        return {
+            "idleDevices": len(self.idle_things),
+            "devicesByLastEvent": dict(Counter(self.last_kind.values()).most_common()),
+            "unansweredRequests": len(self.unanswered),
+            "jobs": {job_id: {"targets": j.targets, "started": len(j.started),
+                              "succeeded": len(j.succeeded), "finished": len(j.finished)}
+                     for job_id, j in self.jobs.items()},
+        }
 
     def idle(self, things: list[str]) -> bool:
         """Every device's last event says it is idle (no work it knows of)."""

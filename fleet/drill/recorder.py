@@ -4,6 +4,11 @@ Subscribes (QoS 1) to ``$aws/things/+/jobs/#``, ``$aws/events/#`` and
 ``devicesim/+/events``. :func:`classify` is the pure part: one received message -> one
 :class:`~fleet.history.Op` in the vocabulary of :mod:`fleet.history`. Device events carry a
 per-device ``seq``; gaps are counted, so a drill can prove the recorder lost nothing.
+
+Supervision: a message :func:`classify` fails on is still recorded (as the generic
+``message`` op, with the error) and a listener that raises does not undo the op it was
+given; both are logged and reported through ``on_failure``, which also supervises the MQTT
+client.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from devicesim.mqtt import Client, ClientOptions, Pump
+from devicesim.mqtt import Client, ClientOptions, OnFailure, Pump
 from devicesim.wire import topics
 from fleet.broker import BrokerAddress
 from fleet.history import Op, OpType
@@ -70,14 +75,16 @@ class Recorder:
 
     def __init__(self, broker: BrokerAddress, *, now: Callable[[], float] = time.time,
                  client_id: str = RECORDER_CLIENT_ID,
-                 listener: Callable[[Op], None] | None = None) -> None:
+                 listener: Callable[[Op], None] | None = None,
+                 on_failure: OnFailure | None = None) -> None:
         self.ops: list[Op] = []
         self._listener = listener
         self._broker, self._now, self._client_id = broker, now, client_id
-        self._pump = Pump()
+        self._pump = Pump(on_failure=on_failure)
         self._client: Client | None = None
         self._seqs: dict[str, set[int]] = {}  # device event numbers seen, per device
         self.received = 0
+        self.unclassified = 0
 
     async def start(self) -> None:
         b = self._broker
@@ -95,13 +102,26 @@ class Recorder:
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         self.received += 1
-        op = classify(topic, payload, self._now())
+        time_ = self._now()
+        try:
+            op = classify(topic, payload, time_)
+        except Exception as e:  # kept as the generic op rather than lost
+            log.exception("classify failed topic=%s bytes=%d", topic, len(payload))
+            self._pump.report(f"recorder {self._client_id} classify {topic}", e)
+            self.unclassified += 1
+            op = Op(time=time_, process="unknown", type=OpType.INFO, f="message",
+                    value={"topic": topic, "payload": payload[:200].decode("utf-8", "replace"),
+                           "error": repr(e)})
         seq = op.value.get("seq") if op.f.startswith("device:") else None
         if isinstance(seq, int):
             self._seqs.setdefault(op.process, set()).add(seq)
         self.ops.append(op)
         if self._listener is not None:
-            self._listener(op)
+            try:
+                self._listener(op)
+            except Exception as e:  # the op stays recorded; the run hears of it
+                log.exception("recorder listener failed process=%s f=%s", op.process, op.f)
+                self._pump.report(f"recorder {self._client_id} listener {op.f}", e)
 
     def has_events(self, counts: dict[str, int]) -> bool:
         """True once the recorder saw every device's events 1..n (for the given n)."""
@@ -116,8 +136,9 @@ class Recorder:
 
     def stats(self) -> dict[str, Any]:
         gaps = self.gaps()
-        return {"received": self.received, "devices": len(self._seqs),
-                "missingDeviceEvents": sum(gaps.values()), "gaps": gaps}
+        return {"received": self.received, "unclassified": self.unclassified,
+                "devices": len(self._seqs), "missingDeviceEvents": sum(gaps.values()),
+                "gaps": gaps}
 
     async def stop(self) -> None:
         if self._client is not None:

@@ -3,14 +3,22 @@
 The runner is the only place that wires the parts together. Everything a device or the
 service does reaches the history through the broker (the recorder); the controller's calls
 and the runner's own markers are recorded directly. After the schedule settled (or timed
-out), the final state is recorded and the checker — a pure function of the history —
-gives the verdict.
+out, or a component failed), the runner drains: it stops device worker processes (which
+write their summaries: event counts and NVM), then waits, bounded, until the recorder holds
+every device event (by count) and a reply to every request it saw. Then the final state is
+recorded and the checker — a pure function of the history — gives the verdict; the
+``complete`` invariant judges the markers written here (``timeout``, ``failure``,
+``drain``, ``final-state.eventCounts``, ``end``).
+
+Supervision: the service, the recorder and the fleet report an unexpected error through
+``on_failure``; the runner records a ``failure`` marker and stops the schedule.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import sys
@@ -21,14 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devicesim.engine import Fleet, FleetConfig, assign_behaviours
+from devicesim.engine import Fleet, FleetConfig, assign_behaviours, worker_ranges
 from fleet import history
 from fleet.broker import BrokerAddress, EmbeddedBroker, probe
 from fleet.checker import Verdict, check
 from fleet.drill.controller import Controller, ControllerError, iot_client
 from fleet.drill.progress import Progress
 from fleet.drill.recorder import Recorder
-from fleet.drill.spec import Drill, Step
+from fleet.drill.spec import Drill, Step, When
 from fleet.history import Op, OpType
 from fleet.service.shell import JobsService, ServiceConfig
 
@@ -37,6 +45,8 @@ log = logging.getLogger(__name__)
 #: with devices in worker processes: how long the recorder must hear nothing before a
 #: settled-looking fleet counts as settled
 QUIET_SECONDS = 0.5
+#: how long the drain waits for the last device events and replies to reach the recorder
+DRAIN_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,8 +65,13 @@ class DrillResult:
     timed_out: bool
 
 
-class DrillTimeout(Exception):
-    pass
+class Aborted(Exception):
+    """A component failed: the schedule stops (the ``failure`` marker says why)."""
+
+
+class Stalled(Exception):
+    """Nothing happened for the drill's ``stall_seconds``: the schedule stops (the
+    ``stalled`` marker says what it waited for and what it had seen)."""
 
 
 class _Run:
@@ -74,6 +89,18 @@ class _Run:
         self.recorder: Recorder | None = None
         self.fleet: Fleet | None = None
         self.workers: list[asyncio.subprocess.Process] = []
+        self.summaries: list[Path] = []
+        self.failed = False
+        self.waiting_for = "the fleet to connect"
+        self.last_op = time.monotonic()
+        # a stall must outlast every budget, or a device that never reacts would end the
+        # history before its deadline and escape judgement
+        b = drill.budgets
+        self.stall_seconds = max(drill.stall_seconds, 1.0 + max(
+            b.notice_seconds, b.recover_seconds, b.reply_timeout_seconds))
+        self._early: list[Op] = []  # markers written before the recorder started
+        self.event_counts: dict[str, int] = {}
+        self.nvm: dict[str, Any] = {}
         self.targets: dict[str, list[str]] = {}
         self.powered_off: list[str] = []
         self.things = FleetConfig(host="", port=0, prefix=drill.prefix,
@@ -82,22 +109,45 @@ class _Run:
     # -- recording -----------------------------------------------------------------------
 
     def mark(self, f: str, **value: Any) -> None:
-        assert self.recorder is not None
-        self.recorder.record(Op(time=time.time(), process="drill", type=OpType.INFO, f=f,
-                                value=value))
+        op = Op(time=time.time(), process="drill", type=OpType.INFO, f=f, value=value)
+        if self.recorder is None:
+            self._early.append(op)
+        else:
+            self.recorder.record(op)
+
+    def fail(self, where: str, error: BaseException) -> None:
+        """``on_failure`` of every component: recorded as a ``failure`` marker, and the
+        schedule stops (the checker's ``complete`` fails the run)."""
+        log.error("component failed where=%s error=%r", where, error)
+        self.mark("failure", where=where, error=f"{type(error).__name__}: {error}")
+        self.failed = True
+        self.changed.set()
 
     def on_op(self, op: Op) -> None:
         self.progress.observe(op)
+        self.last_op = time.monotonic()
         self.changed.set()
 
-    async def until(self, condition: Callable[[], bool], deadline: float | None = None
-                    ) -> None:
+    async def until(self, condition: Callable[[], bool], deadline: float | None = None, *,
+                    abortable: bool = True) -> None:
         """Wait for ``condition`` to hold, re-checking on each recorded op (and once at
-        ``deadline``, for time-based conditions). The drill's own timeout bounds it."""
+        ``deadline``, for time-based conditions). The drill's own timeout bounds it; a
+        component failure ends it with :class:`Aborted`, and so does a stall, with
+        :class:`Stalled`: nothing recorded for the drill's ``stall_seconds`` while it was not
+        waiting for a time (unless not ``abortable``)."""
         while not condition():
+            if self.failed and abortable:
+                raise Aborted
             self.changed.clear()
             now = time.time()
-            delay = None if deadline is None or deadline <= now else deadline - now
+            delay = None
+            if deadline is not None and deadline > now:
+                delay = deadline - now
+            elif abortable:
+                quiet = time.monotonic() - self.last_op
+                if quiet >= self.stall_seconds:
+                    raise Stalled
+                delay = self.stall_seconds - quiet
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self.changed.wait()
@@ -115,18 +165,23 @@ class _Run:
             self.address = await asyncio.to_thread(self.broker.start)
         self.service = JobsService(ServiceConfig(
             broker=self.address, state=self.workdir / "jobs.db", settings=drill.service,
-            seed=drill.seed))
+            seed=drill.seed), on_failure=self.fail)
         await self.service.start()
-        self.recorder = Recorder(self.address, listener=self.on_op)
-        await self.recorder.start()
+        recorder = Recorder(self.address, listener=self.on_op, on_failure=self.fail)
+        await recorder.start()
+        self.recorder = recorder
+        for op in self._early:
+            recorder.record(op)
         mix = drill.mix or {drill.behaviour: 1.0}
         self.mark("start", drill=drill.name, seed=drill.seed, devices=drill.devices,
                   mix=mix, broker=self.address.url, endpoint=self.service.endpoint,
-                  behaviours=assign_behaviours(self.things, mix, drill.seed))
+                  behaviours=assign_behaviours(self.things, mix, drill.seed),
+                  requirements=drill.checks.to_json(), workers=max(1, self.options.workers))
         await self.start_fleet(mix)
 
     async def ready(self) -> None:
         """Until every device is connected and idle."""
+        self.waiting_for = "every device to connect and report idle"
         await self.until(lambda: self.progress.idle(self.things))
         self.mark("fleet-ready", seconds=round(time.time() - self.started, 3))
 
@@ -140,30 +195,23 @@ class _Run:
         if workers == 1:
             self.fleet = Fleet(FleetConfig(host=self.address.host, port=self.address.port,
                                            prefix=drill.prefix, count=drill.devices, mix=mix,
-                                           seed=drill.seed))
+                                           seed=drill.seed), on_failure=self.fail)
             await self.fleet.start()
             return
         mix_arg = ",".join(f"{k}={v}" for k, v in mix.items())
-        per = -(-drill.devices // workers)
-        for w in range(workers):
-            start, count = w * per, min(per, drill.devices - w * per)
-            if count <= 0:
-                break
+        for w, (start, count) in enumerate(worker_ranges(0, drill.devices, workers)):
+            summary = self.workdir / f"summary-{w}.json"
+            self.summaries.append(summary)
             self.workers.append(await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "devicesim.cli", "run", "--broker", self.address.url,
                 "--prefix", drill.prefix, "--count", str(count), "--start", str(start),
                 "--total", str(drill.devices), "--mix", mix_arg, "--seed", str(drill.seed),
-                "--quiet", stdin=asyncio.subprocess.DEVNULL))
+                "--summary", str(summary), "--quiet", stdin=asyncio.subprocess.DEVNULL))
 
     async def stop(self) -> None:
         if self.fleet is not None:
             await self.fleet.stop()
-        for proc in self.workers:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(10):
-                    await proc.wait()
+        await self.stop_workers()
         if self.recorder is not None:
             await self.recorder.stop()
         if self.service is not None:
@@ -173,9 +221,45 @@ class _Run:
 
     # -- the schedule ----------------------------------------------------------------------
 
+    async def stop_workers(self) -> None:
+        """SIGTERM the device worker processes and wait (bounded) for them to exit; each
+        writes its summary first. One that does not exit is killed."""
+        for proc in self.workers:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+        for proc in self.workers:
+            try:
+                async with asyncio.timeout(10):
+                    await proc.wait()
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+                self.fail(f"device worker pid {proc.pid}",
+                          TimeoutError("did not exit within 10 s of SIGTERM (killed)"))
+        self.workers = []
+
+    def read_summaries(self) -> None:
+        """Event counts and NVM of the devices in worker processes, from their summaries;
+        a missing or unreadable summary, and every device failure it lists, is a failure."""
+        for path in self.summaries:
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                things = data["things"]
+                for thing, info in things.items():
+                    self.event_counts[thing] = int(info["events"])
+                    self.nvm[thing] = info["nvm"]
+                for line in data.get("failures", []):
+                    self.fail(f"device worker {path.stem}", RuntimeError(str(line)))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                self.fail(f"device worker {path.stem}",
+                          RuntimeError(f"no usable summary at {path}: {e}"))
+
     async def run_steps(self, controller: Controller) -> None:
         for index, step in enumerate(self.drill.steps):
             when = step.when
+            self.waiting_for = f"step {index + 1} ({step.action} {step.job or ''}".rstrip() + \
+                f") to become due: {_describe(when)}"
             at = None if when.at is None else self.started + when.at
             await self.until(lambda s=step: self.progress.reached(  # type: ignore[misc]
                 s.when, s.job, time.time() - self.started), at)
@@ -238,6 +322,7 @@ class _Run:
         elif action == "restart-broker":
             await self.restart_broker(kill=step.kill)
         elif action == "settle":
+            self.waiting_for = "the fleet to settle (every device idle, nothing pending)"
             await self.until(self.settled)
             while self.fleet is None and not await self.quiet():
                 await self.until(self.settled)
@@ -293,15 +378,30 @@ class _Run:
         self.mark("broker-outage", start=start, end=time.time(), kill=kill)
 
     async def drain(self) -> None:
-        """Until the recorder has every event the in-process devices published (MQTT keeps
-        each publisher's order, so then it has seen everything they did)."""
-        if self.fleet is None or self.recorder is None:
+        """Until the recorder has every event the devices published (their counts: the
+        in-process fleet's, or the worker summaries') and a reply to every request it saw,
+        bounded by :data:`DRAIN_SECONDS`; recorded as the ``drain`` marker."""
+        if self.recorder is None:
             return
-        counts = self.fleet.event_counts()
-        recorder = self.recorder
+        if self.fleet is not None:
+            self.event_counts = self.fleet.event_counts()
+            self.nvm = self.fleet.nvm_summaries()
+        elif self.summaries:
+            await self.stop_workers()
+            self.read_summaries()
+        recorder, counts = self.recorder, self.event_counts
+        began = time.time()
+
+        def done() -> bool:
+            return recorder.has_events(counts) and not self.progress.unanswered
+
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(10):
-                await self.until(lambda: recorder.has_events(counts))
+            async with asyncio.timeout(DRAIN_SECONDS):
+                await self.until(done, abortable=False)
+        behind = [t for t, n in counts.items() if not recorder.has_events({t: n})]
+        self.mark("drain", complete=done(), seconds=round(time.time() - began, 3),
+                  unanswered=len(self.progress.unanswered), devicesMissingEvents=len(behind),
+                  missingFrom=behind[:20])
 
     def final_state(self) -> None:
         assert self.service is not None
@@ -310,8 +410,21 @@ class _Run:
                        "executionNumber": e.execution_number, "status": e.status.value,
                        "versionNumber": e.version_number} for e in store.all_executions()]
         jobs = [{"jobId": j.job_id, "status": j.status.value} for j in store.list_jobs()[0]]
-        devices = {} if self.fleet is None else self.fleet.nvm_summaries()
-        self.mark("final-state", executions=executions, jobs=jobs, devices=devices)
+        self.mark("final-state", executions=executions, jobs=jobs, devices=self.nvm,
+                  eventCounts=self.event_counts)
+
+
+def _describe(when: When) -> str:
+    parts = []
+    if when.at is not None:
+        parts.append(f"{when.at:g} s after the start")
+    if when.started is not None:
+        parts.append(f"{when.started:.0%} of its targets started")
+    if when.succeeded is not None:
+        parts.append(f"{when.succeeded:.0%} of its targets succeeded")
+    if when.step is not None:
+        parts.append(f"{when.fraction:.0%} of its targets reached step {when.step!r}")
+    return ", ".join(parts) or "now"
 
 
 async def run(drill: Drill, options: RunOptions) -> DrillResult:
@@ -332,7 +445,12 @@ async def run(drill: Drill, options: RunOptions) -> DrillResult:
                     await run_.run_steps(controller)
             except TimeoutError:
                 timed_out = True
-                run_.mark("timeout", seconds=drill.timeout)
+                run_.mark("timeout", seconds=drill.timeout, waitingFor=run_.waiting_for)
+            except Aborted:
+                pass  # the failure marker says why
+            except Stalled:
+                run_.mark("stalled", seconds=run_.stall_seconds, waitingFor=run_.waiting_for,
+                          seen=run_.progress.summary())
             await run_.drain()
             run_.final_state()
             run_.mark("end", seconds=round(time.time() - run_.started, 3))

@@ -2,7 +2,7 @@
 
 A drill is a fleet, a service configuration, budgets and a schedule of steps run in order;
 each step waits for its ``when`` condition, then acts through the controller (boto3) or on
-the broker. See the README ("Drill files") for the full format; in short::
+the broker. See docs/drills.md ("Drill files") for the full format; in short::
 
     name = "force-delete"
     description = "..."
@@ -10,9 +10,14 @@ the broker. See the README ("Drill files") for the full format; in short::
     behaviour = "reference"            # or: [mix] reference = 0.9, stuck = 0.1
     seed = 1
     timeout = 45                       # seconds for the whole schedule to settle
+    stall_seconds = 10                 # stop when nothing at all happens for this long
 
     [budgets]                          # checker budgets (seconds)
     notice_seconds = 5.0
+
+    [checks]                           # cases the verdict needs (fewer: INCONCLUSIVE)
+    notice_fraction = 0.2              # of the targeted devices (default 0.2)
+    notice_per_behaviour = 1           # for every behaviour among them (default 1)
 
     [service]                          # jobs service settings (fleet up flags)
     deletion_seconds_per_execution = 0.01
@@ -38,7 +43,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fleet.checker import Budgets
+from fleet.checker import Budgets, Requirements
 from fleet.service.settings import ServiceSettings
 
 ACTIONS = {
@@ -102,7 +107,13 @@ class Drill:
     seed: int = 1
     prefix: str = "dev-"
     timeout: float = 60.0
+    #: a drill in which nothing is recorded for this long (while it waits for the fleet, not
+    #: for a time) stops and says what it was waiting for
+    stall_seconds: float = 10.0
     budgets: Budgets = field(default_factory=Budgets)
+    #: what the verdict needs to count; a drill's default asks that a fifth of the targeted
+    #: devices be caught mid-step (built-in drills reach about half)
+    checks: Requirements = field(default_factory=lambda: Requirements(notice_fraction=0.2))
     service: ServiceSettings = field(default_factory=ServiceSettings)
     steps: tuple[Step, ...] = ()
 
@@ -161,14 +172,18 @@ class _Parser:
 
     def drill(self, raw: dict[str, Any]) -> Drill:
         self.pick(raw, "", {"name", "description", "devices", "behaviour", "mix", "seed",
-                            "prefix", "timeout", "budgets", "service", "steps"})
+                            "prefix", "timeout", "stall_seconds", "budgets", "checks", "service",
+                            "steps"})
         kwargs: dict[str, Any] = {"name": self.typed(raw.get("name", self.source), str, "name")}
         for key, kind in (("description", str), ("behaviour", str), ("prefix", str),
-                          ("devices", int), ("seed", int), ("timeout", float)):
+                          ("devices", int), ("seed", int), ("timeout", float),
+                          ("stall_seconds", float)):
             if key in raw:
                 kwargs[key] = self.typed(raw[key], kind, key)
         if kwargs.get("devices", 1) < 1:
             raise self.fail("devices", "expected at least 1")
+        if kwargs.get("stall_seconds", 1.0) <= 0:
+            raise self.fail("stall_seconds", "expected a positive number of seconds")
         if "mix" in raw:
             mix = self.typed(raw["mix"], dict, "mix")
             kwargs["mix"] = {k: float(self.typed(v, float, f"mix.{k}")) for k, v in mix.items()}
@@ -177,6 +192,20 @@ class _Parser:
             self.pick(budgets, "budgets.", set(Budgets.__dataclass_fields__))
             kwargs["budgets"] = Budgets(**{k: self.typed(v, float, f"budgets.{k}")
                                            for k, v in budgets.items()})
+        if "checks" in raw:
+            checks = self.typed(raw["checks"], dict, "checks")
+            self.pick(checks, "checks.", {"notice_fraction", "notice_per_behaviour"})
+            values: dict[str, Any] = {"notice_fraction": 0.2}
+            if "notice_fraction" in checks:
+                values["notice_fraction"] = self.fraction(checks["notice_fraction"],
+                                                          "checks.notice_fraction")
+            if "notice_per_behaviour" in checks:
+                per = self.typed(checks["notice_per_behaviour"], int,
+                                 "checks.notice_per_behaviour")
+                if per < 0:
+                    raise self.fail("checks.notice_per_behaviour", "expected at least 0")
+                values["notice_per_behaviour"] = per
+            kwargs["checks"] = Requirements(**values)
         if "service" in raw:
             try:
                 kwargs["service"] = ServiceSettings.from_mapping(

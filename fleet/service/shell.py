@@ -3,6 +3,11 @@
 One asyncio task owns the store. MQTT requests go through :class:`DataPlane`; control-plane
 calls through the HTTP server; after either, the store's outbox (notifications, events) is
 published. A timer task sleeps until the store's next due sweep or timeout and ticks it.
+
+Supervision: nothing here stops silently. A request batch, a publish or a timer iteration that
+raises is logged, reported through ``on_failure`` (:data:`devicesim.mqtt.OnFailure`, also
+given to the MQTT pump) and the service goes on serving; see :meth:`JobsService._answer_inbox`
+for what the store keeps when one request of a batch fails.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from devicesim.mqtt import Client, ClientOptions, Pump
+from devicesim.mqtt import Client, ClientOptions, OnFailure, Pump
 from devicesim.wire import topics
 from fleet.broker import BrokerAddress
 from fleet.service.controlplane.server import ControlPlane
@@ -28,6 +33,8 @@ log = logging.getLogger(__name__)
 
 SERVICE_CLIENT_ID = "devicesim-jobs-service"
 TIMER_POLL = 1.0
+#: first pause after a failed timer iteration; doubles up to TIMER_POLL while it keeps failing
+TIMER_RETRY = 0.1
 #: executions swept per tick before the loop serves requests again
 TICK_CHUNK = 100
 
@@ -48,13 +55,14 @@ class ServiceConfig:
 class JobsService:
     """Runs until :meth:`stop`; ``endpoint`` is the control plane's URL once started."""
 
-    def __init__(self, config: ServiceConfig, *, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: ServiceConfig, *, now: Callable[[], float] = time.time,
+                 on_failure: OnFailure | None = None) -> None:
         self.config = config
         self._now = now
         self.store = JobsStore(config.state, config.settings, now=now,
                                rng=random.Random(config.seed))
         self.dataplane = DataPlane(self.store, now)
-        self._pump = Pump()
+        self._pump = Pump(on_failure=on_failure)
         self._client: Client | None = None
         self._wake = asyncio.Event()
         self._inbox: list[tuple[str, bytes]] = []
@@ -74,6 +82,7 @@ class JobsService:
         await self._client.subscribe([topics.SERVICE_FILTER])
         self._timer = asyncio.get_running_loop().create_task(self._run_timers(),
                                                              name="jobs-timers")
+        self._timer.add_done_callback(self._timers_ended)
         if self.config.http:
             control = ControlPlane(self.store, on_change=self.flush)
             self.endpoint = await control.start(self.config.http_host, self.config.http_port)
@@ -85,8 +94,9 @@ class JobsService:
             await self._control.stop()
         if self._timer is not None:
             self._timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer
+            # without raising: an error the task ended with was reported by _timers_ended,
+            # and the rest of the service must still be closed
+            await asyncio.wait([self._timer])
         if self._client is not None:
             await self._client.close()
         await self._pump.close()
@@ -102,18 +112,50 @@ class JobsService:
             asyncio.get_running_loop().call_soon(self._answer_inbox)
 
     def _answer_inbox(self) -> None:
+        """Answer the requests received together, as one group commit.
+
+        Each store operation a request causes is its own savepoint inside the batch: the
+        store rolls that savepoint back when the operation raises, and the data plane turns
+        any exception it sees into an ``InternalError`` reply. What can still escape
+        :meth:`DataPlane.handle` is a failure outside a store operation (topic parsing, the
+        reply's encoding, draining the outbox). The store then holds that request's
+        operation whole or not at all, never half, so the batch goes on: the failing request
+        is logged and reported and gets no reply (the device retries after its timeout, as
+        for a lost message); the others are answered and committed with it; effects of a
+        committed operation still in the outbox are published after the commit. If the batch
+        itself fails (BEGIN or COMMIT raising), it is reported and nothing of it is
+        published: no reply announces a change that may not have been committed.
+        """
         inbox, self._inbox = self._inbox, []
         out: list[Publish] = []
-        with self.store.batch():
-            for topic, payload in inbox:
-                out.extend(self.dataplane.handle(topic, payload))
+        try:
+            with self.store.batch():
+                for topic, payload in inbox:
+                    try:
+                        out.extend(self.dataplane.handle(topic, payload))
+                    except Exception as e:  # one bad request must not cost the batch
+                        log.exception("request failed topic=%s", topic)
+                        self._pump.report(f"jobs service request {topic}", e)
+                out.extend(self.store.drain())  # left behind by a request that failed
+        except Exception as e:
+            log.exception("request batch failed requests=%d", len(inbox))
+            self._pump.report("jobs service batch", e)
+            return
         self._publish(out)
 
     def _publish(self, effects: list[Publish]) -> None:
-        if effects:
-            assert self._client is not None
-            for effect in effects:
-                self._client.publish(effect.topic, effect.payload, qos=1)
+        """Publish each effect; one that cannot be queued is reported, the rest still go."""
+        if not effects:
+            return
+        client = self._client
+        assert client is not None
+        for effect in effects:
+            try:
+                client.publish(effect.topic, effect.payload, qos=1)
+            except Exception as e:  # MqttError, or paho refusing the payload
+                log.exception("publish failed topic=%s bytes=%d", effect.topic,
+                              len(effect.payload))
+                self._pump.report(f"jobs service publish {effect.topic}", e)
 
     def flush(self) -> None:
         """Publish what control-plane calls caused; re-plan the timers."""
@@ -123,24 +165,49 @@ class JobsService:
     # -- timers (deletion sweep, step and in-progress timeouts) --------------------------
 
     async def _run_timers(self) -> None:
+        """Tick the store when due, forever. An iteration that raises (tick, publish, even
+        the wait) is logged and reported; the loop pauses, longer while it keeps failing,
+        and carries on. A failed tick's batch was rolled back whole: the next one redoes it.
+        """
+        retry = TIMER_RETRY
         while True:
-            # Data-plane requests can arm step timers without waking us: look again at least
-            # every TIMER_POLL seconds (AWS itself may time out up to 60 s late, spec §6).
-            due = self.store.next_due()
-            delay = TIMER_POLL if due is None else min(TIMER_POLL, max(0.0, due - self._now()))
-            self._wake.clear()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._wake.wait()
-                continue
             try:
-                with self.store.batch():  # one commit per chunk
-                    more = self.store.tick(limit=TICK_CHUNK)
-            except Exception:  # never let a timer bug stop the sweep for good
-                log.exception("tick failed")
-                more = False
-                await asyncio.sleep(0.1)
-            self._publish(self.store.drain())
+                more = await self._timer_iteration()
+            except Exception as e:  # never let a timer bug stop the sweep for good
+                log.exception("timers failed retry_in=%.1f", retry)
+                self._pump.report("jobs service timers", e)
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, TIMER_POLL)
+                continue
+            retry = TIMER_RETRY
             if more:  # a burst: let requests in between chunks
                 await asyncio.sleep(0)
+
+    def _timers_ended(self, task: asyncio.Task[None]) -> None:
+        # _run_timers only ends by cancellation (stop) or by what it cannot catch
+        # (a BaseException that is not an Exception): that one must not go unnoticed
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            return
+        log.error("timers stopped error=%r", error, exc_info=error)
+        self._pump.report("jobs service timers", error)
+
+    async def _timer_iteration(self) -> bool:
+        """Wait until something is due (or a wake-up), else tick one chunk; True if more is
+        due already."""
+        # Data-plane requests can arm step timers without waking us: look again at least
+        # every TIMER_POLL seconds (AWS itself may time out up to 60 s late, spec §6).
+        due = self.store.next_due()
+        delay = TIMER_POLL if due is None else min(TIMER_POLL, max(0.0, due - self._now()))
+        self._wake.clear()
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            return False
+        with self.store.batch():  # one commit per chunk
+            more = self.store.tick(limit=TICK_CHUNK)
+        self._publish(self.store.drain())
+        return more

@@ -146,7 +146,15 @@ class JobsStore:
             raise
         finally:
             self._in_batch = False
-        self._db.execute("COMMIT")
+        try:
+            self._db.execute("COMMIT")
+        except BaseException:
+            # a failed COMMIT must not leave the connection inside the transaction (every
+            # later batch would fail at BEGIN): nothing of the batch happened
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            del self._outbox[mark:]
+            raise
 
     @contextmanager
     def _tx(self, things: Iterable[str] = ()) -> Iterator[None]:

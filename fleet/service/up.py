@@ -5,7 +5,9 @@ Writes a ready file (JSON) once MQTT and HTTP accept connections::
     {"mqtt": {"host": "127.0.0.1", "port": 41234, "url": "mqtt://127.0.0.1:41234"},
      "http": {"endpoint": "http://127.0.0.1:41235"}, "state": ".state/jobs.db", "pid": 123}
 
-Restarted on the same ``--state`` it continues where it stopped.
+Restarted on the same ``--state`` it continues where it stopped. A failure some component
+survived (a raising handler, a failed timer iteration, ...) is logged at ERROR and counted
+(:class:`FailureLog`); the service keeps serving.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import logging
 import os
 import signal
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,18 @@ DEFAULT_STATE = Path(".state/jobs.db")
 DEFAULT_READY_FILE = Path(".state/ready.json")
 ENDPOINT_ENV = "DEVICESIM_ENDPOINT"
 READY_FILE_ENV = "DEVICESIM_READY_FILE"
+
+
+@dataclass(slots=True)
+class FailureLog:
+    """The standalone service's supervisor: each reported failure is an ERROR line, counted."""
+
+    failures: int = 0
+
+    def __call__(self, where: str, error: BaseException) -> None:
+        self.failures += 1
+        log.error("component failed where=%r error=%r failures=%d", where, error,
+                  self.failures)
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,8 +96,10 @@ async def _serve(args: argparse.Namespace, settings: ServiceSettings) -> int:
         embedded = EmbeddedBroker(work_dir=state.parent / "broker",
                                   port=args.mqtt_port or None)
         address = await asyncio.to_thread(embedded.start)
+    failures = FailureLog()
     service = JobsService(ServiceConfig(broker=address, state=state, settings=settings,
-                                        http_port=args.http_port, seed=args.seed))
+                                        http_port=args.http_port, seed=args.seed),
+                          on_failure=failures)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -96,6 +112,8 @@ async def _serve(args: argparse.Namespace, settings: ServiceSettings) -> int:
         await stop.wait()
     finally:
         await service.stop()
+        if failures.failures:
+            log.error("fleet up stopped failures=%d", failures.failures)
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
         with contextlib.suppress(FileNotFoundError):

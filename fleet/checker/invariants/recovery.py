@@ -1,0 +1,140 @@
+"""Did each device notice it lost an execution, recover, and stop updating it: notice,
+recover, no-zombie."""
+
+from __future__ import annotations
+
+from devicesim.wire.topics import Operation
+from fleet.checker.cases import (
+    label,
+    notice_cases,
+    nvm_problem,
+    recovery_cases,
+    removed_executions,
+    unjudged_notice_cases,
+)
+from fleet.checker.invariants._common import (
+    MAX_EVIDENCE,
+    clock,
+    powered_off_for_good,
+    quote,
+    result,
+)
+from fleet.checker.model import Budgets, InvariantResult, Violation
+from fleet.checker.timeline import (
+    Timeline,
+    as_int,
+    compatible,
+)
+
+
+def notice(tl: Timeline, b: Budgets) -> InvariantResult:
+    """notice: for every execution a device held when the service removed or canceled it,
+    the device records ``device:lost_access`` for that job (and execution number, when both
+    say) no later than ``notice_seconds`` after the removal -- or after its own start, if it
+    started the execution after the removal, or after it was next reachable, if a drill
+    outage marker, a power cut (``power-off`` .. ``power-on``) or its own
+    ``disconnected``/``rebooted`` event covers that moment; if the drill cut its power before
+    it noticed and before the deadline, the clock starts again at its power-on. A device
+    that finished first (``job_finished``, or the service accepting its terminal update,
+    before the removal) is exempt; a device never reachable again (never powered on again)
+    and a deadline past the end of the history are not judged, and not counted as cases.
+    Detection latency = ``lost_access`` time - that start of the clock (at least 0)."""
+    violations, notes = [], []
+    cases = notice_cases(tl, b)
+    unjudged = {e.thing_name for e, _ in unjudged_notice_cases(tl, b)}
+    off = powered_off_for_good(tl, unjudged)
+    if off:
+        notes.append(f"devices never powered on again are not judged for notice after their "
+                     f"power-off: {off}")
+    others = ", ".join(sorted(t for t in unjudged if tl.off_for_good(t) is None))
+    if others:
+        notes.append(f"devices never reachable again after a removal are not judged: {others}")
+    judged: list[str | None] = []
+    for c in cases:
+        e, lost = c.execution, c.execution.lost_access
+        if lost is None and c.deadline > tl.end:
+            notes.append("some notice deadlines fall after the end of the history: those "
+                         "cases are not judged (nor counted)")
+            continue
+        judged.append(e.thing_name)
+        if lost is not None and lost.time <= c.deadline:
+            continue
+        what = "never recorded lost_access" if lost is None else \
+            f"recorded lost_access {lost.time - c.since:.3f}s after"
+        violations.append(Violation(
+            invariant="notice", thing_name=e.thing_name, job_id=e.job_id, time=c.deadline,
+            message=f"{e.thing_name} was executing {label(e.job_id, e.execution_number)} when "
+                    f"it was {c.removal.operation} and {what} (budget {b.notice_seconds}s)",
+            evidence=quote(e.started.op, c.removal.op, lost.op if lost else None)))
+    return result(tl, "notice", violations, judged, notes)
+
+
+def recover(tl: Timeline, b: Budgets) -> InvariantResult:
+    """recover: within ``recover_seconds`` after ``lost_access`` the device records
+    ``device:recovered`` or ``device:idle`` (or ``job_started`` of another execution) whose
+    NVM shows a valid state: active image complete and verified, and no journal naming the
+    lost execution. If the drill cut its power before it recovered and before the deadline,
+    the clock starts again at its power-on; a device never powered on again is not judged,
+    nor is a deadline past the end of the history (neither counts as a case)."""
+    violations, notes = [], []
+    cases = recovery_cases(tl, b)
+    off = powered_off_for_good(tl, (c.execution.thing_name for c in cases
+                                     if c.valid is None and c.deadline == float("inf")))
+    if off:
+        notes.append(f"devices never powered on again are not judged for recover after their "
+                     f"power-off: {off}")
+    judged: list[str | None] = []
+    for c in cases:
+        if c.valid is None and c.deadline == float("inf"):
+            continue
+        if c.valid is None and c.deadline > tl.end:
+            notes.append("some recovery deadlines fall after the end of the history: those "
+                         "cases are not judged (nor counted)")
+            continue
+        judged.append(c.execution.thing_name)
+        if c.valid is not None:
+            continue
+        e = c.execution
+        last = c.window[-1] if c.window else None
+        why = nvm_problem(last.nvm, e.job_id, e.execution_number) if last else None
+        state = f"its last state: {last.kind}, {why or 'valid'}" if last else "it reported nothing"
+        after = f"of losing {label(e.job_id, e.execution_number)}" if c.since == c.lost.time \
+            else f"of its power-on after losing {label(e.job_id, e.execution_number)}"
+        violations.append(Violation(
+            invariant="recover", thing_name=e.thing_name, job_id=e.job_id,
+            time=c.deadline,
+            message=f"{e.thing_name} did not reach a valid state within {b.recover_seconds}s "
+                    f"{after} ({state})",
+            evidence=quote(c.lost.op, *(ev.op for ev in c.window[-(MAX_EVIDENCE - 1):]))))
+    return result(tl, "recover", violations, judged, notes)
+
+
+def no_zombie(tl: Timeline, b: Budgets) -> InvariantResult:
+    """no-zombie: after a device's ``lost_access`` for a removed execution (or, if it never
+    noticed, after the removal -- or its next reachable moment, :meth:`Timeline.reachable_from`,
+    or its power-on if the drill cut its power within the grace, :func:`clock_start` -- plus
+    ``reply_timeout_seconds``) the device publishes no
+    ``UpdateJobExecution`` for that jobId, until it starts a new execution of the jobId; an
+    update whose payload names a different ``executionNumber`` is not for that execution."""
+    violations = []
+    pairs = removed_executions(tl, b)
+    for e, r in pairs:
+        cutoff = e.lost_access.time if e.lost_access else \
+            clock(tl, e.thing_name, r.time, b.reply_timeout_seconds) + b.reply_timeout_seconds
+        horizon = min((o.started.time for o in tl.executions_of(e.thing_name, e.job_id)
+                       if o is not e and o.started.time > cutoff), default=float("inf"))
+        zombies = [q for q in tl.requests_by_thing.get(e.thing_name, [])
+                   if q.f == Operation.UPDATE and q.job_id == e.job_id
+                   and cutoff < q.time < horizon
+                   and compatible(as_int(q.payload.get("executionNumber")), e.execution_number)]
+        if not zombies:
+            continue
+        after = "lost_access" if e.lost_access else "removal + reply timeout"
+        violations.append(Violation(
+            invariant="no-zombie", thing_name=e.thing_name, job_id=e.job_id, time=zombies[0].time,
+            message=f"{e.thing_name} sent {len(zombies)} UpdateJobExecution for "
+                    f"{label(e.job_id, e.execution_number)} after {after} "
+                    f"(first: status {zombies[0].payload.get('status')})",
+            evidence=quote(r.op, e.lost_access.op if e.lost_access else None,
+                         *(q.op for q in zombies))))
+    return result(tl, "no-zombie", violations, (e.thing_name for e, _ in pairs))
