@@ -114,9 +114,9 @@ def _waiting(op: Op) -> str:
 def _missing(op: Op) -> str:
     parts = []
     replies = op.value.get("unanswered")
-    events = op.value.get("missingEvents")
+    devices = op.value.get("devicesMissingEvents")
     if replies:
         parts.append(f"{replies} replies")
-    if events:
-        parts.append(f"{events} device events")
+    if devices:
+        parts.append(f"the events of {devices} devices")
     return " and ".join(parts) or "something it waited for"
