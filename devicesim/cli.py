@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shard", help="i/n: run the i-th of n equal ranges of --total things")
     run.add_argument("--state-dir", type=Path, help="persist each device's NVM here")
     run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument("--connect-timeout", type=float, default=30.0, metavar="S",
+                     help="keep trying to reach the broker for this long at start, with a "
+                          "printed backoff (default 30)")
     run.add_argument("--seed", type=int, default=1, help="seed of every device's randomness")
     run.add_argument("--summary", type=Path, metavar="PATH",
                      help="at exit, write per-device behaviour, event count and NVM, and the "
@@ -126,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if workers > 1:
         return _run_workers(args, config, workers)
     try:
-        return asyncio.run(_run(config, args.duration, args.quiet, args.summary))
+        return asyncio.run(_run(config, args.duration, args.quiet, args.summary,
+                                args.connect_timeout))
     except KeyboardInterrupt:
         return 130
 
@@ -149,6 +153,8 @@ def _config(args: argparse.Namespace) -> tuple[FleetConfig, int]:
                          f"({start + count})")
     if args.workers < 1:
         raise ValueError("--workers must be >= 1")
+    if args.connect_timeout < 0:
+        raise ValueError("--connect-timeout must be >= 0")
     if args.summary is not None and not args.summary.parent.is_dir():
         raise ValueError(f"--summary: no directory {str(args.summary.parent)!r}")
     return FleetConfig(host=host, port=port, prefix=args.prefix, count=count, start=start,
@@ -164,6 +170,7 @@ def _run_workers(args: argparse.Namespace, config: FleetConfig, workers: int) ->
     base = [sys.executable, "-m", "devicesim.cli", "run", "--broker", args.broker,
             "--prefix", config.prefix, "--seed", str(config.seed),
             "--total", str(config.fleet_size), "--log-level", args.log_level,
+            "--connect-timeout", str(args.connect_timeout),
             "--mix", ",".join(f"{k}={v}" for k, v in config.mix.items())]
     if args.state_dir:
         base += ["--state-dir", str(args.state_dir)]
@@ -251,8 +258,38 @@ def _print_failures(failures: list[str]) -> None:
         print(f"devicesim run: failure: {line}{times}", file=sys.stderr, flush=True)
 
 
+async def reach_broker(host: str, port: int, patience: float, stop: asyncio.Event
+                       ) -> str | None:
+    """Try to open a TCP connection to the broker, as a device would, until it works (None)
+    or ``patience`` seconds passed or ``stop`` is set (the last error). Each retry is printed
+    to stderr with its delay: 0.5 s, doubling up to 5 s."""
+    delay, deadline = 0.5, time.monotonic() + patience
+    while True:
+        try:
+            async with asyncio.timeout(5.0):
+                _, writer = await asyncio.open_connection(host, port)
+        except (OSError, TimeoutError) as e:
+            error = os.strerror(e.errno) if isinstance(e, OSError) and e.errno else \
+                str(e) or type(e).__name__
+        else:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return None
+        left = deadline - time.monotonic()
+        if left <= 0 or stop.is_set():
+            return error
+        wait = min(delay, left)
+        print(f"devicesim run: broker {host}:{port} not reachable ({error}); retrying in "
+              f"{wait:.1f} s", file=sys.stderr, flush=True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await stop.wait()
+        delay = min(delay * 2, 5.0)
+
+
 async def _run(config: FleetConfig, duration: float | None, quiet: bool,
-               summary_path: Path | None = None) -> int:
+               summary_path: Path | None = None, connect_timeout: float = 30.0) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -260,11 +297,16 @@ async def _run(config: FleetConfig, duration: float | None, quiet: bool,
     fleet = Fleet(config)
     began = time.monotonic()
     failures: list[str] = []
-    try:
-        connect_seconds = await fleet.start()
-    except FleetStartError as e:
-        failures.append(f"fleet start: {e}")  # start() stopped every device it connected
+    unreachable = await reach_broker(config.host, config.port, connect_timeout, stop)
+    if unreachable is not None:
+        failures.append(f"broker {config.host}:{config.port} not reachable after "
+                        f"{time.monotonic() - began:.1f} s: {unreachable}")
     else:
+        try:
+            connect_seconds = await fleet.start()
+        except FleetStartError as e:
+            failures.append(f"fleet start: {e}")  # start() stopped every device it connected
+    if not failures:
         try:
             if not quiet:
                 print(f"devicesim: {config.count} devices connected in {connect_seconds:.2f} s"

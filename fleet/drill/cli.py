@@ -1,9 +1,10 @@
 """``fleet drill`` and ``fleet check``: run a drill (the main job) or re-check a history.
 
 Exit status: 0 PASS (every invariant holds, over enough cases, on a complete history),
-1 FAIL (a violation, or a history that is incomplete: interrupted, timed out, lost events,
-a component failed), 2 usage or environment error, 3 INCONCLUSIVE (nothing broke, but too
-few cases were seen for the verdict to count).
+1 FAIL (a violation, or a history that is incomplete: timed out, stalled, lost events, a
+component failed), 2 usage or environment error, 3 INCONCLUSIVE (nothing broke, but too
+few cases were seen for the verdict to count); 130 / 143 interrupted by SIGINT / SIGTERM
+(after stopping everything it started and writing the history and reports so far).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import signal
 import sys
 import time
 from pathlib import Path
@@ -21,7 +23,7 @@ from fleet.broker import BrokerError, find_mosquitto
 from fleet.checker import Budgets, Status, check
 from fleet.checker.report import terminal, verdict_line, write_reports
 from fleet.drill import spec
-from fleet.drill.runner import RunOptions, run
+from fleet.drill.runner import DrillResult, Interrupt, RunOptions, run
 
 DEFAULT_DRILL = "force-delete"
 EXIT = {Status.PASS: 0, Status.FAIL: 1, Status.INCONCLUSIVE: 3}
@@ -120,8 +122,16 @@ def run_drill(args: argparse.Namespace) -> int:
     def status(text: str) -> None:
         print(f"  {time.monotonic() - began:6.1f}s  {text}", flush=True)
 
-    result = asyncio.run(run(drill, RunOptions(broker_url=args.broker, workers=args.workers,
-                                               report_dir=report_dir, status=status)))
+    interrupt = Interrupt()
+    try:
+        result = asyncio.run(_run_interruptible(drill, RunOptions(
+            broker_url=args.broker, workers=args.workers, report_dir=report_dir,
+            status=status, interrupt=interrupt)))
+    except asyncio.CancelledError:  # a second signal: cleanup cut short, nothing written
+        reason = interrupt.reason or "SIGINT"
+        print(f"drill: interrupted twice by {reason}: stopped without a history or report",
+              file=sys.stderr)
+        return 128 + signal.Signals[reason].value
     paths = write_reports(result.verdict, report_dir, result.history_path)
     print()
     print(terminal(result.verdict))
@@ -132,7 +142,37 @@ def run_drill(args: argparse.Namespace) -> int:
           f"({time.monotonic() - began:.1f} s)  reports: {result.history_path}, "
           f"{', '.join(str(p) for p in paths)}")
     print(f"re-check: fleet check {result.history_path}")
+    if result.interrupted is not None:
+        print(f"drill: interrupted by {result.interrupted}: everything it started was stopped; "
+              "the history and reports above are of the run so far")
+        return 128 + signal.Signals[result.interrupted].value
     return EXIT[result.verdict.status]
+
+
+async def _run_interruptible(drill: spec.Drill, options: RunOptions) -> DrillResult:
+    """Run the drill; the first SIGINT or SIGTERM stops it in order (schedule cancelled,
+    a short drain, history and reports of the run so far, every process it started
+    stopped), a second one cancels the cleanup's waits too (the broker and the device
+    workers are still stopped)."""
+    loop = asyncio.get_running_loop()
+    interrupt = options.interrupt or Interrupt()
+    main = asyncio.current_task()
+    assert main is not None
+
+    def on_signal(sig: signal.Signals) -> None:
+        if interrupt.reason is None:
+            print(f"\ndrill: {sig.name}: stopping (again to hurry)", flush=True)
+            interrupt.set(sig.name)
+        else:
+            main.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        return await run(drill, dataclasses.replace(options, interrupt=interrupt))
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def run_check(args: argparse.Namespace) -> int:

@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 QUIET_SECONDS = 0.5
 #: how long the drain waits for the last device events and replies to reach the recorder
 DRAIN_SECONDS = 10.0
+#: the same after an interrupt (someone is waiting for the drill to stop)
+INTERRUPTED_DRAIN = 2.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +57,27 @@ class RunOptions:
     workers: int = 1
     report_dir: Path | None = None
     status: Callable[[str], None] | None = None
+    #: set (to the signal's name) to stop the drill early: the schedule is cancelled, the
+    #: run drains briefly and ends with an ``interrupted`` end marker, history and verdict
+    interrupt: Interrupt | None = None
+
+
+class Interrupt:
+    """A request to stop a drill early, e.g. from a signal handler."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._event = asyncio.Event()
+
+    def set(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self._event.set()
+
+    async def wait(self) -> str:
+        await self._event.wait()
+        assert self.reason is not None
+        return self.reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +86,7 @@ class DrillResult:
     history_path: Path
     ops: list[Op]
     timed_out: bool
+    interrupted: str | None = None
 
 
 class Aborted(Exception):
@@ -255,6 +279,43 @@ class _Run:
                 self.fail(f"device worker {path.stem}",
                           RuntimeError(f"no usable summary at {path}: {e}"))
 
+    async def schedule(self, controller: Controller, interrupt: Interrupt | None) -> str:
+        """Run the schedule (fleet ready, then the steps) until it is done, the drill's
+        timeout, a stall, a component failure, or an interrupt; the markers say which.
+        Returns ``"done"``, ``"timeout"`` or the interrupt's reason."""
+        task = asyncio.create_task(self._schedule(controller), name="drill-schedule")
+        stop = asyncio.create_task(interrupt.wait()) if interrupt is not None else None
+        try:
+            async with asyncio.timeout_at(asyncio.get_running_loop().time()
+                                          + max(0.0, self.deadline - time.time())):
+                await asyncio.wait({t for t in (task, stop) if t is not None},
+                                   return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            await _cancel(task)
+            self.mark("timeout", seconds=self.drill.timeout, waitingFor=self.waiting_for)
+            return "timeout"
+        finally:
+            if stop is not None:
+                await _cancel(stop)
+        if not task.done():
+            await _cancel(task)
+            assert interrupt is not None
+            assert interrupt.reason is not None
+            self.mark("interrupted", reason=interrupt.reason, waitingFor=self.waiting_for)
+            return interrupt.reason
+        try:
+            task.result()
+        except Aborted:
+            pass  # the failure marker says why
+        except Stalled:
+            self.mark("stalled", seconds=self.stall_seconds, waitingFor=self.waiting_for,
+                      seen=self.progress.summary())
+        return "done"
+
+    async def _schedule(self, controller: Controller) -> None:
+        await self.ready()
+        await self.run_steps(controller)
+
     async def run_steps(self, controller: Controller) -> None:
         for index, step in enumerate(self.drill.steps):
             when = step.when
@@ -377,7 +438,7 @@ class _Run:
         await asyncio.to_thread(self.broker.restart)
         self.mark("broker-outage", start=start, end=time.time(), kill=kill)
 
-    async def drain(self) -> None:
+    async def drain(self, seconds: float = DRAIN_SECONDS) -> None:
         """Until the recorder has every event the devices published (their counts: the
         in-process fleet's, or the worker summaries') and a reply to every request it saw,
         bounded by :data:`DRAIN_SECONDS`; recorded as the ``drain`` marker."""
@@ -396,7 +457,7 @@ class _Run:
             return recorder.has_events(counts) and not self.progress.unanswered
 
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(DRAIN_SECONDS):
+            async with asyncio.timeout(seconds):
                 await self.until(done, abortable=False)
         behind = [t for t, n in counts.items() if not recorder.has_events({t: n})]
         self.mark("drain", complete=done(), seconds=round(time.time() - began, 3),
@@ -412,6 +473,11 @@ class _Run:
         jobs = [{"jobId": j.job_id, "status": j.status.value} for j in store.list_jobs()[0]]
         self.mark("final-state", executions=executions, jobs=jobs, devices=self.nvm,
                   eventCounts=self.event_counts)
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    await asyncio.wait({task})
 
 
 def _describe(when: When) -> str:
@@ -433,27 +499,22 @@ async def run(drill: Drill, options: RunOptions) -> DrillResult:
     with tempfile.TemporaryDirectory(prefix="devicesim-drill-") as tmp:
         run_ = _Run(drill, options, Path(tmp))
         timed_out = False
+        interrupted: str | None = None
         try:
             await run_.start()
             assert run_.service is not None
             assert run_.recorder is not None
             controller = Controller(iot_client(run_.service.endpoint), run_.recorder.record)
-            try:
-                async with asyncio.timeout_at(asyncio.get_running_loop().time()
-                                              + max(0.0, run_.deadline - time.time())):
-                    await run_.ready()
-                    await run_.run_steps(controller)
-            except TimeoutError:
-                timed_out = True
-                run_.mark("timeout", seconds=drill.timeout, waitingFor=run_.waiting_for)
-            except Aborted:
-                pass  # the failure marker says why
-            except Stalled:
-                run_.mark("stalled", seconds=run_.stall_seconds, waitingFor=run_.waiting_for,
-                          seen=run_.progress.summary())
-            await run_.drain()
+            outcome = await run_.schedule(controller, options.interrupt)
+            timed_out = outcome == "timeout"
+            if outcome not in ("done", "timeout"):
+                interrupted = outcome
+            await run_.drain(DRAIN_SECONDS if interrupted is None else INTERRUPTED_DRAIN)
             run_.final_state()
-            run_.mark("end", seconds=round(time.time() - run_.started, 3))
+            end: dict[str, Any] = {"seconds": round(time.time() - run_.started, 3)}
+            if interrupted is not None:
+                end["interrupted"] = interrupted
+            run_.mark("end", **end)
         finally:
             if run_.recorder is not None:
                 run_.mark("recorder-stats", **run_.recorder.stats())
@@ -466,4 +527,4 @@ async def run(drill: Drill, options: RunOptions) -> DrillResult:
             history.write(ops, out)
         verdict = check(ops, drill.budgets)
         return DrillResult(verdict=verdict, history_path=history_path, ops=ops,
-                           timed_out=timed_out)
+                           timed_out=timed_out, interrupted=interrupted)

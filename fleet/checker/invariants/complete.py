@@ -48,7 +48,9 @@ def complete(tl: Timeline, b: Budgets) -> InvariantResult:
         broken("no end marker: the history is cut short (the run was interrupted or the "
                "file truncated)", tl.ops[-1])
     elif end.value.get("interrupted"):
-        broken(f"the run was interrupted ({end.value.get('interrupted')})", end)
+        stop = tl.markers.get("interrupted")
+        broken(f"the run was interrupted ({end.value.get('interrupted')})"
+               f"{_waiting(stop) if stop is not None else ''}", stop, end)
     stalled = tl.markers.get("stalled")
     if stalled is not None:
         broken(f"the drill stalled: nothing happened for {stalled.value.get('seconds')} s"
