@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from devicesim.wire.history import Op, OpType
 from fleet.checker import (
     INVARIANTS,
     Budgets,
@@ -29,7 +30,6 @@ from fleet.checker import (
     document_digest,
     timeline,
 )
-from fleet.history import Op, OpType
 
 T0 = 1_764_000_000.0
 ACCOUNT_ARN = "arn:aws:iot:us-east-1:123456789012"
@@ -465,7 +465,7 @@ def test_metrics_of_the_good_drill() -> None:
 
 
 def test_the_stored_good_history_passes() -> None:
-    from fleet import history
+    from devicesim.wire import history
 
     ops = history.read(Path(__file__).parent / "histories" / "good-drill.jsonl")
     assert check(ops, Budgets()).passed
@@ -606,7 +606,7 @@ def test_the_recorded_reuse_confused_history_fails_reuse() -> None:
     # A real jobid-reuse drill with reuse-confused devices: those powered off mid-step boot
     # after the jobId was created again and finish the old document (digest sha256:ab19...)
     # on the new execution (sha256:20ed...), which accepts their updates.
-    from fleet import history
+    from devicesim.wire import history
 
     ops = history.read(Path(__file__).parent / "histories" / "reuse-confused.jsonl")
     verdict = check(ops, Budgets())
@@ -996,7 +996,7 @@ def test_the_checker_imports_only_the_history_and_the_wire_contract() -> None:
                 assert name.split(".")[0] not in ("asyncio", "aiomqtt", "paho", "sqlite3"), \
                     f"{path.name} imports {name}"
                 if name.startswith("fleet"):
-                    assert name == "fleet.history" or name.startswith("fleet.checker"), \
+                    assert name == "devicesim.wire.history" or name.startswith("fleet.checker"), \
                         f"{path.name} imports {name}"
                 if name.startswith("devicesim"):
                     assert name.startswith("devicesim.wire"), f"{path.name} imports {name}"

@@ -30,9 +30,9 @@ from devicesim.behaviours import BEHAVIOURS, FAULTY
 from devicesim.documents import document_digest
 from devicesim.engine import DeviceShell, Fleet, FleetConfig
 from devicesim.nvm import Nvm, Phase
+from devicesim.wire.history import Op, OpType
 from fleet.broker import BrokerAddress
 from fleet.drill.recorder import Recorder
-from fleet.history import Op, OpType
 from fleet.service.shell import JobsService, ServiceConfig
 
 pytestmark = pytest.mark.broker

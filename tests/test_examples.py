@@ -17,9 +17,9 @@ import pytest
 
 from devicesim.agent import AgentConfig
 from devicesim.behaviours import Behaviour, Via, resolve
+from devicesim.wire.history import OpType
 from fleet.drill import spec
 from fleet.drill.runner import RunOptions, run
-from fleet.history import OpType
 
 pytestmark = pytest.mark.broker
 

@@ -20,10 +20,10 @@ import pytest
 
 from devicesim.mqtt import Client, ClientOptions, OnConnection, Pump
 from devicesim.wire import topics
+from devicesim.wire.history import Op
 from fleet.broker import BrokerAddress
 from fleet.drill import recorder as recorder_module
 from fleet.drill.recorder import Recorder
-from fleet.history import Op
 from fleet.service.shell import JobsService, ServiceConfig
 from tests.jobs_client import JobsClient, jobs_client
 

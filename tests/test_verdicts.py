@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
+from devicesim.wire.history import Op, OpType
 from fleet import cli
 from fleet.checker import Budgets, Requirements, Status, check
 from fleet.checker.report import junit_xml, to_json
 from fleet.drill import spec
 from fleet.drill.progress import Progress
-from fleet.history import Op, OpType
 from tests.test_checker import T0, THINGS, drill
 
 BEHAVIOURS = {"dev-0001": "reference", "dev-0002": "reference", "dev-0003": "stuck"}

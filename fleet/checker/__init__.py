@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from devicesim.wire.history import Op
 from fleet.checker import grading, invariants, metrics, timeline
 from fleet.checker.model import (
     INVARIANTS,
@@ -27,7 +28,6 @@ from fleet.checker.model import (
     Violation,
     document_digest,
 )
-from fleet.history import Op
 
 __all__ = ["INVARIANTS", "Budgets", "Distribution", "InvariantResult", "Metrics",
            "Requirements", "Status", "Verdict", "Violation", "check", "document_digest"]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from math import inf
 from typing import Any
 
+from devicesim.wire.history import Op, OpType
 from devicesim.wire.topics import Operation
 from fleet.checker.model import Budgets
 from fleet.checker.timeline import (
@@ -32,7 +33,6 @@ from fleet.checker.timeline import (
     compatible,
     is_terminal,
 )
-from fleet.history import Op, OpType
 
 _RECOVERED_KINDS = ("recovered", "idle")
 #: Device events that say the device is working on an execution's document (its last word

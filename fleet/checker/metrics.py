@@ -11,11 +11,11 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from devicesim.wire.history import OpType
 from devicesim.wire.topics import Operation
 from fleet.checker.cases import notice_cases, recovery_cases
 from fleet.checker.model import Budgets, Distribution, Metrics
 from fleet.checker.timeline import Timeline, is_terminal
-from fleet.history import OpType
 
 
 def percentile(values: Sequence[float], p: float) -> float | None:

@@ -54,9 +54,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devicesim.wire.enums import JobExecutionStatus
+from devicesim.wire.history import Op, OpType
 from devicesim.wire.topics import NEXT, Operation
 from fleet.checker.model import Requirements, document_digest
-from fleet.history import Op, OpType
 
 FORCE_APIS = ("DeleteJob", "CancelJob", "CancelJobExecution", "DeleteJobExecution")
 #: Execution-event operations by which the service takes an execution away from a device.

@@ -10,5 +10,5 @@
 - ``cli``: ``fleet drill`` and ``fleet check``.
 
 May import everything: the drill is where the parts meet. The checker (``fleet.checker``)
-sits beside it and reads only the history (``fleet.history``) and the wire contract.
+sits beside it and reads only the history (``devicesim.wire.history``) and the wire contract.
 """

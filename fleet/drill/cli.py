@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fleet import history
+from devicesim.wire import history
 from fleet.broker import BrokerError, find_mosquitto
 from fleet.checker import Budgets, Status, check
 from fleet.checker.report import terminal, verdict_line, write_reports

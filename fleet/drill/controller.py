@@ -19,7 +19,7 @@ import boto3
 import botocore.config
 from botocore.exceptions import ClientError
 
-from fleet.history import Op, OpType
+from devicesim.wire.history import Op, OpType
 
 log = logging.getLogger(__name__)
 

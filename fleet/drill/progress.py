@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
+from devicesim.wire.history import Op, OpType
 from fleet.drill.spec import When
-from fleet.history import Op, OpType
 
 _FINAL_OK = "SUCCEEDED"
 

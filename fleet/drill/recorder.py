@@ -1,9 +1,9 @@
 """The recorder: its own MQTT identity turning everything observable into history ops.
 
 Subscribes (QoS 1) to ``$aws/things/+/jobs/#``, ``$aws/events/#`` and
-``devicesim/+/events``. :func:`classify` is the pure part: one received message -> one
-:class:`~fleet.history.Op` in the vocabulary of :mod:`fleet.history`. Device events carry a
-per-device ``seq``; gaps are counted, so a drill can prove the recorder lost nothing.
+``devicesim/+/events``. The pure part is :func:`devicesim.wire.history.classify`: one
+received message -> one history op. Device events carry a per-device ``seq``; gaps are
+counted, so a drill can prove the recorder lost nothing.
 
 Supervision: a message :func:`classify` fails on is still recorded (as the generic
 ``message`` op, with the error) and a listener that raises does not undo the op it was
@@ -13,7 +13,6 @@ client.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -21,55 +20,12 @@ from typing import Any
 
 from devicesim.mqtt import Client, ClientOptions, OnFailure, Pump
 from devicesim.wire import topics
+from devicesim.wire.history import Op, OpType, classify
 from fleet.broker import BrokerAddress
-from fleet.history import Op, OpType
 
 log = logging.getLogger(__name__)
 
 RECORDER_CLIENT_ID = "devicesim-recorder"
-_REPLY_TYPES = {topics.Kind.ACCEPTED: OpType.OK, topics.Kind.REJECTED: OpType.FAIL}
-
-
-def _decode(payload: bytes) -> Any:
-    try:
-        return json.loads(payload) if payload else {}
-    except ValueError:
-        return {"raw": payload[:200].decode("utf-8", "replace")}
-
-
-def classify(topic: str, payload: bytes, time: float) -> Op:
-    """One received message as a history op (see :mod:`fleet.history` for the table)."""
-    body = _decode(payload)
-    parsed = topics.parse_jobs_topic(topic)
-    if parsed is not None:
-        value: dict[str, Any] = {"topic": topic, "payload": body}
-        if parsed.kind in (topics.Kind.NOTIFY, topics.Kind.NOTIFY_NEXT):
-            return Op(time=time, process=parsed.thing_name, type=OpType.INFO,
-                      f=parsed.kind.value, value=value)
-        if parsed.operation is None:
-            return Op(time=time, process=parsed.thing_name, type=OpType.INFO,
-                      f="invalid-topic", value=value)
-        token = body.get("clientToken") if isinstance(body, dict) else None
-        value.update(jobId=parsed.job_id, clientToken=token)
-        if parsed.kind is topics.Kind.REJECTED and isinstance(body, dict):
-            value["code"] = body.get("code")
-        return Op(time=time, process=parsed.thing_name,
-                  type=_REPLY_TYPES.get(parsed.kind, OpType.INVOKE),
-                  f=parsed.operation.value, value=value)
-    parts = topic.split("/")
-    if len(parts) == 5 and parts[:2] == ["$aws", "events"]:
-        f = {"job": "job-event", "jobExecution": "execution-event"}.get(parts[2], "event")
-        return Op(time=time, process="service", type=OpType.INFO, f=f,
-                  value={"topic": topic, "jobId": parts[3], "operation": parts[4],
-                         "payload": body})
-    if len(parts) == 3 and parts[0] == "devicesim" and parts[2] == "events":
-        kind = body.get("kind", "unknown") if isinstance(body, dict) else "unknown"
-        return Op(time=time, process=parts[1], type=OpType.INFO, f=f"device:{kind}",
-                  value=body if isinstance(body, dict) else {"payload": body})
-    return Op(time=time, process="unknown", type=OpType.INFO, f="message",
-              value={"topic": topic, "payload": body})
-
-
 class Recorder:
     """Collects ops in memory (appended in arrival order); :meth:`stats` proves no loss."""
 

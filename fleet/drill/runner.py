@@ -30,14 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from devicesim.engine import Fleet, FleetConfig, assign_behaviours, worker_ranges
-from fleet import history
+from devicesim.wire import history
+from devicesim.wire.history import Op, OpType
 from fleet.broker import BrokerAddress, EmbeddedBroker, probe
 from fleet.checker import Verdict, check
 from fleet.drill.controller import Controller, ControllerError, iot_client
 from fleet.drill.progress import Progress
 from fleet.drill.recorder import Recorder
 from fleet.drill.spec import Drill, Step, When
-from fleet.history import Op, OpType
 from fleet.service.shell import JobsService, ServiceConfig
 
 log = logging.getLogger(__name__)

@@ -7,10 +7,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from devicesim.wire.history import Op
 from fleet.checker.cases import clock_start
 from fleet.checker.model import Budgets, InvariantResult, Violation
 from fleet.checker.timeline import Timeline, evidence
-from fleet.history import Op
 
 #: How many ops a violation quotes at most.
 MAX_EVIDENCE = 8

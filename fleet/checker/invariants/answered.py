@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from devicesim.wire.history import Op
 from fleet.checker.invariants._common import (
     quote,
     result,
@@ -13,7 +14,6 @@ from fleet.checker.timeline import (
     Request,
     Timeline,
 )
-from fleet.history import Op
 
 
 def answered(tl: Timeline, b: Budgets) -> InvariantResult:

@@ -2,15 +2,15 @@
 
 Every other invariant is only as good as the history it reads: a check that passes on a
 history missing the moment it was about is no pass. ``fleet drill`` and ``fleet check``
-judge this the same way, from the markers the drill runner writes (:mod:`fleet.history`).
+judge this the same way, from the markers the drill runner writes (:mod:`devicesim.wire.history`).
 """
 
 from __future__ import annotations
 
+from devicesim.wire.history import Op
 from fleet.checker.invariants._common import quote, result
 from fleet.checker.model import Budgets, InvariantResult, Violation
 from fleet.checker.timeline import Timeline
-from fleet.history import Op
 
 #: Devices named in one violation's message at most.
 MAX_NAMED = 20

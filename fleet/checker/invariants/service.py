@@ -3,6 +3,7 @@ behind a deleted job, version numbers only grow (service)."""
 
 from __future__ import annotations
 
+from devicesim.wire.history import Op, OpType
 from devicesim.wire.topics import Operation
 from fleet.checker.cases import (
     label,
@@ -16,7 +17,6 @@ from fleet.checker.timeline import (
     Timeline,
     as_int,
 )
-from fleet.history import Op, OpType
 
 #: AWS limit (spec §9): jobs in DELETION_IN_PROGRESS at once.
 MAX_DELETIONS_IN_PROGRESS = 10

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from devicesim.wire.history import Op
 from fleet.checker.cases import (
     label,
     nvm_problem,
@@ -30,7 +31,6 @@ from fleet.checker.timeline import (
     compatible,
     is_terminal,
 )
-from fleet.history import Op
 
 
 def valid_end(tl: Timeline, b: Budgets) -> InvariantResult:

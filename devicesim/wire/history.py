@@ -4,8 +4,10 @@ Jepsen-style: ``{"time": 1764382512.123456, "process": "dev-0001", "type": "invo
 "f": "UpdateJobExecution", "value": {...}}``. ``time`` is float epoch seconds when the
 recorder (or controller) saw the operation. ``type`` is one of invoke / ok / fail / info.
 
-The vocabulary (``f`` and ``value``) is the contract between recorder, controller and
-checker; it is documented in docs/history.md:
+The vocabulary (``f`` and ``value``) is the contract between whoever records (device
+workers, the recorder, the service, the controller, the drill runner) and the checker, so it
+is part of the wire contract; it is documented in docs/history.md.
+:func:`classify` turns one MQTT message into its op, wherever it was seen:
 
 ======================  ==========  ========  ==============================================
 who                     process     type      f / value
@@ -36,6 +38,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
+from devicesim.wire import topics
+
 
 class OpType(StrEnum):
     INVOKE = "invoke"
@@ -61,6 +65,49 @@ class Op:
         obj = json.loads(line)
         return cls(time=float(obj["time"]), process=str(obj["process"]),
                    type=OpType(obj["type"]), f=str(obj["f"]), value=dict(obj.get("value") or {}))
+
+
+_REPLY_TYPES = {topics.Kind.ACCEPTED: OpType.OK, topics.Kind.REJECTED: OpType.FAIL}
+
+
+def _decode(payload: bytes) -> Any:
+    try:
+        return json.loads(payload) if payload else {}
+    except ValueError:
+        return {"raw": payload[:200].decode("utf-8", "replace")}
+
+
+def classify(topic: str, payload: bytes, time: float) -> Op:
+    """One received message as a history op (see the module docstring for the table)."""
+    body = _decode(payload)
+    parsed = topics.parse_jobs_topic(topic)
+    if parsed is not None:
+        value: dict[str, Any] = {"topic": topic, "payload": body}
+        if parsed.kind in (topics.Kind.NOTIFY, topics.Kind.NOTIFY_NEXT):
+            return Op(time=time, process=parsed.thing_name, type=OpType.INFO,
+                      f=parsed.kind.value, value=value)
+        if parsed.operation is None:
+            return Op(time=time, process=parsed.thing_name, type=OpType.INFO,
+                      f="invalid-topic", value=value)
+        token = body.get("clientToken") if isinstance(body, dict) else None
+        value.update(jobId=parsed.job_id, clientToken=token)
+        if parsed.kind is topics.Kind.REJECTED and isinstance(body, dict):
+            value["code"] = body.get("code")
+        return Op(time=time, process=parsed.thing_name,
+                  type=_REPLY_TYPES.get(parsed.kind, OpType.INVOKE),
+                  f=parsed.operation.value, value=value)
+    parts = topic.split("/")
+    if len(parts) == 5 and parts[:2] == ["$aws", "events"]:
+        f = {"job": "job-event", "jobExecution": "execution-event"}.get(parts[2], "event")
+        return Op(time=time, process="service", type=OpType.INFO, f=f,
+                  value={"topic": topic, "jobId": parts[3], "operation": parts[4],
+                         "payload": body})
+    if len(parts) == 3 and parts[0] == "devicesim" and parts[2] == "events":
+        kind = body.get("kind", "unknown") if isinstance(body, dict) else "unknown"
+        return Op(time=time, process=parts[1], type=OpType.INFO, f=f"device:{kind}",
+                  value=body if isinstance(body, dict) else {"payload": body})
+    return Op(time=time, process="unknown", type=OpType.INFO, f="message",
+              value={"topic": topic, "payload": body})
 
 
 class HistoryError(ValueError):
