@@ -42,6 +42,9 @@ from typing import Any
 from devicesim import __version__
 from devicesim.behaviours import resolve
 from devicesim.engine import Fleet, FleetConfig, FleetStartError, describe, worker_ranges
+from devicesim.mqtt import MqttError
+from devicesim.recording import HistoryPart, ProgressFeed
+from devicesim.wire.history import Op
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -110,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="at exit, write per-device behaviour, event count and NVM, and the "
                      "failures, as JSON (atomically); with --workers each child writes "
                      "PATH.w{i} and this process merges them into PATH")
+    run.add_argument("--history", type=Path, metavar="PATH",
+                     help="record this process's part of a drill's history (JSON Lines): "
+                          "every request, reply, push and device event of its devices")
+    run.add_argument("--worker-id", metavar="ID",
+                     help="publish compact progress batches on devicesim/workers/ID/progress "
+                          "for a drill's live view")
     run.add_argument("--quiet", action="store_true", help="no status line")
     run.add_argument("--log-level", default="WARNING",
                      help="DEBUG, INFO, WARNING (default), ERROR or CRITICAL")
@@ -129,8 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if workers > 1:
         return _run_workers(args, config, workers)
     try:
-        return asyncio.run(_run(config, args.duration, args.quiet, args.summary,
-                                args.connect_timeout))
+        return asyncio.run(_run(config, args))
     except KeyboardInterrupt:
         return 130
 
@@ -155,6 +163,10 @@ def _config(args: argparse.Namespace) -> tuple[FleetConfig, int]:
         raise ValueError("--workers must be >= 1")
     if args.connect_timeout < 0:
         raise ValueError("--connect-timeout must be >= 0")
+    if args.workers > 1 and (args.history is not None or args.worker_id is not None):
+        raise ValueError("--history and --worker-id: one process each (without --workers)")
+    if args.history is not None and not args.history.parent.is_dir():
+        raise ValueError(f"--history: no directory {str(args.history.parent)!r}")
     if args.summary is not None and not args.summary.parent.is_dir():
         raise ValueError(f"--summary: no directory {str(args.summary.parent)!r}")
     return FleetConfig(host=host, port=port, prefix=args.prefix, count=count, start=start,
@@ -288,24 +300,37 @@ async def reach_broker(host: str, port: int, patience: float, stop: asyncio.Even
         delay = min(delay * 2, 5.0)
 
 
-async def _run(config: FleetConfig, duration: float | None, quiet: bool,
-               summary_path: Path | None = None, connect_timeout: float = 30.0) -> int:
+async def _run(config: FleetConfig, args: argparse.Namespace) -> int:
+    duration, quiet, summary_path = args.duration, args.quiet, args.summary
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    fleet = Fleet(config)
+    part = HistoryPart(args.history) if args.history is not None else None
+    feed = ProgressFeed(args.worker_id, config.host, config.port) \
+        if args.worker_id is not None else None
+
+    def record(op: Op) -> None:
+        if part is not None:
+            part.record(op)
+        if feed is not None:
+            feed.record(op)
+
+    fleet = Fleet(config, record=record if part is not None or feed is not None else None)
     began = time.monotonic()
     failures: list[str] = []
-    unreachable = await reach_broker(config.host, config.port, connect_timeout, stop)
+    unreachable = await reach_broker(config.host, config.port, args.connect_timeout, stop)
     if unreachable is not None:
         failures.append(f"broker {config.host}:{config.port} not reachable after "
                         f"{time.monotonic() - began:.1f} s: {unreachable}")
     else:
         try:
+            if feed is not None:
+                await feed.start()
             connect_seconds = await fleet.start()
-        except FleetStartError as e:
-            failures.append(f"fleet start: {e}")  # start() stopped every device it connected
+        except (FleetStartError, MqttError, TimeoutError) as e:
+            # start() stopped every device it connected
+            failures.append(f"fleet start: {describe(e)}")
     if not failures:
         try:
             if not quiet:
@@ -319,7 +344,14 @@ async def _run(config: FleetConfig, duration: float | None, quiet: bool,
             states = " ".join(f"{k}={v}" for k, v in sorted(fleet.states().items()))
             print(f"\ndevicesim: ran {time.monotonic() - began:.1f} s; {len(fleet.devices)} "
                   f"devices; {events} device events; final states: {states}", flush=True)
+    if feed is not None:
+        await feed.close()
     summary = fleet.summary()
+    if part is not None:
+        part.close()
+        summary["history"] = {"path": str(part.path), "ops": part.ops}
+    if feed is not None:
+        summary["unanswered"] = feed.unanswered
     failures = summary["failures"] = [*summary["failures"], *failures]
     if summary_path is not None:
         try:

@@ -17,6 +17,12 @@ in :attr:`Fleet.failures` and reported as ``on_failure(f"device {thing}", error)
 device goes on with its next event. :meth:`Fleet.start` either connects every device or
 stops those it did connect and raises one :class:`FleetStartError`.
 
+Recording: with ``record`` (a callable taking :class:`~devicesim.wire.history.Op`), every
+device records what it does and sees, in the history's vocabulary, when it happens: each
+request it publishes (``invoke``), each reply and push it receives, each device event it
+publishes. A drill keeps these ops (one writer per process) instead of receiving every
+message of the fleet a second time through a broker-side recorder.
+
 The simulated NVM lives in memory, and in ``{state_dir}/{thing}.json`` when a state dir is
 given, so a reboot (:meth:`DeviceShell.reboot`) — or a new ``devicesim run`` — resumes from
 what the device had persisted.
@@ -59,6 +65,7 @@ from devicesim.mqtt import Client, ClientOptions, OnFailure, Pump
 from devicesim.nvm import Nvm
 from devicesim.wire import topics
 from devicesim.wire.events import DeviceEvent, DeviceEventKind
+from devicesim.wire.history import Op, classify
 
 if TYPE_CHECKING:
     from devicesim.sdk import SdkTransport
@@ -67,6 +74,9 @@ log = logging.getLogger(__name__)
 
 #: as the agent's own ``error`` events
 _MAX_ERROR_REASON = 500
+
+#: where a device's history ops go (see "Recording" above)
+Record = Callable[[Op], None]
 
 
 class FleetStartError(Exception):
@@ -162,12 +172,13 @@ class DeviceShell:
 
     def __init__(self, thing: str, behaviour: Behaviour, config: FleetConfig, pump: Pump,
                  *, now: Callable[[], float] = time.time,
-                 on_failure: OnFailure | None = None) -> None:
+                 on_failure: OnFailure | None = None, record: Record | None = None) -> None:
         self.thing = thing
         self.behaviour = behaviour
         self._config = config
         self._now = now
         self._on_failure = on_failure
+        self._record = record
         self._loop = asyncio.get_running_loop()
         self._nvm_path = None if config.state_dir is None else config.state_dir / f"{thing}.json"
         self._saved = self._load_nvm()
@@ -187,7 +198,8 @@ class DeviceShell:
             return SdkTransport(self.thing, config.host, config.port,
                                 on_message=self._on_message,
                                 on_connection=self._on_connection,
-                                keepalive=config.keepalive)
+                                keepalive=config.keepalive, record=self._record,
+                                now=self._now)
         return Client(
             ClientOptions(client_id=self.thing, host=config.host, port=config.port,
                           clean_session=clean_session, keepalive=config.keepalive),
@@ -274,6 +286,8 @@ class DeviceShell:
             self._feed(Disconnected())
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        if self._record is not None:
+            self._record(classify(topic, payload, self._now()))
         self._feed(MessageReceived(topic, payload))
 
     def _fire(self, key: str) -> None:
@@ -308,13 +322,19 @@ class DeviceShell:
     def _emit(self, event: DeviceEvent) -> None:
         """Publish a device event with the next ``seq`` (used only once it is queued)."""
         seq = self._seq + 1
-        self._client.publish(topics.device_events(self.thing),
-                             dataclasses.replace(event, seq=seq).to_json())
+        topic, payload = topics.device_events(self.thing), \
+            dataclasses.replace(event, seq=seq).to_json()
+        self._client.publish(topic, payload)
         self._seq = seq
+        if self._record is not None:
+            self._record(classify(topic, payload, self._now()))
 
     def _act(self, action: Action) -> None:
         if isinstance(action, Publish):
             self._client.publish(action.topic, action.payload, action.qos)
+            if self._record is not None and not getattr(self._client, "records_requests",
+                                                        False):
+                self._record(classify(action.topic, action.payload, self._now()))
         elif isinstance(action, EmitEvent):
             self._emit(action.event)
         elif isinstance(action, SaveNvm):
@@ -342,8 +362,9 @@ class Fleet:
     """
 
     def __init__(self, config: FleetConfig, *, now: Callable[[], float] = time.time,
-                 on_failure: OnFailure | None = None) -> None:
+                 on_failure: OnFailure | None = None, record: Record | None = None) -> None:
         self.config = config
+        self._record = record
         if config.state_dir is not None:
             config.state_dir.mkdir(parents=True, exist_ok=True)
         self._now = now
@@ -373,7 +394,8 @@ class Fleet:
         async def one(thing: str) -> None:
             try:
                 shell = DeviceShell(thing, behaviours[self.assignment[thing]], self.config,
-                                    self._pump, now=self._now, on_failure=self._failed)
+                                    self._pump, now=self._now, on_failure=self._failed,
+                                    record=self._record)
                 self.devices[thing] = shell
                 await shell.start(gate)
             except Exception as e:  # whatever it is, start() raises it as FleetStartError

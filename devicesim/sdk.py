@@ -11,6 +11,12 @@ it, so the service must echo it). ``notify-next`` arrives through the SDK's stre
 awscrt calls back on its native threads; everything is handed to the asyncio loop with
 ``call_soon_threadsafe``.
 
+Recording: the request on the wire carries the SDK's token, not the agent's, and the service
+answers (and records its reply) with that one; so this transport records each request
+itself (``record``), once its response shows the wire token, timed when it was handed to
+the SDK, and then the response as it came, with that token
+(:attr:`SdkTransport.records_requests`).
+
 Order: the agent's actions must reach the broker in the order it took them, but the SDK
 publishes a request only after its own subscribe round trip. So while a request is in
 flight, what the agent publishes next (device events, the next request) waits in a queue
@@ -26,7 +32,9 @@ import datetime
 import enum
 import json
 import logging
+import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -38,6 +46,7 @@ from awsiot import iotjobs
 from devicesim.mqtt import OnConnection, OnMessage
 from devicesim.wire import topics
 from devicesim.wire.codec import camel
+from devicesim.wire.history import Op, classify
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +75,15 @@ def to_wire(value: Any) -> Any:
 class SdkTransport:
     """One device's connection through the AWS IoT Device SDK (the ``sdk`` behaviour)."""
 
+    #: the shell must not record this transport's requests: it does (see the module doc)
+    records_requests = True
+
     def __init__(self, thing: str, host: str, port: int, *, on_message: OnMessage,
-                 on_connection: OnConnection, keepalive: int = 60) -> None:
+                 on_connection: OnConnection, keepalive: int = 60,
+                 record: Callable[[Op], None] | None = None,
+                 now: Callable[[], float] = time.time) -> None:
         self.thing = thing
+        self._record, self._now = record, now
         self._on_message = on_message
         self._on_connection = on_connection
         self._loop = asyncio.get_running_loop()
@@ -134,9 +149,10 @@ class SdkTransport:
             request = json.loads(payload)
             token = request.get("clientToken")
             self._busy = True
+            sent = self._now()
             self._call(parsed, request).add_done_callback(
-                lambda f, topic=topic, token=token: self._loop.call_soon_threadsafe(
-                    self._answer, topic, token, f))
+                lambda f, topic=topic, token=token, request=request, sent=sent:
+                self._loop.call_soon_threadsafe(self._answer, topic, token, f, request, sent))
 
     async def close(self) -> None:
         """Stop the client and wait until awscrt says it stopped; nothing is delivered to
@@ -181,7 +197,8 @@ class SdkTransport:
             include_job_document=r.get("includeJobDocument"),
             step_timeout_in_minutes=r.get("stepTimeoutInMinutes")))
 
-    def _answer(self, request_topic: str, token: str | None, future: Future[Any]) -> None:
+    def _answer(self, request_topic: str, token: str | None, future: Future[Any],
+                request: dict[str, Any], sent: float) -> None:
         self._busy = False
         if self._closing:
             return
@@ -193,13 +210,25 @@ class SdkTransport:
             if e.modeled_error is None:  # a timeout or a dropped connection: the agent retries
                 log.info("sdk request failed thing_name=%s topic=%s error=%s", self.thing,
                          request_topic, e.inner_error)
+                self._record_request(request_topic, request, token, sent)
                 return
             topic, body = topics.rejected(request_topic), to_wire(e.modeled_error)
+        self._record_request(request_topic, request, body.get("clientToken"), sent)
+        if self._record is not None:  # as it came: for a drill's live view of the replies
+            self._record(classify(topic, json.dumps(body).encode(), self._now()))
         if token is None:
             body.pop("clientToken", None)
         else:
             body["clientToken"] = token
         self._on_message(topic, json.dumps(body).encode())
+
+    def _record_request(self, topic: str, request: dict[str, Any], wire_token: object,
+                        sent: float) -> None:
+        if self._record is None:
+            return
+        body = {**request, "clientToken": wire_token} if isinstance(wire_token, str) \
+            else request
+        self._record(classify(topic, json.dumps(body).encode(), sent))
 
     def _next_changed(self, event: iotjobs.NextJobExecutionChangedEvent) -> None:
         payload = json.dumps(to_wire(event)).encode()

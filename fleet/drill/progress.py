@@ -84,6 +84,11 @@ class Progress:
             self.unanswered.discard(key)
             self._answered.add(key)
 
+    def forget_requests(self, things: list[str]) -> None:
+        """These devices lost their power: what they were waiting for went with their RAM."""
+        lost = set(things)
+        self.unanswered = {k for k in self.unanswered if k[0] not in lost}
+
     def running(self, job_id: str) -> set[str]:
         """Things that started the job and have not finished it."""
         job = self.jobs.get(job_id)

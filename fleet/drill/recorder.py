@@ -1,9 +1,14 @@
-"""The recorder: its own MQTT identity turning everything observable into history ops.
+"""The drill's history log, and its ear on the broker for what no process of ours records.
 
-Subscribes (QoS 1) to ``$aws/things/+/jobs/#``, ``$aws/events/#`` and
-``devicesim/+/events``. The pure part is :func:`devicesim.wire.history.classify`: one
-received message -> one history op. Device events carry a per-device ``seq``; gaps are
-counted, so a drill can prove the recorder lost nothing.
+Every process records what it already sees (one writer per process): in-process devices and
+the in-process jobs service hand their ops to :meth:`Recorder.record` directly; device worker
+processes write their own parts, merged at the end (:meth:`Recorder.merge`). The recorder
+subscribes on the broker (its own MQTT identity, QoS 1) only to what is given in ``filters``:
+the workers' compact progress batches (:data:`devicesim.recording.PROGRESS_FILTER`), which
+feed the live view (``listener``) and are not history, and, for devices no process of ours
+runs, their topics (:data:`BROKER_FILTERS`), classified by
+:func:`devicesim.wire.history.classify`. Device events carry a per-device ``seq``; the
+numbers seen are kept, so a drill can prove nothing was lost.
 
 Supervision: a message :func:`classify` fails on is still recorded (as the generic
 ``message`` op, with the error) and a listener that raises does not undo the op it was
@@ -15,25 +20,35 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from devicesim.mqtt import Client, ClientOptions, OnFailure, Pump
+from devicesim.recording import progress_ops
 from devicesim.wire import topics
-from devicesim.wire.history import Op, OpType, classify
+from devicesim.wire.history import Op, OpType, classify, iter_ops
 from fleet.broker import BrokerAddress
 
 log = logging.getLogger(__name__)
 
 RECORDER_CLIENT_ID = "devicesim-recorder"
+#: everything devices and the service say on the broker (devices no process of ours runs)
+BROKER_FILTERS = (topics.SERVICE_FILTER, topics.JOB_EVENTS_FILTER, topics.DEVICE_EVENTS_FILTER)
+
+
 class Recorder:
     """Collects ops in memory (appended in arrival order); :meth:`stats` proves no loss."""
 
     def __init__(self, broker: BrokerAddress, *, now: Callable[[], float] = time.time,
                  client_id: str = RECORDER_CLIENT_ID,
                  listener: Callable[[Op], None] | None = None,
-                 on_failure: OnFailure | None = None) -> None:
+                 on_failure: OnFailure | None = None,
+                 filters: Sequence[str] = BROKER_FILTERS) -> None:
         self.ops: list[Op] = []
+        self._filters = list(filters)
+        #: requests still waiting for a reply, per worker, from its latest progress batch
+        self.worker_unanswered: dict[str, int] = {}
         self._listener = listener
         self._broker, self._now, self._client_id = broker, now, client_id
         self._pump = Pump(on_failure=on_failure)
@@ -43,21 +58,40 @@ class Recorder:
         self.unclassified = 0
 
     async def start(self) -> None:
+        """Subscribe to the ``filters`` (without any, no MQTT connection is made)."""
+        if not self._filters:
+            return
         b = self._broker
         self._client = Client(ClientOptions(client_id=self._client_id, host=b.host,
                                             port=b.port, clean_session=False,
                                             max_inflight=0),
                               self._pump, on_message=self._on_message)
         await self._client.connect()
-        await self._client.subscribe([topics.SERVICE_FILTER, topics.JOB_EVENTS_FILTER,
-                                      topics.DEVICE_EVENTS_FILTER])
+        await self._client.subscribe(self._filters)
 
     def record(self, op: Op) -> None:
-        """Add an op observed elsewhere (controller calls, drill markers)."""
+        """Add an op recorded elsewhere (in-process devices and service, controller calls,
+        drill markers)."""
+        if op.f.startswith("device:"):
+            seq = op.value.get("seq")
+            if isinstance(seq, int):
+                self._seqs.setdefault(op.process, set()).add(seq)
         self.ops.append(op)
+
+    def merge(self, path: Path) -> int:
+        """Add a worker's history part; returns how many ops it held (a line that is not an
+        op raises :class:`~devicesim.wire.history.HistoryError` naming it)."""
+        n = 0
+        for op in iter_ops(path):
+            self.record(op)
+            n += 1
+        return n
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         self.received += 1
+        if topic.startswith("devicesim/workers/"):
+            self._progress(payload)
+            return
         time_ = self._now()
         try:
             op = classify(topic, payload, time_)
@@ -68,11 +102,21 @@ class Recorder:
             op = Op(time=time_, process="unknown", type=OpType.INFO, f="message",
                     value={"topic": topic, "payload": payload[:200].decode("utf-8", "replace"),
                            "error": repr(e)})
-        seq = op.value.get("seq") if op.f.startswith("device:") else None
-        if isinstance(seq, int):
-            self._seqs.setdefault(op.process, set()).add(seq)
-        self.ops.append(op)
-        if self._listener is not None:
+        self.record(op)
+        self._tell([op])
+
+    def _progress(self, payload: bytes) -> None:
+        batch = progress_ops(payload)
+        if batch is None:
+            return
+        worker, ops, unanswered = batch
+        self.worker_unanswered[worker] = unanswered
+        self._tell(ops)
+
+    def _tell(self, ops: Iterable[Op]) -> None:
+        if self._listener is None:
+            return
+        for op in ops:
             try:
                 self._listener(op)
             except Exception as e:  # the op stays recorded; the run hears of it

@@ -1,14 +1,20 @@
 """Running a drill: broker, jobs service, recorder, fleet, controller; then the checker.
 
-The runner is the only place that wires the parts together. Everything a device or the
-service does reaches the history through the broker (the recorder); the controller's calls
-and the runner's own markers are recorded directly. After the schedule settled (or timed
-out, or a component failed), the runner drains: it stops device worker processes (which
-write their summaries: event counts and NVM), then waits, bounded, until the recorder holds
-every device event (by count) and a reply to every request it saw. Then the final state is
-recorded and the checker — a pure function of the history — gives the verdict; the
-``complete`` invariant judges the markers written here (``timeout``, ``failure``,
-``drain``, ``final-state.eventCounts``, ``end``).
+The runner is the only place that wires the parts together. Each process records what it
+already sees, Jepsen-style, one writer per process: in-process devices and the jobs service
+hand their ops to the recorder directly (a device its requests and events, the service the
+replies, pushes and jobs events it publishes, in its own order); device worker processes
+write their own history parts (``devicesim run --history``) and send only compact progress
+batches over the broker for the live view (``--worker-id``); the controller's calls and the
+runner's own markers are recorded directly. No process receives every message of the fleet
+a second time. After the schedule settled (or timed out, or a component failed), the runner
+drains: it stops device worker processes (which write their summaries: event counts, NVM,
+ops written), merges their parts (checking each holds as many ops as its worker wrote), and
+waits, bounded, until the recorder holds every device event (by count) and a reply to every
+request. Then the final state is recorded and the checker — a pure function of the history
+— gives the verdict; the ``complete`` invariant judges the markers written here
+(``timeout``, ``stalled``, ``interrupted``, ``failure``, ``drain``,
+``final-state.eventCounts``, ``end``).
 
 Supervision: the service, the recorder and the fleet report an unexpected error through
 ``on_failure``; the runner records a ``failure`` marker and stops the schedule.
@@ -30,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from devicesim.engine import Fleet, FleetConfig, assign_behaviours, worker_ranges
+from devicesim.recording import PROGRESS_FILTER, in_device_history
 from devicesim.wire import history
 from devicesim.wire.history import Op, OpType
 from fleet.broker import BrokerAddress, EmbeddedBroker, probe
@@ -125,6 +132,8 @@ class _Run:
         self._early: list[Op] = []  # markers written before the recorder started
         self.event_counts: dict[str, int] = {}
         self.nvm: dict[str, Any] = {}
+        #: requests of worker processes' devices still unanswered when they stopped
+        self.unanswered = 0
         self.targets: dict[str, list[str]] = {}
         self.powered_off: list[str] = []
         self.things = FleetConfig(host="", port=0, prefix=drill.prefix,
@@ -146,6 +155,21 @@ class _Run:
         self.mark("failure", where=where, error=f"{type(error).__name__}: {error}")
         self.failed = True
         self.changed.set()
+
+    def record(self, op: Op) -> None:
+        """An op recorded by the in-process service: history, and the live view."""
+        assert self.recorder is not None
+        self.recorder.record(op)
+        self.on_op(op)
+
+    def record_device(self, op: Op) -> None:
+        """An op recorded by an in-process device: its requests and events go into the
+        history (:func:`~devicesim.recording.in_device_history`), everything into the live
+        view (which waits for replies before the drill ends)."""
+        assert self.recorder is not None
+        if in_device_history(op):
+            self.recorder.record(op)
+        self.on_op(op)
 
     def on_op(self, op: Op) -> None:
         self.progress.observe(op)
@@ -187,15 +211,17 @@ class _Run:
         else:
             self.broker = EmbeddedBroker(work_dir=self.workdir / "broker")
             self.address = await asyncio.to_thread(self.broker.start)
-        self.service = JobsService(ServiceConfig(
-            broker=self.address, state=self.workdir / "jobs.db", settings=drill.service,
-            seed=drill.seed), on_failure=self.fail)
-        await self.service.start()
-        recorder = Recorder(self.address, listener=self.on_op, on_failure=self.fail)
-        await recorder.start()
+        workers = max(1, options.workers)
+        recorder = Recorder(self.address, listener=self.on_op, on_failure=self.fail,
+                            filters=[PROGRESS_FILTER] if workers > 1 else [])
         self.recorder = recorder
         for op in self._early:
             recorder.record(op)
+        self.service = JobsService(ServiceConfig(
+            broker=self.address, state=self.workdir / "jobs.db", settings=drill.service,
+            seed=drill.seed), on_failure=self.fail, record=self.record)
+        await self.service.start()
+        await recorder.start()
         mix = drill.mix or {drill.behaviour: 1.0}
         self.mark("start", drill=drill.name, seed=drill.seed, devices=drill.devices,
                   mix=mix, broker=self.address.url, endpoint=self.service.endpoint,
@@ -219,7 +245,8 @@ class _Run:
         if workers == 1:
             self.fleet = Fleet(FleetConfig(host=self.address.host, port=self.address.port,
                                            prefix=drill.prefix, count=drill.devices, mix=mix,
-                                           seed=drill.seed), on_failure=self.fail)
+                                           seed=drill.seed), on_failure=self.fail,
+                               record=self.record_device)
             await self.fleet.start()
             return
         mix_arg = ",".join(f"{k}={v}" for k, v in mix.items())
@@ -230,7 +257,8 @@ class _Run:
                 sys.executable, "-m", "devicesim.cli", "run", "--broker", self.address.url,
                 "--prefix", drill.prefix, "--count", str(count), "--start", str(start),
                 "--total", str(drill.devices), "--mix", mix_arg, "--seed", str(drill.seed),
-                "--summary", str(summary), "--quiet", stdin=asyncio.subprocess.DEVNULL))
+                "--summary", str(summary), "--history", str(self.workdir / f"history-{w}.jsonl"),
+                "--worker-id", str(w), "--quiet", stdin=asyncio.subprocess.DEVNULL))
 
     async def stop(self) -> None:
         if self.fleet is not None:
@@ -264,9 +292,13 @@ class _Run:
         self.workers = []
 
     def read_summaries(self) -> None:
-        """Event counts and NVM of the devices in worker processes, from their summaries;
-        a missing or unreadable summary, and every device failure it lists, is a failure."""
+        """Event counts and NVM of the devices in worker processes, from their summaries,
+        and their history parts merged into the recorder; a missing or unreadable summary or
+        part, a part holding fewer ops than its worker wrote, and every device failure a
+        summary lists, is a failure."""
+        assert self.recorder is not None
         for path in self.summaries:
+            where = f"device worker {path.stem.removeprefix('summary-')}"
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
                 things = data["things"]
@@ -274,10 +306,15 @@ class _Run:
                     self.event_counts[thing] = int(info["events"])
                     self.nvm[thing] = info["nvm"]
                 for line in data.get("failures", []):
-                    self.fail(f"device worker {path.stem}", RuntimeError(str(line)))
+                    self.fail(where, RuntimeError(str(line)))
+                self.unanswered += int(data.get("unanswered", 0))
+                part = data["history"]
+                merged = self.recorder.merge(Path(part["path"]))
+                if merged != part["ops"]:
+                    self.fail(where, RuntimeError(
+                        f"its history part holds {merged} ops; it wrote {part['ops']}"))
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-                self.fail(f"device worker {path.stem}",
-                          RuntimeError(f"no usable summary at {path}: {e}"))
+                self.fail(where, RuntimeError(f"no usable summary or history at {path}: {e}"))
 
     async def schedule(self, controller: Controller, interrupt: Interrupt | None) -> str:
         """Run the schedule (fleet ready, then the steps) until it is done, the drill's
@@ -374,6 +411,7 @@ class _Run:
                 self.powered_off = self.sample(running, step.fraction)
                 await asyncio.gather(*(self.fleet.devices[t].power_off()
                                        for t in self.powered_off))
+                self.progress.forget_requests(self.powered_off)
                 self.mark("power-off", things=self.powered_off)
             else:
                 things, self.powered_off = self.powered_off, []
@@ -453,15 +491,19 @@ class _Run:
         recorder, counts = self.recorder, self.event_counts
         began = time.time()
 
-        def done() -> bool:
-            return recorder.has_events(counts) and not self.progress.unanswered
+        def unanswered() -> int:
+            return len(self.progress.unanswered) + self.unanswered
 
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self.until(done, abortable=False)
+        def done() -> bool:
+            return recorder.has_events(counts) and not unanswered()
+
+        if self.fleet is not None:  # replies may still be on their way to the devices
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await self.until(done, abortable=False)
         behind = [t for t, n in counts.items() if not recorder.has_events({t: n})]
         self.mark("drain", complete=done(), seconds=round(time.time() - began, 3),
-                  unanswered=len(self.progress.unanswered), devicesMissingEvents=len(behind),
+                  unanswered=unanswered(), devicesMissingEvents=len(behind),
                   missingFrom=behind[:20])
 
     def final_state(self) -> None:

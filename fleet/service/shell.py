@@ -23,6 +23,7 @@ from pathlib import Path
 
 from devicesim.mqtt import Client, ClientOptions, OnFailure, Pump
 from devicesim.wire import topics
+from devicesim.wire.history import Op, classify
 from fleet.broker import BrokerAddress
 from fleet.service.controlplane.server import ControlPlane
 from fleet.service.dataplane import DataPlane
@@ -56,9 +57,13 @@ class JobsService:
     """Runs until :meth:`stop`; ``endpoint`` is the control plane's URL once started."""
 
     def __init__(self, config: ServiceConfig, *, now: Callable[[], float] = time.time,
-                 on_failure: OnFailure | None = None) -> None:
+                 on_failure: OnFailure | None = None,
+                 record: Callable[[Op], None] | None = None) -> None:
+        """``record``: the service records what it publishes -- replies, pushes, jobs
+        events -- in the order it publishes them (its part of a drill's history)."""
         self.config = config
         self._now = now
+        self._record = record
         self.store = JobsStore(config.state, config.settings, now=now,
                                rng=random.Random(config.seed))
         self.dataplane = DataPlane(self.store, now)
@@ -152,6 +157,8 @@ class JobsService:
         for effect in effects:
             try:
                 client.publish(effect.topic, effect.payload, qos=1)
+                if self._record is not None:
+                    self._record(classify(effect.topic, effect.payload, self._now()))
             except Exception as e:  # MqttError, or paho refusing the payload
                 log.exception("publish failed topic=%s bytes=%d", effect.topic,
                               len(effect.payload))
