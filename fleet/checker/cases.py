@@ -145,6 +145,9 @@ class RecoveryCase:
     execution: DeviceExecution
     lost: DeviceEventRecord
     valid: DeviceEventRecord | None  # the first event showing a valid state, in budget
+    #: the first event in budget by which the device says it moved on (``recovered``,
+    #: ``idle``, ``job_started`` of another execution) if its NVM is not a valid state
+    bad_claim: DeviceEventRecord | None
     window: tuple[DeviceEventRecord, ...]  # the device's events within the budget
     since: float  # when the clock starts (lost_access, or a later power-on)
     deadline: float  # inf: powered off before it recovered and never powered on again
@@ -156,7 +159,9 @@ class RecoveryCase:
 
 def recovery_cases(tl: Timeline, b: Budgets) -> list[RecoveryCase]:
     """Every ``lost_access`` (the first per execution) and the first event within
-    ``recover_seconds`` that shows the device recovered. If the drill cut the device's power
+    ``recover_seconds`` that shows the device recovered -- unless the first event by which it
+    says it moved on shows an invalid state (``bad_claim``: it runs on, or went idle on, a
+    half-written image, whatever repairs it later). If the drill cut the device's power
     before it recovered and before the deadline, the clock starts again at its power-on (it
     recovers locally: outages do not matter); never powered on again, the deadline is
     ``inf``."""
@@ -178,17 +183,25 @@ def recovery_cases(tl: Timeline, b: Budgets) -> list[RecoveryCase]:
                 break
         deadline = since + b.recover_seconds
         window = tuple(ev for ev in events if ev.time <= deadline)
-        valid = next((ev for ev in window if _recovers(ev, e)), None)
-        cases.append(RecoveryCase(e, lost, valid, window, since, deadline))
+        claim = next((ev for ev in window if _claims(ev, e)), None)
+        bad = claim if claim is not None and not _recovers(claim, e) else None
+        valid = None if bad is not None else next((ev for ev in window if _recovers(ev, e)),
+                                                  None)
+        cases.append(RecoveryCase(e, lost, valid, bad, window, since, deadline))
     return cases
 
 
-def _recovers(ev: DeviceEventRecord, e: DeviceExecution) -> bool:
-    """``recovered`` / ``idle``, or ``job_started`` of another execution, with valid NVM."""
+def _claims(ev: DeviceEventRecord, e: DeviceExecution) -> bool:
+    """``recovered`` / ``idle``, or ``job_started`` of another execution: the device says it
+    has moved on from ``e``."""
     moved_on = ev.kind == "job_started" and (ev.job_id, ev.incarnation) != (e.job_id,
                                                                             e.incarnation)
-    return (ev.kind in _RECOVERED_KINDS or moved_on) and \
-        nvm_problem(ev.nvm, e.job_id, e.execution_number) is None
+    return ev.kind in _RECOVERED_KINDS or moved_on
+
+
+def _recovers(ev: DeviceEventRecord, e: DeviceExecution) -> bool:
+    """A claim (:func:`_claims`) with valid NVM."""
+    return _claims(ev, e) and nvm_problem(ev.nvm, e.job_id, e.execution_number) is None
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,9 +73,13 @@ def recover(tl: Timeline, b: Budgets) -> InvariantResult:
     """recover: within ``recover_seconds`` after ``lost_access`` the device records
     ``device:recovered`` or ``device:idle`` (or ``job_started`` of another execution) whose
     NVM shows a valid state: active image complete and verified, and no journal naming the
-    lost execution. If the drill cut its power before it recovered and before the deadline,
-    the clock starts again at its power-on; a device never powered on again is not judged,
-    nor is a deadline past the end of the history (neither counts as a case)."""
+    lost execution; and the first event by which it says it moved on (``recovered``,
+    ``idle``, ``job_started`` of another execution) must be that valid state: a device that
+    moves on on a half-written image fails, whatever repairs it later. If the drill cut its
+    power before it recovered and before the deadline, the clock starts again at its
+    power-on; a device never powered on again is not judged. A deadline past the end of a
+    history that has a ``final-state`` (the drill settled) is judged by the device's final
+    NVM; without one it is not judged (neither counts as a case)."""
     violations, notes = [], []
     cases = recovery_cases(tl, b)
     off = powered_off_for_good(tl, (c.execution.thing_name for c in cases
@@ -84,17 +88,43 @@ def recover(tl: Timeline, b: Budgets) -> InvariantResult:
         notes.append(f"devices never powered on again are not judged for recover after their "
                      f"power-off: {off}")
     judged: list[str | None] = []
+    final = tl.final_state
     for c in cases:
+        e = c.execution
+        if c.bad_claim is not None:
+            judged.append(e.thing_name)
+            claim = c.bad_claim
+            violations.append(Violation(
+                invariant="recover", thing_name=e.thing_name, job_id=e.job_id,
+                time=claim.time,
+                message=f"{e.thing_name} moved on ({claim.kind}) after losing "
+                        f"{label(e.job_id, e.execution_number)} in an invalid state: "
+                        f"{nvm_problem(claim.nvm, e.job_id, e.execution_number)}",
+                evidence=quote(c.lost.op, claim.op)))
+            continue
         if c.valid is None and c.deadline == float("inf"):
             continue
         if c.valid is None and c.deadline > tl.end:
-            notes.append("some recovery deadlines fall after the end of the history: those "
-                         "cases are not judged (nor counted)")
+            end_nvm = final.devices.get(e.thing_name) if final is not None else None
+            if end_nvm is None:
+                notes.append("some recovery deadlines fall after the end of the history: "
+                             "those cases are not judged (nor counted)")
+                continue
+            # the drill settled before the deadline: what the device ended with is final
+            judged.append(e.thing_name)
+            problem = nvm_problem(end_nvm, e.job_id, e.execution_number)
+            if problem is not None:
+                violations.append(Violation(
+                    invariant="recover", thing_name=e.thing_name, job_id=e.job_id,
+                    time=final.op.time if final is not None else None,
+                    message=f"{e.thing_name} ended the drill, before its recovery deadline, "
+                            f"in an invalid state after losing "
+                            f"{label(e.job_id, e.execution_number)}: {problem}",
+                    evidence=quote(c.lost.op, final.op if final is not None else None)))
             continue
-        judged.append(c.execution.thing_name)
+        judged.append(e.thing_name)
         if c.valid is not None:
             continue
-        e = c.execution
         last = c.window[-1] if c.window else None
         why = nvm_problem(last.nvm, e.job_id, e.execution_number) if last else None
         state = f"its last state: {last.kind}, {why or 'valid'}" if last else "it reported nothing"

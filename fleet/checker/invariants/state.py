@@ -37,9 +37,11 @@ def valid_end(tl: Timeline, b: Budgets) -> InvariantResult:
     """valid-end: each device's final NVM (the ``final-state`` marker's, else its last event
     carrying NVM) has a complete and verified active image, and its journal is empty or names
     an execution that still exists: listed in ``final-state.executions`` (without a final
-    state: not deleted by the service). The journal of a device powered off to the end is not
-    judged (it never got the chance to clear it: notice judges whether it should have before
-    its power-off); its image is."""
+    state: not deleted by the service), and, for a reused jobId, of its current incarnation
+    (a journal whose document digest is an earlier incarnation's names a deleted execution
+    that happens to share its jobId and execution number). The journal of a device powered
+    off to the end is not judged (it never got the chance to clear it: notice judges whether
+    it should have before its power-off); its image is."""
     violations, notes = [], []
     final = tl.final_state
     if final is None:
@@ -73,7 +75,10 @@ def valid_end(tl: Timeline, b: Budgets) -> InvariantResult:
             else:
                 key = (thing, journal, tl.current_incarnation(journal))
                 exists = not any(r.operation == "deleted" for r in tl.removals_of(key, number))
-            if not exists:
+            if exists and _earlier_incarnation(tl, journal, nvm.get("journalDocumentDigest")):
+                problem = (f"journal names {label(journal, number)} of an earlier incarnation "
+                           f"of the jobId (deleted; its document is not the current one's)")
+            elif not exists:
                 problem = f"journal names {label(journal, number)}, which no longer exists"
         if problem is not None:
             violations.append(Violation(
@@ -82,6 +87,19 @@ def valid_end(tl: Timeline, b: Budgets) -> InvariantResult:
                 time=source.time if source else None,
                 message=f"{thing} ends in an invalid state: {problem}", evidence=quote(source)))
     return result(tl, "valid-end", violations, cases, notes)
+
+
+def _earlier_incarnation(tl: Timeline, job_id: str, digest: object) -> bool:
+    """Does a journal's document digest name an incarnation of the jobId before the current
+    one (the current CreateJob carried another document, an earlier one this)?"""
+    if not isinstance(digest, str):
+        return False
+    creates = [c for c in tl.creates if c.job_id == job_id and c.digest is not None]
+    if len(creates) < 2:
+        return False
+    current = max(creates, key=lambda c: c.incarnation)
+    return digest != current.digest and any(c.digest == digest for c in creates
+                                             if c.incarnation < current.incarnation)
 
 
 def consistent(tl: Timeline, b: Budgets) -> InvariantResult:
