@@ -72,6 +72,8 @@ def compute(tl: Timeline, budgets: Budgets) -> Metrics:
         duration_seconds=duration,
         terminal_updates=terminal_updates,
         executions_per_second=terminal_updates / duration if duration > 0 else 0.0,
+        targeted=len(tl.targeted),
+        mid_step=len({c.execution.thing_name for c in notice_cases(tl, budgets)}),
         requests=len(tl.requests), replies=replies, accepted=accepted,
         rejections_by_code=dict(sorted(rejections.items())))
 

@@ -179,6 +179,10 @@ class Metrics:
     duration_seconds: float = 0.0
     terminal_updates: int = 0
     executions_per_second: float = 0.0
+    #: devices targeted by the drill's jobs, and how many of them were executing an
+    #: execution when it was removed (the judged notice cases)
+    targeted: int = 0
+    mid_step: int = 0
     requests: int = 0
     replies: int = 0
     accepted: int = 0

@@ -69,6 +69,9 @@ def terminal(verdict: Verdict) -> str:
     codes = ", ".join(f"{k}={v}" for k, v in m.rejections_by_code.items()) or "none"
     lines += [
         "",
+        f"mid-step at removal {m.mid_step} of {m.targeted} targeted devices"
+        f" ({m.mid_step / m.targeted:.0%})" if m.targeted else
+        "mid-step at removal 0 (no device targeted)",
         f"detection latency   {_dist(m.detection_latency)}",
         f"recovery time       {_dist(m.recovery_time)}",
         f"request round trip  {_dist(m.round_trip)}",
