@@ -578,7 +578,8 @@ def test_reuse_fails_when_a_rebooted_device_resumes_the_old_document_on_the_new_
     # No job_started in the new incarnation: only its updates, which the new execution
     # accepted, show that it applied the old document to it.
     verdict = check(drill(powered_off="confused"), Budgets())
-    assert failed(verdict) == {"reuse", "progress"}
+    # and notice: a confused device never learns it lost the old execution
+    assert failed(verdict) == {"reuse", "progress", "notice"}
     [v] = verdict.result("reuse").violations
     assert (v.thing_name, v.job_id) == ("dev-0002", "rollout-1")
     assert "applied the old document" in v.message
@@ -610,7 +611,8 @@ def test_the_recorded_reuse_confused_history_fails_reuse() -> None:
 
     ops = history.read(Path(__file__).parent / "histories" / "reuse-confused.jsonl")
     verdict = check(ops, Budgets())
-    assert failed(verdict) == {"reuse", "progress"}
+    # and notice: a confused device never learns it lost the old execution
+    assert failed(verdict) == {"reuse", "progress", "notice"}
     powered_off = set(next(op for op in ops if op.f == "power-off").value["things"])
     reuse = verdict.result("reuse")
     assert {(v.thing_name, v.job_id) for v in reuse.violations} == {
@@ -625,6 +627,7 @@ def test_the_recorded_reuse_confused_history_fails_reuse() -> None:
 
 def test_reuse_fails_when_a_device_ignores_the_new_execution_as_a_duplicate() -> None:
     verdict = check(drill(ignores_reused_job=True), Budgets())
+    # and notice: a confused device never learns it lost the old execution
     assert failed(verdict) == {"reuse", "progress"}  # progress: never terminal, unavoidably
     thing, job, message = violation(verdict, "reuse")
     assert (thing, job) == ("dev-0001", "rollout-1")
@@ -831,11 +834,24 @@ def test_resuming_from_the_journal_right_after_power_on_is_no_zombie_nor_stale()
              state=nvm(journal="ota-1", number=1, digest=d))
     h.request(23.06, "dev-0001", "UpdateJobExecution", "ota-1",
               {"status": "IN_PROGRESS", "expectedVersion": 3}, code="ResourceNotFound")
+    h.device(23.08, "dev-0001", "lost_access", job="ota-1", n=1, reason="ResourceNotFound",
+             state=nvm(journal="ota-1", number=1, digest=d))
     verdict = check(power_cut_drill(lost=None, end=26.0) + h.ops, Budgets())
     assert verdict.result("no-zombie").passed
     assert not [v for v in verdict.result("consistent").violations
                 if "after the service deleted it" in v.message]
-    assert verdict.result("notice").passed  # its deadline (28 s) is past the end
+    assert verdict.result("notice").passed  # noticed on the rejection
+
+
+def test_a_settled_drill_judges_a_device_that_never_noticed_before_its_deadline() -> None:
+    # the same device, but it never records lost_access: the drill settled (it reached its
+    # end markers), so nothing more was going to happen before the deadline (28 s)
+    verdict = check(power_cut_drill(lost=None, end=26.0), Budgets())
+    notice = verdict.result("notice")
+    assert not notice.passed
+    assert "before the drill ended, settled" in notice.violations[0].message
+    unsettled = [op for op in power_cut_drill(lost=None, end=26.0) if op.f != "end"]
+    assert check(unsettled, Budgets()).result("notice").passed  # not judged, not counted
 
 
 def test_power_spells_pair_each_power_off_with_the_next_power_on_of_that_device() -> None:

@@ -45,3 +45,11 @@ def clock(tl: Timeline, thing: str, time: float, budget: float) -> float:
 
 def powered_off_for_good(tl: Timeline, things: Iterable[str]) -> str:
     return ", ".join(sorted({t for t in things if tl.off_for_good(t) is not None}))
+
+
+def settled(tl: Timeline) -> bool:
+    """Did the drill reach its end settled (its ``end`` and ``final-state`` markers, and no
+    ``timeout``, ``stalled`` or ``interrupted`` one)? Then nothing more was going to happen:
+    a deadline past the end of the history can be judged by what had happened."""
+    return tl.final_state is not None and "end" in tl.markers and not any(
+        m in tl.markers for m in ("timeout", "stalled", "interrupted"))

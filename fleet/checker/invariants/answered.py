@@ -22,7 +22,9 @@ def answered(tl: Timeline, b: Budgets) -> InvariantResult:
     a token count as one request sent that many times). A request whose
     reply window (``reply_timeout_seconds``) meets a ``broker-outage`` or ``service-outage``
     marker may instead be retried: a later request of the same thing, operation and jobId,
-    with a new token, that was answered. A request whose device the drill powered off within
+    with a new token, that was answered; and it may get more replies than it was sent (a
+    broker killed and restored from its last save delivers the request again). A request
+    whose device the drill powered off within
     its reply window needs no reply (the device lost its RAM, the request with it). The whole
     history is judged, to its end: a drill waits for the replies to its last requests before
     it ends (its ``drain``), and a reply the history lacks is a reply missing.
@@ -31,7 +33,7 @@ def answered(tl: Timeline, b: Budgets) -> InvariantResult:
     cases: list[str | None] = []
     timeout = b.reply_timeout_seconds
     groups: dict[tuple[str, str, str], list[Request]] = defaultdict(list)
-    untracked = cut_off = 0
+    untracked = cut_off = redelivered = 0
     for q in tl.requests:
         if q.client_token is None:
             untracked += 1
@@ -39,7 +41,9 @@ def answered(tl: Timeline, b: Budgets) -> InvariantResult:
             groups[(q.thing_name, q.f, q.client_token)].append(q)
     for same in groups.values():
         replies = [o for q in same for o in q.replies]
-        if len(replies) > len(same):
+        if len(replies) > len(same) and _covered(tl, same[0], timeout):
+            redelivered += 1  # a crashed broker restored the request and delivered it again
+        elif len(replies) > len(same):
             violations.append(_answer_violation(
                 same[0], f"got {len(replies)} replies to {len(same)} request(s)",
                 [o for q in same for o in (q.op, *q.replies)]))
@@ -56,6 +60,10 @@ def answered(tl: Timeline, b: Budgets) -> InvariantResult:
             violations.append(_answer_violation(q, "got no reply" + outage, [q.op]))
     if untracked:
         notes.append(f"{untracked} requests without clientToken could not be matched")
+    if redelivered:
+        notes.append(f"{redelivered} requests got more replies than they were sent within a "
+                     f"broker outage (a broker restored from its last save delivers them "
+                     f"again: at least once)")
     if cut_off:
         notes.append(f"{cut_off} requests without a reply were cut off by their device's "
                      f"power-off")

@@ -18,6 +18,7 @@ from fleet.checker.invariants._common import (
     powered_off_for_good,
     quote,
     result,
+    settled,
 )
 from fleet.checker.model import Budgets, InvariantResult, Violation
 from fleet.checker.timeline import (
@@ -37,7 +38,10 @@ def notice(tl: Timeline, b: Budgets) -> InvariantResult:
     it noticed and before the deadline, the clock starts again at its power-on. A device
     that finished first (``job_finished``, or the service accepting its terminal update,
     before the removal) is exempt; a device never reachable again (never powered on again)
-    and a deadline past the end of the history are not judged, and not counted as cases.
+    and a deadline past the end of an unsettled history are not judged, and not counted as
+    cases; in a settled history (the drill reached its end with no timeout, stall or
+    interrupt: every device idle) a device that has not noticed by the end never will, and
+    fails.
     Detection latency = ``lost_access`` time - that start of the clock (at least 0)."""
     violations, notes = [], []
     cases = notice_cases(tl, b)
@@ -52,14 +56,16 @@ def notice(tl: Timeline, b: Budgets) -> InvariantResult:
     judged: list[str | None] = []
     for c in cases:
         e, lost = c.execution, c.execution.lost_access
-        if lost is None and c.deadline > tl.end:
+        if lost is None and c.deadline > tl.end and not settled(tl):
             notes.append("some notice deadlines fall after the end of the history: those "
                          "cases are not judged (nor counted)")
             continue
         judged.append(e.thing_name)
         if lost is not None and lost.time <= c.deadline:
             continue
-        what = "never recorded lost_access" if lost is None else \
+        what = ("never recorded lost_access" + (" before the drill ended, settled"
+                                                 if c.deadline > tl.end else "")) \
+            if lost is None else \
             f"recorded lost_access {lost.time - c.since:.3f}s after"
         violations.append(Violation(
             invariant="notice", thing_name=e.thing_name, job_id=e.job_id, time=c.deadline,

@@ -26,7 +26,9 @@ def service(tl: Timeline, b: Budgets) -> InvariantResult:
     """service: (1) job events never show more than 10 jobs between ``deletion_in_progress``
     and ``deleted`` at once; (2) no ``UpdateJobExecution`` is accepted (ok reply) after the
     service removed that execution (its removal event, or, with jobs events off, the
-    ``notify-next`` that followed the controller's force call); (3) ``final-state`` lists no
+    ``notify-next`` that followed the controller's force call) -- an update the jobId's next
+    incarnation accepted (created between request and reply) is a device's zombie, judged by
+    no-zombie and reuse; (3) ``final-state`` lists no
     execution of a job whose deletion completed (its ``deleted`` job event, or the
     controller's DescribeJob answering ResourceNotFound after its DeleteJob) and that was not
     created again; (4) the ``versionNumber`` the service publishes for one execution (thing,
@@ -58,6 +60,8 @@ def service(tl: Timeline, b: Budgets) -> InvariantResult:
         for reply in q.replies:
             if reply.type is not OpType.OK:
                 continue
+            if tl.incarnation(q.job_id, reply.time) != q.incarnation:
+                continue  # the jobId was created again meanwhile: the new execution took it
             cases.append(q.thing_name)
             number = as_int(q.payload.get("executionNumber"))
             if number is None:
