@@ -39,7 +39,8 @@ def distribution(seconds: Iterable[float]) -> Distribution:
 
 
 def compute(tl: Timeline, budgets: Budgets) -> Metrics:
-    detection = [c.latency for c in notice_cases(tl, budgets)]
+    held = notice_cases(tl, budgets)
+    detection = [c.latency for c in held]
     recovery = [c.time for c in recovery_cases(tl, budgets)]
     round_trips = []
     terminal_updates = 0
@@ -73,7 +74,7 @@ def compute(tl: Timeline, budgets: Budgets) -> Metrics:
         terminal_updates=terminal_updates,
         executions_per_second=terminal_updates / duration if duration > 0 else 0.0,
         targeted=len(tl.targeted),
-        mid_step=len({c.execution.thing_name for c in notice_cases(tl, budgets)}),
+        mid_step=len({c.execution.thing_name for c in held}),
         requests=len(tl.requests), replies=replies, accepted=accepted,
         rejections_by_code=dict(sorted(rejections.items())))
 

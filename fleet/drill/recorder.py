@@ -47,8 +47,6 @@ class Recorder:
                  filters: Sequence[str] = BROKER_FILTERS) -> None:
         self.ops: list[Op] = []
         self._filters = list(filters)
-        #: requests still waiting for a reply, per worker, from its latest progress batch
-        self.worker_unanswered: dict[str, int] = {}
         self._listener = listener
         self._broker, self._now, self._client_id = broker, now, client_id
         self._pump = Pump(on_failure=on_failure)
@@ -109,8 +107,7 @@ class Recorder:
         batch = progress_ops(payload)
         if batch is None:
             return
-        worker, ops, unanswered = batch
-        self.worker_unanswered[worker] = unanswered
+        _, ops, _ = batch
         self._tell(ops)
 
     def _tell(self, ops: Iterable[Op]) -> None:
