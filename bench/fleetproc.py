@@ -23,6 +23,7 @@ from typing import Any
 from bench import control, procinfo
 from bench.pauses import Pauses
 from devicesim.engine import Fleet, FleetConfig
+from devicesim.loop import run_main
 from fleet.broker import BrokerAddress
 
 POLL = 0.02
@@ -97,7 +98,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
     control.child_logging()
-    asyncio.run(run(parser.parse_args()))
+    run_main(run(parser.parse_args()))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 from bench import control, procinfo
+from devicesim.loop import run_main
 from devicesim.mqtt import Client, ClientOptions, Pump
 from devicesim.wire import topics
 from fleet.broker import BrokerAddress
@@ -200,7 +201,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen")
     parser.add_argument("--broker", required=True)
     control.child_logging()
-    asyncio.run(run(parser.parse_args()))
+    run_main(run(parser.parse_args()))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import Any
 
 from bench import control, procinfo
 from bench.pauses import Pauses
+from devicesim.loop import run_main
 from devicesim.wire import topics
 from fleet.broker import BrokerAddress
 from fleet.service.errors import ResourceNotFoundException
@@ -160,7 +161,7 @@ def main() -> None:
                         default=ServiceSettings().deletion_seconds_per_execution)
     parser.add_argument("--seed", type=int, default=1)
     control.child_logging()
-    asyncio.run(run(parser.parse_args()))
+    run_main(run(parser.parse_args()))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from typing import Any
 from devicesim import __version__
 from devicesim.behaviours import resolve
 from devicesim.engine import Fleet, FleetConfig, FleetStartError, describe, worker_ranges
+from devicesim.loop import run_main
 from devicesim.mqtt import MqttError
 from devicesim.recording import HistoryPart, ProgressFeed
 from devicesim.wire.history import Op
@@ -116,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--history", type=Path, metavar="PATH",
                      help="record this process's part of a drill's history (JSON Lines): "
                           "every request, reply, push and device event of its devices")
+    run.add_argument("--no-event-topic", action="store_true",
+                     help="do not publish device events on devicesim/THING/events (a drill's "
+                          "workers record them in --history and --worker-id batches instead)")
     run.add_argument("--worker-id", metavar="ID",
                      help="publish compact progress batches on devicesim/workers/ID/progress "
                           "for a drill's live view")
@@ -138,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if workers > 1:
         return _run_workers(args, config, workers)
     try:
-        return asyncio.run(_run(config, args))
+        return run_main(_run(config, args))
     except KeyboardInterrupt:
         return 130
 
@@ -170,8 +174,8 @@ def _config(args: argparse.Namespace) -> tuple[FleetConfig, int]:
     if args.summary is not None and not args.summary.parent.is_dir():
         raise ValueError(f"--summary: no directory {str(args.summary.parent)!r}")
     return FleetConfig(host=host, port=port, prefix=args.prefix, count=count, start=start,
-                       total=total, mix=mix, seed=args.seed, state_dir=args.state_dir
-                       ), args.workers
+                       total=total, mix=mix, seed=args.seed, state_dir=args.state_dir,
+                       publish_events=not args.no_event_topic), args.workers
 
 
 def _run_workers(args: argparse.Namespace, config: FleetConfig, workers: int) -> int:
@@ -188,6 +192,8 @@ def _run_workers(args: argparse.Namespace, config: FleetConfig, workers: int) ->
         base += ["--state-dir", str(args.state_dir)]
     if args.duration:
         base += ["--duration", str(args.duration)]
+    if args.no_event_topic:
+        base += ["--no-event-topic"]
     ranges = worker_ranges(config.start, config.count, workers)
     parts = [None if args.summary is None else Path(f"{args.summary}.w{w}")
              for w in range(len(ranges))]

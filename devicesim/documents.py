@@ -15,6 +15,7 @@ and reports FAILED. ``jitter`` (optional, 0 <= jitter < 1, both operations) spre
 out: each device runs the job's steps at its own seeded pace, between ``1 - jitter`` and
 ``1 + jitter`` times the given durations. ``sleep`` has one step named ``sleep``;
 ``seconds`` defaults to 1.0.
+:func:`stretched` multiplies a document's durations (a drill paces a bigger fleet with it).
 Unknown keys are ignored. Anything else raises :class:`DocumentError`, whose ``reason`` the
 agent reports as ``statusDetails.reason`` of a REJECTED update.
 
@@ -127,6 +128,22 @@ def _firmware_update(doc: dict[str, Any]) -> FirmwareUpdate:
         raise DocumentError(f"failAtStep must be one of {', '.join(STEP_NAMES)}")
     return FirmwareUpdate(version=version, steps=steps, fail_at_step=fail_at,
                           jitter=_jitter(doc))
+
+
+def stretched(doc: Any, factor: float) -> Any:
+    """``doc`` with every duration ``factor`` times as long (defaults written out); a
+    document the devices cannot execute is returned as it is, to be rejected as it is."""
+    try:
+        plan = parse(doc)
+    except DocumentError:
+        return doc
+    out = dict(doc)
+    if isinstance(plan, Sleep):
+        out["seconds"] = min(MAX_SECONDS, plan.seconds * factor)
+    else:
+        out["steps"] = [{"name": s.name, "seconds": min(MAX_SECONDS, s.seconds * factor)}
+                        for s in plan.steps]
+    return out
 
 
 def _jitter(doc: dict[str, Any]) -> float:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from devicesim.wire.history import Op
+from devicesim.wire.history import Op, bulk
 from fleet.checker import grading, invariants, metrics, timeline
 from fleet.checker.model import (
     INVARIANTS,
@@ -38,8 +38,9 @@ def check(ops: Sequence[Op], budgets: Budgets | None = None,
     """Judge a history: one graded result per invariant (in :data:`INVARIANTS` order) and
     metrics. ``requirements`` default to those the history's ``start`` marker records."""
     budgets = budgets or Budgets()
-    tl = timeline.build(ops)
-    needs = requirements or tl.requirements
-    results = [grading.grade(fn(tl, budgets), tl, needs) for _, fn in invariants.ALL]
-    return Verdict(results=results, metrics=metrics.compute(tl, budgets),
-                   status=grading.overall(results))
+    with bulk():
+        tl = timeline.build(ops)
+        needs = requirements or tl.requirements
+        results = [grading.grade(fn(tl, budgets), tl, needs) for _, fn in invariants.ALL]
+        return Verdict(results=results, metrics=metrics.compute(tl, budgets),
+                       status=grading.overall(results))

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from devicesim.loop import run_main
 from devicesim.wire import history
 from fleet.broker import BrokerError, find_mosquitto
 from fleet.checker import Budgets, Status, check
@@ -88,10 +89,10 @@ def _drill_from(args: argparse.Namespace) -> spec.Drill:
         if args.timeout <= 0:
             raise ValueError("--timeout: must be positive")
         changes["timeout"] = args.timeout
-    elif args.devices is not None and args.devices > drill.devices:
-        # the drill's timeout is for its own fleet size: a bigger fleet gets proportionally
-        # more (a safety limit, not the expected duration)
-        changes["timeout"] = drill.timeout * args.devices / drill.devices
+    elif args.devices is not None:
+        # the timeout stretches with every other duration of a drill paced for a bigger fleet
+        changes["timeout"] = drill.timeout * dataclasses.replace(
+            drill, devices=args.devices).pace
     if args.stall_seconds is not None:
         if args.stall_seconds <= 0:
             raise ValueError("--stall-seconds: must be positive")
@@ -115,8 +116,9 @@ def run_drill(args: argparse.Namespace) -> int:
     report_dir = args.report_dir or Path("reports") / drill.name
     mix = drill.mix or {drill.behaviour: 1.0}
     print(f"drill {drill.name}: {drill.devices} devices "
-          f"({', '.join(f'{k}={v:g}' for k, v in mix.items())}), seed {drill.seed}",
-          flush=True)
+          f"({', '.join(f'{k}={v:g}' for k, v in mix.items())}), seed {drill.seed}"
+          + (f"; durations x{drill.pace:g} (paced for {drill.paced_for} devices)"
+             if drill.pace > 1 else ""), flush=True)
     began = time.monotonic()
 
     def status(text: str) -> None:
@@ -124,7 +126,7 @@ def run_drill(args: argparse.Namespace) -> int:
 
     interrupt = Interrupt()
     try:
-        result = asyncio.run(_run_interruptible(drill, RunOptions(
+        result = run_main(_run_interruptible(drill, RunOptions(
             broker_url=args.broker, workers=args.workers, report_dir=report_dir,
             status=status, interrupt=interrupt)))
     except asyncio.CancelledError:  # a second signal: cleanup cut short, nothing written

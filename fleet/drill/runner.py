@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from devicesim.documents import stretched
 from devicesim.engine import Fleet, FleetConfig, assign_behaviours, worker_ranges
 from devicesim.recording import PROGRESS_FILTER, in_device_history
 from devicesim.wire import history
@@ -226,7 +227,8 @@ class _Run:
         self.mark("start", drill=drill.name, seed=drill.seed, devices=drill.devices,
                   mix=mix, broker=self.address.url, endpoint=self.service.endpoint,
                   behaviours=assign_behaviours(self.things, mix, drill.seed),
-                  requirements=drill.checks.to_json(), workers=max(1, self.options.workers))
+                  requirements=drill.checks.to_json(), workers=max(1, self.options.workers),
+                  pace=drill.pace)
         await self.start_fleet(mix)
 
     async def ready(self) -> None:
@@ -245,7 +247,8 @@ class _Run:
         if workers == 1:
             self.fleet = Fleet(FleetConfig(host=self.address.host, port=self.address.port,
                                            prefix=drill.prefix, count=drill.devices, mix=mix,
-                                           seed=drill.seed), on_failure=self.fail,
+                                           seed=drill.seed, publish_events=False),
+                               on_failure=self.fail,
                                record=self.record_device)
             await self.fleet.start()
             return
@@ -258,7 +261,8 @@ class _Run:
                 "--prefix", drill.prefix, "--count", str(count), "--start", str(start),
                 "--total", str(drill.devices), "--mix", mix_arg, "--seed", str(drill.seed),
                 "--summary", str(summary), "--history", str(self.workdir / f"history-{w}.jsonl"),
-                "--worker-id", str(w), "--quiet", stdin=asyncio.subprocess.DEVNULL))
+                "--worker-id", str(w), "--no-event-topic", "--quiet",
+                stdin=asyncio.subprocess.DEVNULL))
 
     async def stop(self) -> None:
         if self.fleet is not None:
@@ -309,7 +313,8 @@ class _Run:
                     self.fail(where, RuntimeError(str(line)))
                 self.unanswered += int(data.get("unanswered", 0))
                 part = data["history"]
-                merged = self.recorder.merge(Path(part["path"]))
+                with history.bulk():
+                    merged = self.recorder.merge(Path(part["path"]))
                 if merged != part["ops"]:
                     self.fail(where, RuntimeError(
                         f"its history part holds {merged} ops; it wrote {part['ops']}"))
@@ -358,9 +363,9 @@ class _Run:
             when = step.when
             self.waiting_for = f"step {index + 1} ({step.action} {step.job or ''}".rstrip() + \
                 f") to become due: {_describe(when)}"
-            at = None if when.at is None else self.started + when.at
+            at = None if when.at is None else self.started + when.at * self.drill.pace
             await self.until(lambda s=step: self.progress.reached(  # type: ignore[misc]
-                s.when, s.job, time.time() - self.started), at)
+                s.when, s.job, (time.time() - self.started) / self.drill.pace), at)
             self.status(f"step {index + 1}/{len(self.drill.steps)}: {step.action} "
                         f"{step.job or ''}")
             await self.act(step, controller)
@@ -384,7 +389,9 @@ class _Run:
             extra: dict[str, Any] = {}
             if step.timeout_minutes is not None:
                 extra["timeoutConfig"] = {"inProgressTimeoutInMinutes": step.timeout_minutes}
-            await controller.create_job(job, targets, step.document, **extra)
+            document = step.document if self.drill.pace == 1 else \
+                stretched(step.document, self.drill.pace)
+            await controller.create_job(job, targets, document, **extra)
         elif action in ("force-delete-job", "delete-job", "force-delete-jobs"):
             jobs = list(step.jobs) or ([job] if job is not None else [])
             before = {j: self.progress.deletions[j] for j in jobs}
@@ -556,11 +563,12 @@ async def run(drill: Drill, options: RunOptions) -> DrillResult:
                 run_.mark("recorder-stats", **run_.recorder.stats())
             await run_.stop()
         assert run_.recorder is not None
-        ops = sorted(run_.recorder.ops, key=lambda op: op.time)
-        report_dir.mkdir(parents=True, exist_ok=True)
-        history_path = report_dir / "history.jsonl"
-        with history_path.open("w", encoding="utf-8") as out:
-            history.write(ops, out)
-        verdict = check(ops, drill.budgets)
+        with history.bulk():
+            ops = sorted(run_.recorder.ops, key=lambda op: op.time)
+            report_dir.mkdir(parents=True, exist_ok=True)
+            history_path = report_dir / "history.jsonl"
+            with history_path.open("w", encoding="utf-8") as out:
+                history.write(ops, out)
+            verdict = check(ops, drill.budgets)
         return DrillResult(verdict=verdict, history_path=history_path, ops=ops,
                            timed_out=timed_out, interrupted=interrupted)

@@ -10,6 +10,7 @@ the broker. See docs/drills.md ("Drill files") for the full format; in short::
     behaviour = "reference"            # or: [mix] reference = 0.9, stuck = 0.1
     seed = 1
     timeout = 45                       # seconds for the whole schedule to settle
+    paced_for = 1000                   # durations are for this many devices (default: devices)
     stall_seconds = 10                 # stop when nothing at all happens for this long
 
     [budgets]                          # checker budgets (seconds)
@@ -97,16 +98,22 @@ class Step:
     when: When = field(default_factory=When)
 
 
+DEFAULT_DEVICES = 100
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Drill:
     name: str
     description: str = ""
-    devices: int = 100
+    devices: int = DEFAULT_DEVICES
     behaviour: str = "reference"
     mix: dict[str, float] = field(default_factory=dict)
     seed: int = 1
     prefix: str = "dev-"
     timeout: float = 60.0
+    #: the fleet size the schedule's durations are written for (a drill file: its
+    #: ``devices`` unless it says otherwise); see :attr:`pace`
+    paced_for: int | None = None
     #: a drill in which nothing is recorded for this long (while it waits for the fleet, not
     #: for a time) stops and says what it was waiting for
     stall_seconds: float = 10.0
@@ -116,6 +123,15 @@ class Drill:
     checks: Requirements = field(default_factory=lambda: Requirements(notice_fraction=0.2))
     service: ServiceSettings = field(default_factory=ServiceSettings)
     steps: tuple[Step, ...] = ()
+
+    @property
+    def pace(self) -> float:
+        """How many times longer every duration of the schedule runs (job documents' steps,
+        ``at`` times, the timeout): ``devices / paced_for`` for a fleet bigger than the one
+        the drill was paced for, else 1. The devices then send their requests over a
+        proportionally longer time: the service sees the request rate the drill was written
+        for, and the same share of the fleet is mid-step at a removal, whatever the size."""
+        return max(1.0, self.devices / (self.paced_for or self.devices))
 
 
 def builtin_names() -> list[str]:
@@ -172,16 +188,19 @@ class _Parser:
 
     def drill(self, raw: dict[str, Any]) -> Drill:
         self.pick(raw, "", {"name", "description", "devices", "behaviour", "mix", "seed",
-                            "prefix", "timeout", "stall_seconds", "budgets", "checks", "service",
-                            "steps"})
+                            "prefix", "timeout", "paced_for", "stall_seconds", "budgets",
+                            "checks", "service", "steps"})
         kwargs: dict[str, Any] = {"name": self.typed(raw.get("name", self.source), str, "name")}
         for key, kind in (("description", str), ("behaviour", str), ("prefix", str),
                           ("devices", int), ("seed", int), ("timeout", float),
-                          ("stall_seconds", float)):
+                          ("paced_for", int), ("stall_seconds", float)):
             if key in raw:
                 kwargs[key] = self.typed(raw[key], kind, key)
         if kwargs.get("devices", 1) < 1:
             raise self.fail("devices", "expected at least 1")
+        if kwargs.get("paced_for", 1) < 1:
+            raise self.fail("paced_for", "expected at least 1")
+        kwargs.setdefault("paced_for", kwargs.get("devices", DEFAULT_DEVICES))
         if kwargs.get("stall_seconds", 1.0) <= 0:
             raise self.fail("stall_seconds", "expected a positive number of seconds")
         if "mix" in raw:

@@ -16,7 +16,6 @@ committed transaction).
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -27,6 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from devicesim.wire import topics
 from devicesim.wire.codec import dumps
@@ -208,7 +209,7 @@ class JobsStore:
         return Execution(
             job_id=row["job_id"], thing_name=row["thing_name"],
             execution_number=row["execution_number"], status=X(row["status"]),
-            status_details=json.loads(row["status_details"]), queued_at=row["queued_at"],
+            status_details=orjson.loads(row["status_details"]), queued_at=row["queued_at"],
             started_at=row["started_at"], last_updated_at=row["last_updated_at"],
             version_number=row["version_number"], force_canceled=bool(row["force_canceled"]),
             step_deadline=row["step_deadline"], in_progress_deadline=row["in_progress_deadline"],
@@ -218,7 +219,7 @@ class JobsStore:
         return Job(
             job_id=row["job_id"], job_arn=self.job_arn(row["job_id"]), status=J(row["status"]),
             document=row["document"], description=row["description"],
-            target_selection=row["target_selection"], targets=tuple(json.loads(row["targets"])),
+            target_selection=row["target_selection"], targets=tuple(orjson.loads(row["targets"])),
             created_at=row["created_at"], last_updated_at=row["last_updated_at"],
             completed_at=row["completed_at"], force_canceled=bool(row["force_canceled"]),
             reason_code=row["reason_code"], comment=row["comment"],
@@ -265,7 +266,7 @@ class JobsStore:
                                (job_id,)).fetchone()
         if row is None:
             return None
-        document: dict[str, Any] = json.loads(row[0])
+        document: dict[str, Any] = orjson.loads(row[0])
         self._documents[job_id] = document
         return document
 
@@ -290,8 +291,9 @@ class JobsStore:
             "UPDATE executions SET status = ?, status_details = ?, started_at = ?,"
             " last_updated_at = ?, version_number = ?, force_canceled = ?, step_deadline = ?,"
             " in_progress_deadline = ?, deadline = ? WHERE thing_name = ? AND job_id = ?",
-            (e.status.value, json.dumps(e.status_details), e.started_at, e.last_updated_at,
-             e.version_number, int(e.force_canceled), e.step_deadline, e.in_progress_deadline,
+            (e.status.value, orjson.dumps(e.status_details).decode(), e.started_at,
+             e.last_updated_at, e.version_number, int(e.force_canceled), e.step_deadline,
+             e.in_progress_deadline,
              None if e.status.is_terminal else e.deadline, e.thing_name, e.job_id))
 
     def _write_execution(self, e: Execution) -> None:
@@ -299,8 +301,9 @@ class JobsStore:
             f"INSERT OR REPLACE INTO executions ({_EXECUTION_COLUMNS}, deadline) VALUES"
             " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (e.job_id, e.thing_name, e.execution_number, e.status.value,
-             json.dumps(e.status_details), e.queued_at, e.started_at, e.last_updated_at,
-             e.version_number, int(e.force_canceled), e.step_deadline, e.in_progress_deadline,
+             orjson.dumps(e.status_details).decode(), e.queued_at, e.started_at,
+             e.last_updated_at, e.version_number, int(e.force_canceled), e.step_deadline,
+             e.in_progress_deadline,
              e.sweep_at, e.seq, None if e.status.is_terminal else e.deadline))
 
     def _change_execution(self, e: Execution, status: X, *, details: dict[str, str] | None,
@@ -374,7 +377,7 @@ class JobsStore:
     def _load_event_configurations(self) -> dict[str, bool]:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'events'").fetchone()
         default = self.settings.job_events
-        stored = json.loads(row[0]) if row else {}
+        stored = orjson.loads(row[0]) if row else {}
         return {"JOB": stored.get("JOB", default),
                 "JOB_EXECUTION": stored.get("JOB_EXECUTION", default)}
 
@@ -385,7 +388,7 @@ class JobsStore:
         config = dict(self._events)
         config.update({k: v for k, v in enabled.items() if k in config})
         self._db.execute("INSERT OR REPLACE INTO meta VALUES ('events', ?)",
-                         (json.dumps(config),))
+                         (orjson.dumps(config).decode(),))
         self._events = config
 
     def _event_id(self) -> str:
@@ -409,7 +412,7 @@ class JobsStore:
                                          "deletion_in_progress"):
             payload["comment"] = job.comment
         payload.update(extra or {})
-        self._emit(topics.job_event(job_id, operation), json.dumps(payload).encode())
+        self._emit(topics.job_event(job_id, operation), orjson.dumps(payload))
 
     def _execution_event(self, e: Execution, operation: str) -> None:
         if not self._events["JOB_EXECUTION"]:
@@ -420,7 +423,7 @@ class JobsStore:
                    "status": operation.upper() if operation == "deleted" else e.status.value,
                    "statusDetails": e.status_details,
                    "executionNumber": e.execution_number, "versionNumber": e.version_number}
-        self._emit(topics.execution_event(e.job_id, operation), json.dumps(payload).encode())
+        self._emit(topics.execution_event(e.job_id, operation), orjson.dumps(payload))
 
     # -- control plane: jobs -------------------------------------------------------------
 
@@ -445,7 +448,7 @@ class JobsStore:
             self._db.execute(
                 "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, 0, NULL, NULL, ?, ?, ?)",
                 (job_id, J.IN_PROGRESS.value, document, description, target_selection,
-                 json.dumps(list(targets)), now, now, in_progress_timeout_minutes,
+                 orjson.dumps(list(targets)).decode(), now, now, in_progress_timeout_minutes,
                  namespace_id, self._next_seq()))
             for thing in things:
                 self._write_execution(Execution(

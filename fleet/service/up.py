@@ -23,6 +23,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from devicesim.loop import run_main
 from fleet.broker import BrokerAddress, BrokerError, EmbeddedBroker, probe
 from fleet.service.settings import ServiceSettings
 from fleet.service.shell import JobsService, ServiceConfig
@@ -81,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    return asyncio.run(_serve(args, settings))
+    return run_main(_serve(args, settings))
 
 
 async def _serve(args: argparse.Namespace, settings: ServiceSettings) -> int:
