@@ -17,6 +17,7 @@ from devicesim.documents import (
     Step,
     document_digest,
     parse,
+    stretched,
 )
 
 
@@ -107,3 +108,35 @@ def test_digest_ignores_key_order(doc: dict[str, Any]) -> None:
     assert document_digest(reordered) == document_digest(doc)
     assert document_digest(doc).startswith("sha256:")
     assert len(document_digest(doc)) == len("sha256:") + 64
+
+
+@pytest.mark.parametrize(("doc", "expected"), [
+    ({"operation": "firmware-update", "version": "2.0.0", "jitter": 0.5,
+      "steps": [{"name": "download", "seconds": 1.0}, {"name": "install", "seconds": 2.0},
+                {"name": "reboot", "seconds": 0.5}, {"name": "verify"}]},
+     FirmwareUpdate(version="2.0.0", jitter=0.5, steps=(
+         Step("download", 10.0), Step("install", 20.0), Step("reboot", 5.0),
+         Step("verify", 1.0)))),
+    ({"operation": "firmware-update", "version": "2.0.0"},  # the default steps, written out
+     FirmwareUpdate(version="2.0.0", steps=(
+         Step("download", 2.0), Step("install", 2.0), Step("reboot", 1.0), Step("verify", 1.0)))),
+    ({"operation": "sleep", "seconds": 0.2}, Sleep(seconds=2.0)),
+    ({"operation": "sleep"}, Sleep(seconds=10.0)),
+])
+def test_stretched_multiplies_every_duration(doc: dict[str, Any], expected: Any) -> None:
+    assert parse(stretched(doc, 10)) == expected
+    assert parse(stretched(doc, 1)) == parse(doc)
+    assert doc == stretched(doc, 1) or "steps" not in doc  # the input is not modified
+
+
+@pytest.mark.parametrize("doc", [
+    {"operation": "firmware-update"}, {"operation": "reboot-now"}, "not a document", None,
+])
+def test_stretched_leaves_an_unusable_document_as_it_is(doc: Any) -> None:
+    # the devices must reject it as the drill wrote it
+    assert stretched(doc, 10) is doc
+
+
+def test_stretched_keeps_durations_within_the_documents_limit() -> None:
+    doc = stretched({"operation": "sleep", "seconds": 80000}, 10)
+    assert parse(doc) == Sleep(seconds=86400.0)

@@ -218,6 +218,32 @@ async def test_workers_summary_reports_the_whole_fleet_assignment(
     assert _names(tmp_path) == ["summary.json"]  # the workers' parts were merged and removed
 
 
+@pytest.mark.broker
+async def test_no_event_topic_records_events_without_publishing_them(
+        broker_address: BrokerAddress, watch: Watch, tmp_path: Path) -> None:
+    # a drill's workers: the history part has every device event, the broker carries none
+    quiet, loud = _prefix("ne"), _prefix("ev")
+    history_path = tmp_path / "part.jsonl"
+    proc = await devicesim_run("--broker", broker_address.url, "--prefix", quiet,
+                               "--count", "2", "--no-event-topic", "--history",
+                               str(history_path), "--duration", "1", "--quiet")
+    async with asyncio.timeout(WAIT):
+        _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    ops = [json.loads(line) for line in history_path.read_text().splitlines()]
+    things = FleetConfig(host="", port=0, prefix=quiet, count=2).thing_names()
+    for thing in things:
+        kinds = [op["f"] for op in ops if op["process"] == thing]
+        assert kinds[0] == "device:connected", kinds
+    # a device started after those exited publishes its events: once they arrive, the
+    # earlier ones would have too
+    control = await devicesim_run("--broker", broker_address.url, "--prefix", loud,
+                                  "--count", "1", "--quiet")
+    await until_each(watch, [f"{loud}0000"], "connected", control)
+    await terminate(control)
+    assert not [op for op in watch.ops if op.process in things and op.f.startswith("device:")]
+
+
 # --- 3. supervised devices -------------------------------------------------------------------
 
 
