@@ -20,7 +20,7 @@ from bench.control import BenchError
 from bench.runner import PHASES, Bench, BenchConfig
 
 QUICK = {"devices": 20, "rt_devices": 20, "seconds": 1.0, "warmup": 0.3, "idle_seconds": 0.5,
-         "light_seconds": 0.3, "raw_messages": 5000}
+         "light_seconds": 0.3, "raw_messages": 5000, "drill_sizes": (40,)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "execution (default: the service's default setting)")
     p.add_argument("--phases", default=",".join(PHASES),
                    help=f"comma-separated subset of {','.join(PHASES)}")
+    p.add_argument("--drill-sizes", help="comma-separated fleet sizes of the drill phase "
+                   "(default 1000,5000,10000; --quick 40)")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="sample the service, load generator and fleet with py-spy into DIR")
     p.add_argument("--keep", action="store_true", help="keep the work dir (broker and child "
@@ -65,6 +67,12 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         values["raw_messages"] = max(5000, min(50_000, int(10_000 * seconds)))
     if args.sweep_step is not None:
         values["sweep_step"] = args.sweep_step
+    if args.drill_sizes is not None:
+        try:
+            values["drill_sizes"] = tuple(int(n) for n in args.drill_sizes.split(",") if n)
+        except ValueError:
+            raise ValueError(f"--drill-sizes: expected sizes like 1000,5000, got "
+                             f"{args.drill_sizes!r}") from None
     phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
     unknown = sorted(set(phases) - set(PHASES))
     if unknown:

@@ -156,6 +156,25 @@ def figures(r: Results) -> list[Figure]:
                             reference_label=f"C 1-device rt {ref_key[6:9]}",
                             target=f"p99 <= {budget:g} ms at {c.devices}" if is_p99 else "",
                             max_value=budget if is_p99 else None))
+    for d in r.drills:
+        n = d["devices"]
+        missing = d["events_missing"]
+        out.append(_fig(f"drill_{n}_wall_s",
+                        f"force-delete drill, {n} devices, {d['workers']} workers: "
+                        f"{d['status']}, {missing} devices missing events", d["wall_seconds"],
+                        "s", target="<= 120 s at 10,000" if n == 10000 else "",
+                        max_value=120.0 if n == 10000 else None))
+        out.append(_fig(f"drill_{n}_notice_cases", "  notice cases", d["notice_cases"],
+                        "cases", reference=n / 5, reference_label="20% of the devices",
+                        target=">= the reference", min_ratio=1.0))
+        out.append(_fig(f"drill_{n}_mid_step_pct", "  mid-step at removal",
+                        100 * d["mid_step_fraction"], "%"))
+        out.append(_fig(f"drill_{n}_detect_p99_ms", "  detection p99",
+                        d["detection_p99_ms"], "ms"))
+        out.append(_fig(f"drill_{n}_round_trip_p99_ms", "  request round trip p99",
+                        d["round_trip_p99_ms"], "ms"))
+        for process, seconds in d["cpu_seconds"].items():
+            out.append(_fig(f"drill_{n}_cpu_{process}_s", f"  CPU of {process}", seconds, "s"))
     return [f for f in out if f is not None]
 
 
@@ -197,7 +216,8 @@ def table(figs: list[Figure]) -> str:
 def to_json(r: Results, figs: list[Figure]) -> dict[str, Any]:
     return {"ratio_definition": RATIO_DEFINITION, "params": r.params, "notes": r.notes,
             "figures": [asdict(f) for f in figs], "reference": r.reference, "jobs": r.jobs,
-            "fleet": r.fleet, "latency": r.latency, "profiles": r.profiles}
+            "fleet": r.fleet, "latency": r.latency, "drills": r.drills,
+            "profiles": r.profiles}
 
 
 def write(path: Path, document: dict[str, Any]) -> None:

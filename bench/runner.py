@@ -18,6 +18,7 @@ from typing import Any
 
 from bench import procinfo, reference
 from bench.control import BenchError, Child
+from bench.drills import run_drill
 from bench.profiling import Sampler, py_spy
 from bench.recorder import DetectionRecorder, distribution
 from fleet.broker import EmbeddedBroker
@@ -25,7 +26,7 @@ from fleet.service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
-PHASES = ("reference", "jobs", "fleet", "latency")
+PHASES = ("reference", "jobs", "fleet", "latency", "drills")
 SLEEP0 = {"operation": "sleep", "seconds": 0}
 WIDTH = 5
 
@@ -43,6 +44,8 @@ class BenchConfig:
     seed: int = 1
     sweep_step: float = ServiceSettings().deletion_seconds_per_execution
     phases: tuple[str, ...] = PHASES
+    #: fleet sizes of the drill phase (``fleet drill force-delete --workers 2``)
+    drill_sizes: tuple[int, ...] = (1000, 5000, 10000)
     profile_dir: Path | None = None
     quick: bool = False
 
@@ -61,6 +64,7 @@ class Results:
     jobs: dict[str, Any] = field(default_factory=dict)
     fleet: dict[str, Any] = field(default_factory=dict)
     latency: dict[str, Any] = field(default_factory=dict)
+    drills: list[dict[str, Any]] = field(default_factory=list)
     profiles: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -129,6 +133,10 @@ class Bench:
             await self.jobs_phase()
         if "fleet" in c.phases or "latency" in c.phases:
             await self.fleet_phases()
+        if "drills" in c.phases:
+            for devices in c.drill_sizes:
+                self.status(f"drill: force-delete, {devices} devices, 2 workers")
+                r.drills.append(await run_drill(devices, 2, c.seed, self.workdir))
         r.params["loadavg_at_end"] = os.getloadavg()
         r.params["seconds_total"] = time.time() - r.params["started"]
         return r

@@ -26,6 +26,9 @@ EXPECTED = {
     "fleet_idle_cpu_pct", "fleet_executions_per_s", "fleet_service_cpu_us_per_exec",
     "fleet_devices_cpu_us_per_exec",
     *(f"detect_{v}_{p}_ms" for v in ("paced", "burst") for p in ("p50", "p95", "p99", "max")),
+    *(f"drill_40_{k}" for k in ("wall_s", "notice_cases", "mid_step_pct", "detect_p99_ms",
+                                "round_trip_p99_ms", "cpu_drill_s", "cpu_worker-0_s",
+                                "cpu_worker-1_s", "cpu_broker_s")),
 }
 
 
@@ -51,6 +54,8 @@ def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
         assert lat["lost_access"] == lat["devices"] == lat["deleted_events"]
     assert doc["fleet"]["execution"]["counts"] == {"SUCCEEDED": doc["params"]["devices"]}
     assert doc["jobs"]["update"]["rejected"] == 0
+    (drill,) = doc["drills"]
+    assert (drill["exit"], drill["status"], drill["events_missing"]) == (0, "PASS", 0), drill
     assert "figure" in proc.stdout  # the table header
 
 
