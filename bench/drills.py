@@ -49,8 +49,8 @@ def _label(pid: int, root: int) -> str:
     text = b" ".join(argv).decode(errors="replace")
     if "mosquitto" in text:
         return "broker"
-    if "devicesim.cli" in text and b"--worker-id" in argv:
-        return f"worker-{argv[argv.index(b'--worker-id') + 1].decode()}"
+    if "devicesim.cli" in text and b"--shard" in argv:
+        return f"worker-{argv[argv.index(b'--shard') + 1].decode().partition('/')[0]}"
     return "other"
 
 

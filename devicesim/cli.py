@@ -32,6 +32,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 import urllib.parse
 from collections import Counter
@@ -42,10 +43,12 @@ from typing import Any
 from devicesim import __version__
 from devicesim.behaviours import resolve
 from devicesim.engine import Fleet, FleetConfig, FleetStartError, describe, worker_ranges
+from devicesim.joining import DrillLink
 from devicesim.loop import run_main
 from devicesim.mqtt import MqttError
 from devicesim.recording import HistoryPart, ProgressFeed
 from devicesim.wire.history import Op
+from devicesim.wire.joining import JoinError, check_session, shard_range
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -64,8 +67,8 @@ def parse_mix(text: str) -> dict[str, float]:
     return mix
 
 
-def parse_shard(text: str, total: int) -> tuple[int, int]:
-    """``i/n`` -> (start, count) of the i-th of n equal ranges (0-based i)."""
+def parse_shard(text: str) -> tuple[int, int]:
+    """``i/n`` -> (i, n) (0-based i)."""
     index, sep, parts = text.partition("/")
     try:
         i, n = int(index), int(parts)
@@ -73,9 +76,7 @@ def parse_shard(text: str, total: int) -> tuple[int, int]:
         raise ValueError(f"--shard: expected i/n, got {text!r}") from None
     if not sep or n < 1 or not 0 <= i < n:
         raise ValueError(f"--shard: expected 0 <= i < n, got {text!r}")
-    per = -(-total // n)
-    start = min(i * per, total)  # an empty last shard starts at the end, not past it
-    return start, max(0, min(per, total - start))
+    return i, n
 
 
 def parse_broker(url: str) -> tuple[str, int]:
@@ -91,9 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = sub.add_parser("run", help="run simulated devices")
     run.add_argument("--broker", required=True, metavar="URL", help="mqtt://HOST:PORT")
-    run.add_argument("--prefix", default="dev-", help="thing name prefix (default dev-)")
-    run.add_argument("--count", type=int, default=1, help="devices in this process")
-    run.add_argument("--start", type=int, default=0, help="index of the first thing")
+    run.add_argument("--prefix", help="thing name prefix (default dev-)")
+    run.add_argument("--count", type=int, help="devices in this process (default 1)")
+    run.add_argument("--start", type=int, help="index of the first thing (default 0)")
     run.add_argument("--total", type=int, default=None,
                      help="things in the whole fleet, of which this process runs a range; "
                      "--mix is assigned over all of them, --shard splits them (default: "
@@ -102,14 +103,22 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--behaviour", help="one behaviour for every device (default reference;"
                        " or package.module:Class)")
     group.add_argument("--mix", help="weights, e.g. reference=0.9,stuck=0.1")
-    run.add_argument("--workers", type=int, default=1, help="processes to shard over")
-    run.add_argument("--shard", help="i/n: run the i-th of n equal ranges of --total things")
+    run.add_argument("--workers", type=int, help="processes to shard over (default 1)")
+    run.add_argument("--shard", help="i/n: run the i-th of n equal ranges of --total things "
+                     "(with --join: of the drill's fleet)")
+    run.add_argument("--join", metavar="SESSION",
+                     help="run shard --shard i/n of the fleet of the drill started with "
+                          "--session SESSION (or --workers) on this broker: the drill sends "
+                          "the fleet's shape and collects this shard's history")
+    run.add_argument("--join-timeout", type=float, default=600.0, metavar="S",
+                     help="with --join: wait this long for the drill's invitation "
+                          "(default 600)")
     run.add_argument("--state-dir", type=Path, help="persist each device's NVM here")
     run.add_argument("--duration", type=float, help="stop after this many seconds")
     run.add_argument("--connect-timeout", type=float, default=30.0, metavar="S",
                      help="keep trying to reach the broker for this long at start, with a "
                           "printed backoff (default 30)")
-    run.add_argument("--seed", type=int, default=1, help="seed of every device's randomness")
+    run.add_argument("--seed", type=int, help="seed of every device's randomness (default 1)")
     run.add_argument("--summary", type=Path, metavar="PATH",
                      help="at exit, write per-device behaviour, event count and NVM, and the "
                      "failures, as JSON (atomically); with --workers each child writes "
@@ -118,11 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="record this process's part of a drill's history (JSON Lines): "
                           "every request, reply, push and device event of its devices")
     run.add_argument("--no-event-topic", action="store_true",
-                     help="do not publish device events on devicesim/THING/events (a drill's "
-                          "workers record them in --history and --worker-id batches instead)")
-    run.add_argument("--worker-id", metavar="ID",
-                     help="publish compact progress batches on devicesim/workers/ID/progress "
-                          "for a drill's live view")
+                     help="do not publish device events on devicesim/THING/events (the "
+                          "devices of a drill record them in its history instead)")
     run.add_argument("--quiet", action="store_true", help="no status line")
     run.add_argument("--log-level", default="WARNING",
                      help="DEBUG, INFO, WARNING (default), ERROR or CRITICAL")
@@ -135,16 +141,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         logging.basicConfig(level=args.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s %(message)s")
-        config, workers = _config(args)
+        if args.join is not None:
+            shard = _join_options(args)
+        else:
+            config, workers = _config(args)
     except ValueError as e:
         print(f"devicesim run: {e}", file=sys.stderr)
         return 2
-    if workers > 1:
-        return _run_workers(args, config, workers)
     try:
+        if args.join is not None:
+            return run_main(_run_joined(args, *shard))
+        if workers > 1:
+            return _run_workers(args, config, workers)
         return run_main(_run(config, args))
     except KeyboardInterrupt:
         return 130
+
+
+#: what the drill's invitation decides for a worker that joins it
+_FLEET_SHAPE = ("prefix", "count", "start", "total", "behaviour", "mix", "seed", "workers",
+                "history")
+
+
+def _join_options(args: argparse.Namespace) -> tuple[str, int, int]:
+    """(host, shard, shards) of ``--join``: the fleet's shape is the drill's, not ours."""
+    parse_broker(args.broker)
+    check_session(args.join)
+    given = [f"--{name}" for name in _FLEET_SHAPE if getattr(args, name) is not None]
+    if args.no_event_topic:
+        given.append("--no-event-topic")
+    if given:
+        raise ValueError(f"--join: the drill chooses the fleet; drop {', '.join(given)}")
+    if args.shard is None:
+        raise ValueError("--join needs --shard i/n (n: the drill's --workers or --shards)")
+    if args.join_timeout <= 0:
+        raise ValueError("--join-timeout must be > 0")
+    _check_paths(args)
+    return (args.join, *parse_shard(args.shard))
 
 
 def _config(args: argparse.Namespace) -> tuple[FleetConfig, int]:
@@ -152,30 +185,42 @@ def _config(args: argparse.Namespace) -> tuple[FleetConfig, int]:
     mix = parse_mix(args.mix) if args.mix else {args.behaviour or "reference": 1.0}
     for name in mix:
         resolve(name)  # a ValueError names an unknown behaviour now, not later
-    if args.count < 1 or args.start < 0:
+    count = 1 if args.count is None else args.count
+    start = 0 if args.start is None else args.start
+    workers = 1 if args.workers is None else args.workers
+    if count < 1 or start < 0:
         raise ValueError("--count must be >= 1 and --start >= 0")
-    if args.total is not None and args.total < 1:
+    total = args.total
+    if total is not None and total < 1:
         raise ValueError("--total must be >= 1")
-    start, count, total = args.start, args.count, args.total
     if args.shard:
-        total = args.total or args.count
-        start, count = parse_shard(args.shard, total)
+        total = total or count
+        i, n = parse_shard(args.shard)
+        start, count = shard_range(i, n, total)
+        if count == 0:
+            raise ValueError(f"--shard {args.shard}: no things left for this shard of "
+                             f"{total}")
     if total is not None and total < start + count:
         raise ValueError(f"--total ({total}) must be at least --start + --count "
                          f"({start + count})")
-    if args.workers < 1:
+    if workers < 1:
         raise ValueError("--workers must be >= 1")
+    if workers > 1 and args.history is not None:
+        raise ValueError("--history: one process (without --workers)")
+    _check_paths(args)
+    return FleetConfig(host=host, port=port, prefix="dev-" if args.prefix is None else
+                       args.prefix, count=count, start=start, total=total, mix=mix,
+                       seed=1 if args.seed is None else args.seed, state_dir=args.state_dir,
+                       publish_events=not args.no_event_topic), workers
+
+
+def _check_paths(args: argparse.Namespace) -> None:
     if args.connect_timeout < 0:
         raise ValueError("--connect-timeout must be >= 0")
-    if args.workers > 1 and (args.history is not None or args.worker_id is not None):
-        raise ValueError("--history and --worker-id: one process each (without --workers)")
     if args.history is not None and not args.history.parent.is_dir():
         raise ValueError(f"--history: no directory {str(args.history.parent)!r}")
     if args.summary is not None and not args.summary.parent.is_dir():
         raise ValueError(f"--summary: no directory {str(args.summary.parent)!r}")
-    return FleetConfig(host=host, port=port, prefix=args.prefix, count=count, start=start,
-                       total=total, mix=mix, seed=args.seed, state_dir=args.state_dir,
-                       publish_events=not args.no_event_topic), args.workers
 
 
 def _run_workers(args: argparse.Namespace, config: FleetConfig, workers: int) -> int:
@@ -307,63 +352,151 @@ async def reach_broker(host: str, port: int, patience: float, stop: asyncio.Even
 
 
 async def _run(config: FleetConfig, args: argparse.Namespace) -> int:
-    duration, quiet, summary_path = args.duration, args.quiet, args.summary
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signals()
     part = HistoryPart(args.history) if args.history is not None else None
-    feed = ProgressFeed(args.worker_id, config.host, config.port) \
-        if args.worker_id is not None else None
-
-    def record(op: Op) -> None:
-        if part is not None:
-            part.record(op)
-        if feed is not None:
-            feed.record(op)
-
-    fleet = Fleet(config, record=record if part is not None or feed is not None else None)
-    began = time.monotonic()
-    failures: list[str] = []
-    unreachable = await reach_broker(config.host, config.port, args.connect_timeout, stop)
-    if unreachable is not None:
-        failures.append(f"broker {config.host}:{config.port} not reachable after "
-                        f"{time.monotonic() - began:.1f} s: {unreachable}")
-    else:
-        try:
-            if feed is not None:
-                await feed.start()
-            connect_seconds = await fleet.start()
-        except (FleetStartError, MqttError, TimeoutError) as e:
-            # start() stopped every device it connected
-            failures.append(f"fleet start: {describe(e)}")
-    if not failures:
-        try:
-            if not quiet:
-                print(f"devicesim: {config.count} devices connected in {connect_seconds:.2f} s"
-                      f" (pid {os.getpid()})", flush=True)
-            await _wait(fleet, stop, duration, quiet, began)
-        finally:
-            await fleet.stop()
-        if not quiet:
-            events = sum(d.events for d in fleet.devices.values())
-            states = " ".join(f"{k}={v}" for k, v in sorted(fleet.states().items()))
-            print(f"\ndevicesim: ran {time.monotonic() - began:.1f} s; {len(fleet.devices)} "
-                  f"devices; {events} device events; final states: {states}", flush=True)
-    if feed is not None:
-        await feed.close()
+    fleet = Fleet(config, record=part.record if part is not None else None)
+    failures = await _run_fleet(fleet, args, stop, stop)
     summary = fleet.summary()
     if part is not None:
         part.close()
         summary["history"] = {"path": str(part.path), "ops": part.ops}
-    if feed is not None:
-        summary["unanswered"] = feed.unanswered
-    failures = summary["failures"] = [*summary["failures"], *failures]
-    if summary_path is not None:
+    return _finish(summary, failures, args.summary)
+
+
+async def _run_joined(args: argparse.Namespace, session: str, shard: int, shards: int) -> int:
+    """``--join``: take the drill's invitation, run this shard of its fleet until the drill
+    says stop (or a signal), then send the history part and wait for the drill to confirm
+    it (30 s; 5 s after a signal)."""
+    stop = _stop_on_signals()
+    host, port = parse_broker(args.broker)
+    began = time.monotonic()
+    unreachable = await reach_broker(host, port, args.connect_timeout, stop)
+    if unreachable is not None:
+        return _finish(None, [f"broker {host}:{port} not reachable after "
+                              f"{time.monotonic() - began:.1f} s: {unreachable}"], args.summary)
+    link = DrillLink(host, port, session, shard, shards)
+    try:
+        if not args.quiet:
+            print(f"devicesim: shard {shard}/{shards} waiting for drill {session!r} on "
+                  f"{args.broker}", flush=True)
         try:
-            write_summary(summary_path, summary)
-        except OSError as e:
-            failures.append(f"--summary: {describe(e)}")
+            async with asyncio.timeout(args.join_timeout):
+                invitation = await _first(link.join(), stop)
+        except TimeoutError:
+            return _finish(None, [f"no invitation from drill {session!r} within "
+                                  f"{args.join_timeout:g} s"], args.summary)
+        except JoinError as e:
+            return _finish(None, [f"join {session!r}: {e}"], args.summary)
+        except MqttError as e:
+            return _finish(None, [f"join {session!r}: {describe(e)}"], args.summary)
+        if invitation is None:
+            return 130
+        start, count = shard_range(shard, shards, invitation.total)
+        config = FleetConfig(host=host, port=port, prefix=invitation.prefix, count=count,
+                             start=start, total=invitation.total, mix=invitation.mix,
+                             seed=invitation.seed, state_dir=args.state_dir,
+                             publish_events=invitation.publish_events)
+        with tempfile.TemporaryDirectory(prefix="devicesim-shard-") as tmp:
+            part = HistoryPart(Path(tmp) / "history.jsonl")
+            feed = ProgressFeed(str(shard), link.progress, run=invitation.run)
+
+            def record(op: Op) -> None:
+                part.record(op)
+                feed.record(op)
+
+            fleet = Fleet(config, record=record)
+            feed.start()
+            until = asyncio.Event()
+            ended = asyncio.ensure_future(_either(stop, link.stopped, until))
+            try:
+                failures = await _run_fleet(fleet, args, stop, until)
+            finally:
+                ended.cancel()
+            await feed.close()
+            part.close()
+            summary = {**fleet.summary(), "unanswered": feed.unanswered}
+            with part.path.open("rb") as lines:
+                delivered = await link.send_part(iter(lines), summary,
+                                                 5.0 if stop.is_set() else 30.0)
+        if not delivered:
+            failures.append(f"drill {session!r} did not confirm this shard's history part")
+        return _finish(summary, failures, args.summary)
+    finally:
+        await link.close()
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _either(a: asyncio.Event, b: asyncio.Event, into: asyncio.Event) -> None:
+    """Set ``into`` once ``a`` or ``b`` is set."""
+    waits = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        into.set()
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+async def _first(coro: Any, stop: asyncio.Event) -> Any:
+    """``coro``'s result; None if ``stop`` is set first."""
+    task = asyncio.ensure_future(coro)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return task.result() if not task.cancelled() else None
+
+
+async def _run_fleet(fleet: Fleet, args: argparse.Namespace, stop: asyncio.Event,
+                     until: asyncio.Event) -> list[str]:
+    """Reach the broker, start the fleet, run it until ``until`` is set (or ``--duration``),
+    stop it; the failures, one line each."""
+    config, quiet = fleet.config, args.quiet
+    began = time.monotonic()
+    unreachable = await reach_broker(config.host, config.port, args.connect_timeout, stop)
+    if unreachable is not None:
+        return [f"broker {config.host}:{config.port} not reachable after "
+                f"{time.monotonic() - began:.1f} s: {unreachable}"]
+    try:
+        connect_seconds = await fleet.start()
+    except (FleetStartError, MqttError, TimeoutError) as e:
+        return [f"fleet start: {describe(e)}"]  # start() stopped every device it connected
+    try:
+        if not quiet:
+            print(f"devicesim: {config.count} devices connected in {connect_seconds:.2f} s"
+                  f" (pid {os.getpid()})", flush=True)
+        await _wait(fleet, until, args.duration, quiet, began)
+    finally:
+        await fleet.stop()
+    if not quiet:
+        events = sum(d.events for d in fleet.devices.values())
+        states = " ".join(f"{k}={v}" for k, v in sorted(fleet.states().items()))
+        print(f"\ndevicesim: ran {time.monotonic() - began:.1f} s; {len(fleet.devices)} "
+              f"devices; {events} device events; final states: {states}", flush=True)
+    return []
+
+
+def _finish(summary: dict[str, Any] | None, failures: list[str], path: Path | None) -> int:
+    """Write the summary (if asked for), print the failures; the exit status."""
+    if summary is not None:
+        failures = summary["failures"] = [*summary["failures"], *failures]
+        if path is not None:
+            try:
+                write_summary(path, summary)
+            except OSError as e:
+                failures.append(f"--summary: {describe(e)}")
     _print_failures(failures)
     return 1 if failures else 0
 

@@ -218,9 +218,10 @@ class Client:
             return (topic_filter, SubscribeOptions(qos=qos, noLocal=self.options.no_local))
         return (topic_filter, qos)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+    def publish(self, topic: str, payload: bytes, qos: int = 1, *, retain: bool = False
+                ) -> None:
         """Queue a publish; QoS 1 messages survive a reconnect of a persistent session."""
-        info = self._paho.publish(topic, payload, qos)
+        info = self._paho.publish(topic, payload, qos, retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise MqttError(f"publish {topic}: {paho.error_string(info.rc)}")
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from devicesim.behaviours import Behaviour
-from devicesim.cli import main, parse_shard
+from devicesim.cli import main
 from devicesim.engine import (
     Fleet,
     FleetConfig,
@@ -40,6 +40,7 @@ from devicesim.engine import (
     fleet_assignment,
     worker_ranges,
 )
+from devicesim.wire.joining import shard_range
 from fleet.broker import BrokerAddress
 from fleet.drill.recorder import Recorder
 from fleet.service.shell import JobsService, ServiceConfig
@@ -114,7 +115,7 @@ def test_any_split_assigns_the_whole_fleets_behaviours(size: int, seed: int) -> 
         assert union == expected, f"workers={workers}"
         shards: dict[str, str] = {}
         for i in range(workers):
-            start, count = parse_shard(f"{i}/{workers}", size)
+            start, count = shard_range(i, workers, size)
             shards |= fleet_assignment(FleetConfig(host="", port=0, start=start, count=count,
                                                    total=size, mix=MIX, seed=seed))
         assert shards == expected, f"shards={workers}"

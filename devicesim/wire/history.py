@@ -65,7 +65,7 @@ class Op:
                             option=orjson.OPT_NON_STR_KEYS).decode()
 
     @classmethod
-    def from_line(cls, line: str) -> Op:
+    def from_line(cls, line: str | bytes) -> Op:
         obj = orjson.loads(line)
         return cls(time=float(obj["time"]), process=str(obj["process"]),
                    type=OpType(obj["type"]), f=str(obj["f"]), value=dict(obj.get("value") or {}))

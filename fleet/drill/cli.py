@@ -20,6 +20,7 @@ from typing import Any
 
 from devicesim.loop import run_main
 from devicesim.wire import history
+from devicesim.wire.joining import check_session
 from fleet.broker import BrokerError, find_mosquitto
 from fleet.checker import Budgets, Status, check
 from fleet.checker.report import terminal, verdict_line, write_reports
@@ -48,7 +49,18 @@ def register(sub: Any) -> None:
                    help="stop the drill when nothing happens for this long (default: the "
                         "drill's, 10)")
     p.add_argument("--broker", metavar="URL", help="use this broker instead of the embedded one")
-    p.add_argument("--workers", type=int, default=1, help="device processes (default 1)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="device processes to start here, joining over the broker (default 1: "
+                        "the devices run in the drill's own process)")
+    p.add_argument("--shards", type=int, default=0,
+                   help="wait for this many device processes started elsewhere: devicesim run "
+                        "--broker URL --join SESSION --shard i/N (needs --broker reachable "
+                        "by them)")
+    p.add_argument("--session", help="the name --shards workers join by (default: the "
+                   "drill's name)")
+    p.add_argument("--join-timeout", type=float, default=300.0, metavar="S",
+                   help="with --shards: how long to wait for every shard to join (default "
+                        "300); the drill's clock starts once they have")
     p.add_argument("--report-dir", type=Path,
                    help="where history.jsonl, report.json and junit.xml go "
                         "(default: reports/<drill name>)")
@@ -99,6 +111,18 @@ def _drill_from(args: argparse.Namespace) -> spec.Drill:
         changes["stall_seconds"] = args.stall_seconds
     if args.workers < 1:
         raise ValueError("--workers: must be at least 1")
+    devices = changes.get("devices", drill.devices)
+    if args.shards:
+        if args.workers > 1:
+            raise ValueError("--shards and --workers: choose one")
+        if not 1 <= args.shards <= devices:
+            raise ValueError(f"--shards: must be between 1 and the fleet's {devices} devices")
+        if args.join_timeout <= 0:
+            raise ValueError("--join-timeout: must be positive")
+    elif args.workers > devices:
+        raise ValueError(f"--workers: at most the fleet's {devices} devices")
+    if args.session is not None:
+        check_session(args.session)
     return dataclasses.replace(drill, **changes)
 
 
@@ -127,7 +151,8 @@ def run_drill(args: argparse.Namespace) -> int:
     interrupt = Interrupt()
     try:
         result = run_main(_run_interruptible(drill, RunOptions(
-            broker_url=args.broker, workers=args.workers, report_dir=report_dir,
+            broker_url=args.broker, workers=args.workers, shards=args.shards,
+            session=args.session, join_seconds=args.join_timeout, report_dir=report_dir,
             status=status, interrupt=interrupt)))
     except asyncio.CancelledError:  # a second signal: cleanup cut short, nothing written
         reason = interrupt.reason or "SIGINT"

@@ -2,12 +2,11 @@
 
 Every process records what it already sees (one writer per process): in-process devices and
 the in-process jobs service hand their ops to :meth:`Recorder.record` directly; device worker
-processes write their own parts, merged at the end (:meth:`Recorder.merge`). The recorder
-subscribes on the broker (its own MQTT identity, QoS 1) only to what is given in ``filters``:
-the workers' compact progress batches (:data:`devicesim.recording.PROGRESS_FILTER`), which
-feed the live view (``listener``) and are not history, and, for devices no process of ours
-runs, their topics (:data:`BROKER_FILTERS`), classified by
-:func:`devicesim.wire.history.classify`. Device events carry a per-device ``seq``; the
+processes write their own parts, merged at the end (:meth:`Recorder.merge`, or op by op
+through :meth:`Recorder.record`). The recorder subscribes on the broker (its own MQTT
+identity, QoS 1) only to what is given in ``filters``: for devices no process of ours runs,
+their topics (:data:`BROKER_FILTERS`), classified by :func:`devicesim.wire.history.classify`
+and handed to the ``listener`` (the live view) too. Device events carry a per-device ``seq``; the
 numbers seen are kept, so a drill can prove nothing was lost.
 
 Supervision: a message :func:`classify` fails on is still recorded (as the generic
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from devicesim.mqtt import Client, ClientOptions, OnFailure, Pump
-from devicesim.recording import progress_ops
 from devicesim.wire import topics
 from devicesim.wire.history import Op, OpType, classify, iter_ops
 from fleet.broker import BrokerAddress
@@ -87,9 +85,6 @@ class Recorder:
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         self.received += 1
-        if topic.startswith("devicesim/workers/"):
-            self._progress(payload)
-            return
         time_ = self._now()
         try:
             op = classify(topic, payload, time_)
@@ -102,13 +97,6 @@ class Recorder:
                            "error": repr(e)})
         self.record(op)
         self._tell([op])
-
-    def _progress(self, payload: bytes) -> None:
-        batch = progress_ops(payload)
-        if batch is None:
-            return
-        _, ops, _ = batch
-        self._tell(ops)
 
     def _tell(self, ops: Iterable[Op]) -> None:
         if self._listener is None:

@@ -3,16 +3,17 @@
 The runner is the only place that wires the parts together. Each process records what it
 already sees, Jepsen-style, one writer per process: in-process devices and the jobs service
 hand their ops to the recorder directly (a device its requests and events, the service the
-replies, pushes and jobs events it publishes, in its own order); device worker processes
-write their own history parts (``devicesim run --history``) and send only compact progress
-batches over the broker for the live view (``--worker-id``); the controller's calls and the
-runner's own markers are recorded directly. No process receives every message of the fleet
-a second time. After the schedule settled (or timed out, or a component failed), the runner
-drains: it stops device worker processes (which write their summaries: event counts, NVM,
-ops written), merges their parts (checking each holds as many ops as its worker wrote), and
-waits, bounded, until the recorder holds every device event (by count) and a reply to every
-request. Then the final state is recorded and the checker — a pure function of the history
-— gives the verdict; the ``complete`` invariant judges the markers written here
+replies, pushes and jobs events it publishes, in its own order); device worker processes --
+started here (``workers``) or anywhere that reaches the broker (``shards``) -- join the drill
+over the broker (:mod:`fleet.drill.shards`), record their own history parts and send only
+compact progress batches for the live view; the controller's calls and the runner's own
+markers are recorded directly. No process receives every message of the fleet a second
+time. After the schedule settled (or timed out, or a component failed), the runner drains:
+it tells the workers to stop and collects their parts and summaries (event counts, NVM,
+requests unanswered) over the broker, checking each part holds as many ops as its worker
+wrote, and waits, bounded, until the recorder holds every device event (by count) and a
+reply to every request. Then the final state is recorded and the checker — a pure function
+of the history — gives the verdict; the ``complete`` invariant judges the markers written here
 (``timeout``, ``stalled``, ``interrupted``, ``failure``, ``drain``,
 ``final-state.eventCounts``, ``end``).
 
@@ -24,27 +25,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from devicesim.documents import stretched
-from devicesim.engine import Fleet, FleetConfig, assign_behaviours, worker_ranges
-from devicesim.recording import PROGRESS_FILTER, in_device_history
+from devicesim.engine import Fleet, FleetConfig, assign_behaviours
+from devicesim.recording import in_device_history
 from devicesim.wire import history
 from devicesim.wire.history import Op, OpType
+from devicesim.wire.joining import Invitation
 from fleet.broker import BrokerAddress, EmbeddedBroker, probe
 from fleet.checker import Verdict, check
 from fleet.drill.controller import Controller, ControllerError, iot_client
 from fleet.drill.progress import Progress
 from fleet.drill.recorder import Recorder
+from fleet.drill.shards import ShardHub
 from fleet.drill.spec import Drill, Step, When
 from fleet.service.shell import JobsService, ServiceConfig
 
@@ -57,12 +60,23 @@ QUIET_SECONDS = 0.5
 DRAIN_SECONDS = 10.0
 #: the same after an interrupt (someone is waiting for the drill to stop)
 INTERRUPTED_DRAIN = 2.0
+#: how long the drain waits for the workers' history parts after telling them to stop
+PART_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunOptions:
     broker_url: str | None = None
+    #: device processes started here, joining over the broker (1: devices in this process)
     workers: int = 1
+    #: device processes started elsewhere that join over the broker
+    #: (``devicesim run --join SESSION --shard i/N``); 0: none (see ``workers``)
+    shards: int = 0
+    #: the name workers join by (default: the drill's name; a unique one for ``workers``)
+    session: str | None = None
+    #: with ``shards``: how long to wait for every shard to join (the drill's clock starts
+    #: once they have)
+    join_seconds: float = 300.0
     report_dir: Path | None = None
     status: Callable[[str], None] | None = None
     #: set (to the signal's name) to stop the drill early: the schedule is cancelled, the
@@ -102,8 +116,9 @@ class Aborted(Exception):
 
 
 class Stalled(Exception):
-    """Nothing happened for the drill's ``stall_seconds``: the schedule stops (the
-    ``stalled`` marker says what it waited for and what it had seen)."""
+    """Nothing happened for the drill's ``stall_seconds`` (or, its argument says, the shards
+    did not all join within ``join_seconds``): the schedule stops (the ``stalled`` marker says
+    what it waited for and what it had seen)."""
 
 
 class _Run:
@@ -121,7 +136,8 @@ class _Run:
         self.recorder: Recorder | None = None
         self.fleet: Fleet | None = None
         self.workers: list[asyncio.subprocess.Process] = []
-        self.summaries: list[Path] = []
+        self.hub: ShardHub | None = None
+        self._timeout: asyncio.Timeout | None = None  # the schedule's (moved by joined())
         self.failed = False
         self.waiting_for = "the fleet to connect"
         self.last_op = time.monotonic()
@@ -212,9 +228,7 @@ class _Run:
         else:
             self.broker = EmbeddedBroker(work_dir=self.workdir / "broker")
             self.address = await asyncio.to_thread(self.broker.start)
-        workers = max(1, options.workers)
-        recorder = Recorder(self.address, listener=self.on_op, on_failure=self.fail,
-                            filters=[PROGRESS_FILTER] if workers > 1 else [])
+        recorder = Recorder(self.address, listener=self.on_op, on_failure=self.fail, filters=[])
         self.recorder = recorder
         for op in self._early:
             recorder.record(op)
@@ -228,11 +242,39 @@ class _Run:
                   mix=mix, broker=self.address.url, endpoint=self.service.endpoint,
                   behaviours=assign_behaviours(self.things, mix, drill.seed),
                   requirements=drill.checks.to_json(), workers=max(1, self.options.workers),
-                  pace=drill.pace)
+                  shards=self.options.shards, pace=drill.pace)
         await self.start_fleet(mix)
+
+    async def joined(self) -> None:
+        """With ``shards``: until every shard joined, bounded by ``join_seconds`` (a
+        :class:`Stalled` then); the drill's clock starts after."""
+        hub, began = self.hub, time.time()
+        if hub is None or not self.options.shards:
+            return
+        limit = time.monotonic() + self.options.join_seconds
+        while len(hub.joined) < hub.shards:
+            self.waiting_for = (f"{hub.shards - len(hub.joined)} of {hub.shards} shards to join "
+                                f"(devicesim run --join {hub.session} --shard i/{hub.shards}) "
+                                f"within {self.options.join_seconds:g} s")
+            if self.failed:
+                raise Aborted
+            left = limit - time.monotonic()
+            if left <= 0:
+                raise Stalled(f"not every shard joined within "
+                              f"{self.options.join_seconds:g} s")
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self.changed.wait()
+        waited = time.time() - began
+        self.started += waited
+        self.last_op = time.monotonic()
+        if self._timeout is not None:
+            self._timeout.reschedule(self._timeout.when() + waited)  # type: ignore[operator]
 
     async def ready(self) -> None:
         """Until every device is connected and idle."""
+        await self.joined()
         self.waiting_for = "every device to connect and report idle"
         await self.until(lambda: self.progress.idle(self.things))
         self.mark("fleet-ready", seconds=round(time.time() - self.started, 3))
@@ -243,8 +285,9 @@ class _Run:
 
     async def start_fleet(self, mix: dict[str, float]) -> None:
         assert self.address is not None
-        drill, workers = self.drill, max(1, self.options.workers)
-        if workers == 1:
+        drill, options = self.drill, self.options
+        shards = options.shards or max(1, options.workers)
+        if shards == 1:
             self.fleet = Fleet(FleetConfig(host=self.address.host, port=self.address.port,
                                            prefix=drill.prefix, count=drill.devices, mix=mix,
                                            seed=drill.seed, publish_events=False),
@@ -252,22 +295,32 @@ class _Run:
                                record=self.record_device)
             await self.fleet.start()
             return
-        mix_arg = ",".join(f"{k}={v}" for k, v in mix.items())
-        for w, (start, count) in enumerate(worker_ranges(0, drill.devices, workers)):
-            summary = self.workdir / f"summary-{w}.json"
-            self.summaries.append(summary)
+        run = uuid.uuid4().hex
+        session = options.session or (drill.name if options.shards else
+                                      f"{drill.name}-{run[:8]}")
+        self.hub = ShardHub(self.address, session, Invitation(
+            run=run, drill=drill.name, prefix=drill.prefix, total=drill.devices, mix=mix,
+            seed=drill.seed, shards=shards), listener=self.on_op, on_change=self.changed.set,
+            on_joined=lambda shard, info: self.mark("shard-joined", shard=shard, **info),
+            on_failure=self.fail)
+        await self.hub.start()
+        self.mark("invitation", session=session, run=run, shards=shards)
+        if options.shards:
+            self.status(f"waiting for {shards} shards: devicesim run --broker "
+                        f"{self.address.url} --join {session} --shard i/{shards}")
+            return
+        for w in range(shards):
             self.workers.append(await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "devicesim.cli", "run", "--broker", self.address.url,
-                "--prefix", drill.prefix, "--count", str(count), "--start", str(start),
-                "--total", str(drill.devices), "--mix", mix_arg, "--seed", str(drill.seed),
-                "--summary", str(summary), "--history", str(self.workdir / f"history-{w}.jsonl"),
-                "--worker-id", str(w), "--no-event-topic", "--quiet",
+                "--join", session, "--shard", f"{w}/{shards}", "--quiet",
                 stdin=asyncio.subprocess.DEVNULL))
 
     async def stop(self) -> None:
         if self.fleet is not None:
             await self.fleet.stop()
         await self.stop_workers()
+        if self.hub is not None:
+            await self.hub.close()
         if self.recorder is not None:
             await self.recorder.stop()
         if self.service is not None:
@@ -295,31 +348,51 @@ class _Run:
                           TimeoutError("did not exit within 10 s of SIGTERM (killed)"))
         self.workers = []
 
-    def read_summaries(self) -> None:
-        """Event counts and NVM of the devices in worker processes, from their summaries,
-        and their history parts merged into the recorder; a missing or unreadable summary or
-        part, a part holding fewer ops than its worker wrote, and every device failure a
-        summary lists, is a failure."""
-        assert self.recorder is not None
-        for path in self.summaries:
-            where = f"device worker {path.stem.removeprefix('summary-')}"
+    async def collect_parts(self, seconds: float) -> None:
+        """Tell the workers to stop and wait, bounded, for each shard's history part (a
+        worker started here that exited without one, or a shard that never joined, counts
+        as done); merge the parts into
+        the recorder, take their event counts, NVM and unanswered requests. A missing or
+        broken part and every device failure a summary lists is a failure."""
+        hub, recorder = self.hub, self.recorder
+        assert hub is not None
+        assert recorder is not None
+        hub.stop_shards()
+        exited = [asyncio.ensure_future(p.wait()) for p in self.workers]
+        for waiter in exited:
+            waiter.add_done_callback(lambda _: self.changed.set())
+
+        def done() -> bool:
+            return all(hub.settled(i) or i not in hub.joined
+                       or (i < len(exited) and exited[i].done()) for i in range(hub.shards))
+
+        self.waiting_for = "the device workers' history parts"
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.until(done, abortable=False)
+        for waiter in exited:
+            waiter.cancel()
+        await self.stop_workers()
+        for i in range(hub.shards):
+            where = f"device shard {i}"
+            part = hub.parts.get(i)
+            if part is None:
+                why = hub.broken.get(i) or ("never joined" if i not in hub.joined else
+                                            f"sent no history part within {seconds:g} s")
+                self.fail(where, RuntimeError(why))
+                continue
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-                things = data["things"]
-                for thing, info in things.items():
+                with history.bulk():
+                    for line in part.lines:
+                        recorder.record(Op.from_line(line))
+                for thing, info in part.summary["things"].items():
                     self.event_counts[thing] = int(info["events"])
                     self.nvm[thing] = info["nvm"]
-                for line in data.get("failures", []):
+                for line in part.summary.get("failures", []):
                     self.fail(where, RuntimeError(str(line)))
-                self.unanswered += int(data.get("unanswered", 0))
-                part = data["history"]
-                with history.bulk():
-                    merged = self.recorder.merge(Path(part["path"]))
-                if merged != part["ops"]:
-                    self.fail(where, RuntimeError(
-                        f"its history part holds {merged} ops; it wrote {part['ops']}"))
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-                self.fail(where, RuntimeError(f"no usable summary or history at {path}: {e}"))
+                self.unanswered += int(part.summary.get("unanswered", 0))
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                self.fail(where, RuntimeError(f"unusable history part: {e}"))
 
     async def schedule(self, controller: Controller, interrupt: Interrupt | None) -> str:
         """Run the schedule (fleet ready, then the steps) until it is done, the drill's
@@ -329,7 +402,8 @@ class _Run:
         stop = asyncio.create_task(interrupt.wait()) if interrupt is not None else None
         try:
             async with asyncio.timeout_at(asyncio.get_running_loop().time()
-                                          + max(0.0, self.deadline - time.time())):
+                                          + max(0.0, self.deadline - time.time())) as timeout:
+                self._timeout = timeout
                 await asyncio.wait({t for t in (task, stop) if t is not None},
                                    return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
@@ -349,9 +423,12 @@ class _Run:
             task.result()
         except Aborted:
             pass  # the failure marker says why
-        except Stalled:
-            self.mark("stalled", seconds=self.stall_seconds, waitingFor=self.waiting_for,
-                      seen=self.progress.summary())
+        except Stalled as e:
+            seen = self.progress.summary()
+            if self.hub is not None:
+                seen["shardsJoined"] = sorted(self.hub.joined)
+            why = {"reason": e.args[0]} if e.args else {"seconds": self.stall_seconds}
+            self.mark("stalled", **why, waitingFor=self.waiting_for, seen=seen)
         return "done"
 
     async def _schedule(self, controller: Controller) -> None:
@@ -450,18 +527,19 @@ class _Run:
         return self.progress.idle(self.things) and self.service.store.pending_count() == 0
 
     async def quiet(self, seconds: float = QUIET_SECONDS) -> bool:
-        """With devices in other processes the recorder cannot know what they published
+        """With devices in other processes the drill cannot know what they published
         yet: the fleet counts as settled only if no device event arrives for ``seconds``
         and it still looks settled then."""
-        assert self.recorder is not None
-        seen = self.recorder.received
+        hub = self.hub
+        assert hub is not None
+        seen = hub.received
         self.changed.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
-                while self.recorder.received == seen:
+                while hub.received == seen:
                     self.changed.clear()
                     await self.changed.wait()
-        return self.recorder.received == seen and self.settled()
+        return hub.received == seen and self.settled()
 
     async def restart_broker(self, *, kill: bool) -> None:
         if self.broker is None:
@@ -486,9 +564,8 @@ class _Run:
         if self.fleet is not None:
             self.event_counts = self.fleet.event_counts()
             self.nvm = self.fleet.nvm_summaries()
-        elif self.summaries:
-            await self.stop_workers()
-            self.read_summaries()
+        elif self.hub is not None:
+            await self.collect_parts(PART_SECONDS)
         recorder, counts = self.recorder, self.event_counts
         began = time.time()
 

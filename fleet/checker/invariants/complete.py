@@ -53,8 +53,9 @@ def complete(tl: Timeline, b: Budgets) -> InvariantResult:
                f"{_waiting(stop) if stop is not None else ''}", stop, end)
     stalled = tl.markers.get("stalled")
     if stalled is not None:
-        broken(f"the drill stalled: nothing happened for {stalled.value.get('seconds')} s"
-               f"{_waiting(stalled)}; it had seen {stalled.value.get('seen')}", stalled)
+        what = stalled.value.get("reason") or \
+            f"nothing happened for {stalled.value.get('seconds')} s"
+        broken(f"the drill stalled: {what}{_waiting(stalled)}; it had seen {stalled.value.get('seen')}", stalled)
     timeout = tl.markers.get("timeout")
     if timeout is not None:
         broken(f"the schedule did not settle before the drill's timeout "
