@@ -159,7 +159,7 @@ async def test_the_hub_ignores_another_runs_workers(broker_address: object) -> N
 
 async def start_worker(url: str, session: str, shard: str, cwd: Path,
                        *extra: str) -> asyncio.subprocess.Process:
-    cwd.mkdir(parents=True, exist_ok=True)
+    cwd.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (a test's own temp dir)
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "devicesim.cli", "run", "--broker", url, "--join", session,
         "--shard", shard, "--join-timeout", "120", *extra, cwd=cwd,
@@ -258,3 +258,44 @@ async def test_a_worker_with_the_wrong_shard_count_or_the_drills_options_says_so
     assert code == 2
     assert text.strip() == ("devicesim run: --join: the drill chooses the fleet; drop --count,"
                             " --seed")
+
+
+# --- the Kubernetes example ------------------------------------------------------------------
+
+
+def test_the_kubernetes_example_runs_commands_the_clis_accept_and_agree_on() -> None:
+    import shlex
+
+    import yaml
+
+    from devicesim import cli as devicesim_cli
+    from fleet.cli import build_parser
+    from fleet.drill.cli import _drill_from
+
+    root = Path(__file__).parent.parent / "examples" / "kubernetes"
+    docs = {(d["kind"], d["metadata"]["name"]): d for f in sorted(root.glob("*.yaml"))
+            for d in yaml.safe_load_all(f.read_text()) if d}
+    service = docs[("Service", "devicesim-broker")]
+    url = f"mqtt://devicesim-broker:{service['spec']['ports'][0]['port']}"
+    drill_argv = docs[("Job", "devicesim-drill")]["spec"]["template"]["spec"][
+        "containers"][0]["command"]
+    assert drill_argv[:2] == ["fleet", "drill"]
+    drill_args = build_parser().parse_args(drill_argv[1:])
+    drill = _drill_from(drill_args)  # a usage error raises here
+    assert drill_args.broker == url
+    shards = docs[("Job", "devicesim-shards")]["spec"]
+    assert shards["completionMode"] == "Indexed"
+    assert shards["completions"] == shards["parallelism"] == drill_args.shards
+    script = shards["template"]["spec"]["containers"][0]["command"]
+    assert script[:2] == ["sh", "-c"]
+    covered = []
+    for index in range(shards["completions"]):
+        argv = shlex.split(script[2].replace("${JOB_COMPLETION_INDEX}", str(index)))
+        assert argv[:3] == ["exec", "devicesim", "run"]
+        args = devicesim_cli.build_parser().parse_args(argv[2:])
+        session, shard, n = devicesim_cli._join_options(args)
+        assert (session, shard, n, args.broker) == (drill_args.session, index,
+                                                    drill_args.shards, url)
+        start, count = shard_range(shard, n, drill.devices)
+        covered.extend(range(start, start + count))
+    assert covered == list(range(drill.devices))

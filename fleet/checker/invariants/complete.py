@@ -55,7 +55,8 @@ def complete(tl: Timeline, b: Budgets) -> InvariantResult:
     if stalled is not None:
         what = stalled.value.get("reason") or \
             f"nothing happened for {stalled.value.get('seconds')} s"
-        broken(f"the drill stalled: {what}{_waiting(stalled)}; it had seen {stalled.value.get('seen')}", stalled)
+        broken(f"the drill stalled: {what}{_waiting(stalled)}; it had seen "
+               f"{stalled.value.get('seen')}", stalled)
     timeout = tl.markers.get("timeout")
     if timeout is not None:
         broken(f"the schedule did not settle before the drill's timeout "
