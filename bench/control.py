@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from devicesim.mqtt import SECRET_ENV
+
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,9 +108,12 @@ class Child:
 
     @classmethod
     async def spawn(cls, name: str, module: str, args: list[str], *, log_dir: Path,
-                    on_event: OnEvent | None = None) -> Child:
+                    on_event: OnEvent | None = None, secret: str | None = None) -> Child:
+        """``secret``: the broker's privileged identity (a jobs service needs it)."""
         log_path = log_dir / f"{name}.log"
         env = dict(os.environ)
+        if secret is not None:
+            env[SECRET_ENV] = secret
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH"))
                                             if p)
         with log_path.open("ab") as err:

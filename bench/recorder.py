@@ -80,7 +80,8 @@ class DetectionRecorder:
     async def start(self) -> None:
         self._client = Client(
             ClientOptions(client_id=CLIENT_ID, host=self._broker.host, port=self._broker.port,
-                          clean_session=True, max_inflight=1000),
+                          clean_session=True, max_inflight=1000,
+                          username=self._broker.username, password=self._broker.password),
             self._pump, on_message=self._on_message)
         await self._client.connect()
         await self._client.subscribe([topics.execution_event("+", "deleted"),

@@ -77,8 +77,12 @@ def thing_names(prefix: str, count: int) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def embedded_broker(workdir: Path, name: str) -> AsyncIterator[EmbeddedBroker]:
-    broker = EmbeddedBroker(work_dir=workdir / name)
+async def embedded_broker(workdir: Path, name: str, *, plugin: bool | None = None
+                          ) -> AsyncIterator[EmbeddedBroker]:
+    """``plugin``: as :class:`EmbeddedBroker` (the product's default: when built); the C
+    reference runs on plain Mosquitto (``False``), the yardstick of what the broker alone
+    does."""
+    broker = EmbeddedBroker(work_dir=workdir / name, plugin=plugin)
     await asyncio.to_thread(broker.start)
     try:
         yield broker
@@ -144,8 +148,10 @@ class Bench:
     # -- helpers ---------------------------------------------------------------------------
 
     async def spawn(self, name: str, module: str, args: list[str],
-                    on_event: Callable[[str, dict[str, Any]], None] | None = None) -> Child:
-        child = await Child.spawn(name, module, args, log_dir=self.workdir, on_event=on_event)
+                    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+                    secret: str | None = None) -> Child:
+        child = await Child.spawn(name, module, args, log_dir=self.workdir, on_event=on_event,
+                                  secret=secret)
         self._children.append(child)
         return child
 
@@ -173,7 +179,7 @@ class Bench:
 
     async def reference_phase(self) -> None:
         c, ref = self.config, self.results.reference
-        async with embedded_broker(self.workdir, "broker-reference") as broker:
+        async with embedded_broker(self.workdir, "broker-reference", plugin=False) as broker:
             self.status(f"reference: C raw QoS 1 routing, {c.raw_messages} messages")
             ref["raw_qos1"] = await reference.raw_routing(
                 broker.address, messages=c.raw_messages, qos=1, payload_bytes=c.payload_bytes,
@@ -210,7 +216,7 @@ class Bench:
             try:
                 service = await self.spawn("jobs-service", "bench.service", [
                     "--broker", broker.address.url, "--state", str(self.workdir / "jobs.db"),
-                    "--seed", str(c.seed)])
+                    "--seed", str(c.seed)], secret=broker.address.secret)
                 window: dict[str, Any] = {}
 
                 def on_event(event: str, _: dict[str, Any]) -> None:
@@ -277,7 +283,8 @@ class Bench:
             try:
                 service = await self.spawn("fleet-service", "bench.service", [
                     "--broker", broker.address.url, "--state", str(self.workdir / "fleet.db"),
-                    "--seed", str(c.seed), "--sweep-step", str(c.sweep_step)])
+                    "--seed", str(c.seed), "--sweep-step", str(c.sweep_step)],
+                    secret=broker.address.secret)
                 await service.call("stats")  # answered once the service is subscribed
                 fleet = await self.spawn("fleet", "bench.fleetproc", [
                     "--broker", broker.address.url, "--prefix", "dev-", "--count",

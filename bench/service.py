@@ -45,12 +45,13 @@ class CountingService(JobsService):
         self.job_events: dict[str, float] = {}
         self.job_event_seen = asyncio.Event()
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
+    def _on_message(self, topic: str, payload: bytes, requester: str | None) -> None:
         self.received += 1
-        super()._on_message(topic, payload)
+        super()._on_message(topic, payload, requester)
 
-    def _publish(self, effects: list[Publish]) -> None:
-        super()._publish(effects)
+    def _publish(self, effects: list[Publish], reply_to: dict[int, str] | None = None
+                 ) -> None:
+        super()._publish(effects, reply_to)
         self.published += len(effects)
         for effect in effects:
             if effect.topic.startswith(_JOB_EVENTS):
@@ -140,7 +141,7 @@ class Commands:
 
 
 async def run(args: argparse.Namespace) -> None:
-    broker = BrokerAddress.parse(args.broker)
+    broker = BrokerAddress.parse(args.broker).privileged()
     settings = ServiceSettings(deletion_seconds_per_execution=args.sweep_step)
     service = CountingService(ServiceConfig(broker=broker, state=Path(args.state),
                                             settings=settings, http=False, seed=args.seed))

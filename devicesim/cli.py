@@ -45,7 +45,7 @@ from devicesim.behaviours import resolve
 from devicesim.engine import Fleet, FleetConfig, FleetStartError, describe, worker_ranges
 from devicesim.joining import DrillLink
 from devicesim.loop import run_main
-from devicesim.mqtt import MqttError
+from devicesim.mqtt import SECRET_ENV, MqttError
 from devicesim.recording import HistoryPart, ProgressFeed
 from devicesim.wire.history import Op
 from devicesim.wire.joining import JoinError, check_session, shard_range
@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-event-topic", action="store_true",
                      help="do not publish device events on devicesim/THING/events (the "
                           "devices of a drill record them in its history instead)")
+    run.add_argument("--no-reply-subscriptions", action="store_true",
+                     help="subscribe to notify-next only: on AWS IoT Core, or a broker running "
+                          "the devicesim_aws plugin, replies reach their requester unasked "
+                          "(default: subscribe to the reply topics, as a plain broker needs)")
     run.add_argument("--quiet", action="store_true", help="no status line")
     run.add_argument("--log-level", default="WARNING",
                      help="DEBUG, INFO, WARNING (default), ERROR or CRITICAL")
@@ -168,8 +172,9 @@ def _join_options(args: argparse.Namespace) -> tuple[str, int, int]:
     parse_broker(args.broker)
     check_session(args.join)
     given = [f"--{name}" for name in _FLEET_SHAPE if getattr(args, name) is not None]
-    if args.no_event_topic:
-        given.append("--no-event-topic")
+    given += [flag for flag, on in (("--no-event-topic", args.no_event_topic),
+                                    ("--no-reply-subscriptions", args.no_reply_subscriptions))
+              if on]
     if given:
         raise ValueError(f"--join: the drill chooses the fleet; drop {', '.join(given)}")
     if args.shard is None:
@@ -211,7 +216,8 @@ def _config(args: argparse.Namespace) -> tuple[FleetConfig, int]:
     return FleetConfig(host=host, port=port, prefix="dev-" if args.prefix is None else
                        args.prefix, count=count, start=start, total=total, mix=mix,
                        seed=1 if args.seed is None else args.seed, state_dir=args.state_dir,
-                       publish_events=not args.no_event_topic), workers
+                       publish_events=not args.no_event_topic,
+                       subscribe_replies=not args.no_reply_subscriptions), workers
 
 
 def _check_paths(args: argparse.Namespace) -> None:
@@ -239,6 +245,8 @@ def _run_workers(args: argparse.Namespace, config: FleetConfig, workers: int) ->
         base += ["--duration", str(args.duration)]
     if args.no_event_topic:
         base += ["--no-event-topic"]
+    if args.no_reply_subscriptions:
+        base += ["--no-reply-subscriptions"]
     ranges = worker_ranges(config.start, config.count, workers)
     parts = [None if args.summary is None else Path(f"{args.summary}.w{w}")
              for w in range(len(ranges))]
@@ -374,7 +382,8 @@ async def _run_joined(args: argparse.Namespace, session: str, shard: int, shards
     if unreachable is not None:
         return _finish(None, [f"broker {host}:{port} not reachable after "
                               f"{time.monotonic() - began:.1f} s: {unreachable}"], args.summary)
-    link = DrillLink(host, port, session, shard, shards)
+    link = DrillLink(host, port, session, shard, shards,
+                     secret=os.environ.get(SECRET_ENV) or None)
     try:
         if not args.quiet:
             print(f"devicesim: shard {shard}/{shards} waiting for drill {session!r} on "
@@ -395,7 +404,8 @@ async def _run_joined(args: argparse.Namespace, session: str, shard: int, shards
         config = FleetConfig(host=host, port=port, prefix=invitation.prefix, count=count,
                              start=start, total=invitation.total, mix=invitation.mix,
                              seed=invitation.seed, state_dir=args.state_dir,
-                             publish_events=invitation.publish_events)
+                             publish_events=invitation.publish_events,
+                             subscribe_replies=invitation.subscribe_replies)
         with tempfile.TemporaryDirectory(prefix="devicesim-shard-") as tmp:
             part = HistoryPart(Path(tmp) / "history.jsonl")
             feed = ProgressFeed(str(shard), link.progress, run=invitation.run)

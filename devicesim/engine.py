@@ -119,6 +119,10 @@ class FleetConfig:
     #: publish each device event on ``devicesim/{thing}/events``; a drill's devices only
     #: record them (``record``), which spares the broker a third of the fleet's messages
     publish_events: bool = True
+    #: subscribe to the reply topics of the device's requests, as a plain broker needs; on
+    #: AWS, or a broker running the devicesim_aws plugin, replies reach the requester
+    #: unasked, and a device may subscribe to nothing but ``notify-next``
+    subscribe_replies: bool = True
 
     def __post_init__(self) -> None:
         if self.total is not None and self.total < self.start + self.count:
@@ -221,6 +225,8 @@ class DeviceShell:
 
     def _filters(self) -> list[str]:
         filters = topics.device_subscriptions(self.thing)
+        if not self._config.subscribe_replies:  # AWS semantics: replies come unasked
+            filters = [f for f in filters if f.endswith("/notify-next")]
         if not self.behaviour.subscribes_notify_next:
             filters = [f for f in filters if not f.endswith("/notify-next")]
         return filters
@@ -232,8 +238,9 @@ class DeviceShell:
         try:
             async with gate or contextlib.nullcontext():
                 session_present = await self._client.connect()
-            if not session_present:
-                await self._client.subscribe(self._filters())
+            filters = self._filters()
+            if not session_present and filters:
+                await self._client.subscribe(filters)
         finally:
             self._starting = False
         self._feed(Connected(session_present=session_present))

@@ -17,7 +17,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-from devicesim.mqtt import Client, ClientOptions, OnFailure, Pump
+from devicesim.mqtt import PRIVILEGED_USER, Client, ClientOptions, OnFailure, Pump
 from devicesim.wire.joining import (
     Invitation,
     JoinError,
@@ -36,12 +36,15 @@ class DrillLink:
     ``shards``."""
 
     def __init__(self, host: str, port: int, session: str, shard: int, shards: int, *,
-                 on_failure: OnFailure | None = None) -> None:
+                 secret: str | None = None, on_failure: OnFailure | None = None) -> None:
+        """``secret``: of the privileged identity, on a broker running the devicesim_aws
+        plugin (the drill's topics are not a device's)."""
         self.session, self.shard, self.shards = session, shard, shards
         self._pump = Pump(on_failure=on_failure)
         self._client = Client(
             ClientOptions(client_id=f"devicesim-shard-{session}-{shard}", host=host,
-                          port=port, clean_session=False, max_inflight=0),
+                          port=port, clean_session=False, max_inflight=0,
+                          username=PRIVILEGED_USER if secret else None, password=secret),
             self._pump, on_message=self._on_message)
         self._invited: asyncio.Future[Invitation] = asyncio.get_running_loop().create_future()
         self.invitation: Invitation | None = None

@@ -37,6 +37,17 @@ log = logging.getLogger(__name__)
 REPLY_TIMEOUT = 10.0
 
 OnMessage = Callable[[str, bytes], None]
+#: ``on_message_from(topic, payload, requester)``: the client id the devicesim_aws broker
+#: plugin tagged a request with (None on a plain broker); MQTT 5 clients only
+OnMessageFrom = Callable[[str, bytes, str | None], None]
+#: the user properties by which the devicesim_aws plugin routes a Jobs reply to its requester
+REQUESTER_PROPERTY = "devicesim-requester"
+REPLY_TO_PROPERTY = "devicesim-reply-to"
+#: the privileged identity on a broker running the devicesim_aws plugin (the jobs service,
+#: recorders, a drill's links to its workers), and where a process started by hand finds
+#: its secret
+PRIVILEGED_USER = "devicesim"
+SECRET_ENV = "DEVICESIM_BROKER_SECRET"
 OnConnection = Callable[[bool], None]  # session_present on connect; False on disconnect
 #: Supervision: a long-lived component reports an unexpected error it survived (or did not)
 #: as ``on_failure(where, error)``, ``where`` naming the component and its context
@@ -149,10 +160,14 @@ class Client:
     """One MQTT connection; reconnects by itself until :meth:`close`."""
 
     def __init__(self, options: ClientOptions, pump: Pump, *, on_message: OnMessage,
-                 on_connection: OnConnection | None = None) -> None:
+                 on_connection: OnConnection | None = None,
+                 on_message_from: OnMessageFrom | None = None) -> None:
+        """``on_message_from``, if given, is called instead of ``on_message`` with the
+        requester a broker running the devicesim_aws plugin tagged the message with."""
         self.options = options
         self._pump = pump
         self._on_message = on_message
+        self._on_message_from = on_message_from
         self._on_connection = on_connection
         self._loop = asyncio.get_running_loop()
         self._waiters = _Waiters()
@@ -218,10 +233,16 @@ class Client:
             return (topic_filter, SubscribeOptions(qos=qos, noLocal=self.options.no_local))
         return (topic_filter, qos)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, *, retain: bool = False
-                ) -> None:
-        """Queue a publish; QoS 1 messages survive a reconnect of a persistent session."""
-        info = self._paho.publish(topic, payload, qos, retain)
+    def publish(self, topic: str, payload: bytes, qos: int = 1, *, retain: bool = False,
+                reply_to: str | None = None) -> None:
+        """Queue a publish; QoS 1 messages survive a reconnect of a persistent session.
+        ``reply_to`` (MQTT 5): a broker running the devicesim_aws plugin delivers the message
+        to that client only (a Jobs reply to its requester)."""
+        props = None
+        if reply_to is not None and self.options.mqtt5:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.UserProperty = (REPLY_TO_PROPERTY, reply_to)
+        info = self._paho.publish(topic, payload, qos, retain, props)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise MqttError(f"publish {topic}: {paho.error_string(info.rc)}")
 
@@ -334,7 +355,10 @@ class Client:
 
     def _message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         try:
-            self._on_message(msg.topic, bytes(msg.payload))
+            if self._on_message_from is not None:
+                self._on_message_from(msg.topic, bytes(msg.payload), _requester(msg))
+            else:
+                self._on_message(msg.topic, bytes(msg.payload))
         except Exception as e:  # a handler bug must not kill the connection
             log.exception("on_message failed client_id=%s topic=%s", self.options.client_id,
                           msg.topic)
@@ -357,3 +381,17 @@ class Client:
     def _check(self, rc: MQTTErrorCode, what: str) -> None:
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise MqttError(f"{self.options.client_id}: {what}: {paho.error_string(rc)}")
+
+
+def _requester(msg: paho.MQTTMessage) -> str | None:
+    """The last ``devicesim-requester`` user property of a message (the broker plugin
+    appends its own after any the sender set), or None."""
+    props = getattr(msg, "properties", None)
+    pairs = getattr(props, "UserProperty", None) if props is not None else None
+    if not pairs:
+        return None
+    found = None
+    for key, value in pairs:
+        if key == REQUESTER_PROPERTY:
+            found = value
+    return found

@@ -6,7 +6,11 @@ Three ways to get a broker, all yielding a `BrokerAddress`:
 - `EmbeddedBroker`: a ``mosquitto`` child process started from the project's
   ``mosquitto.conf`` on a free loopback port, with its own work dir (rendered config,
   persistence state, log). It can be stopped, SIGKILLed and restarted on the same port with
-  the same state, which is how drills inject broker faults.
+  the same state, which is how drills inject broker faults. Where the project's set-up built
+  the ``devicesim_aws`` plugin (``fleet/plugin/``), it is loaded: AWS IoT Core's broker
+  semantics (Jobs replies to the requester only, per-thing authorization) and one
+  privileged identity (:data:`PRIVILEGED_USER` with a secret made per broker) for the jobs
+  service, the recorder and the drill's links; the address it returns carries the secret.
 - `container_broker()`: a Mosquitto container, where testcontainers and Docker exist.
 
 Errors::
@@ -33,9 +37,11 @@ import tempfile
 import time
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+
+from devicesim.mqtt import PRIVILEGED_USER, SECRET_ENV
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,7 @@ LOG_TAIL_LINES = 15
 _SEARCH_PATH_EXTRA = ("/usr/sbin", "/usr/local/sbin")
 _MQTT_CONNACK = 0x20
 _SAVE_LINE = b"Saving in-memory database"
+PLUGIN_NAME = "devicesim_aws.so"
 
 
 class BrokerError(ValueError):
@@ -56,6 +63,29 @@ class BrokerError(ValueError):
 class BrokerAddress:
     host: str
     port: int
+    #: the secret of the privileged identity (:data:`PRIVILEGED_USER`) on a broker running
+    #: the devicesim_aws plugin; None on a plain broker (everyone is anonymous)
+    secret: str | None = field(default=None, repr=False)
+
+    @property
+    def aws_semantics(self) -> bool:
+        """The broker runs the devicesim_aws plugin (as far as this address knows)."""
+        return self.secret is not None
+
+    @property
+    def username(self) -> str | None:
+        """The privileged client's username (None on a plain broker: anonymous)."""
+        return None if self.secret is None else PRIVILEGED_USER
+
+    @property
+    def password(self) -> str | None:
+        return self.secret
+
+    def privileged(self) -> BrokerAddress:
+        """This address with the secret from ``$DEVICESIM_BROKER_SECRET`` if it has none
+        (a broker given by URL to a process of ours that needs the privileged identity)."""
+        secret = self.secret or os.environ.get(SECRET_ENV) or None
+        return BrokerAddress(self.host, self.port, secret)
 
     @property
     def url(self) -> str:
@@ -82,6 +112,13 @@ class BrokerAddress:
         ):
             raise bad
         return cls(parts.hostname, port)
+
+
+def plugin_path() -> Path | None:
+    """The devicesim_aws plugin as built by the project's set-up (``make plugin``), or
+    None when it was not built (no compiler or Mosquitto headers)."""
+    path = Path(__file__).resolve().parent / "plugin" / PLUGIN_NAME
+    return path if path.is_file() else None
 
 
 def default_config_path() -> Path:
@@ -173,7 +210,10 @@ class EmbeddedBroker:
         binary: str | os.PathLike[str] = "mosquitto",
         port: int | None = None,
         ready_timeout: float = READY_TIMEOUT_S,
+        plugin: bool | None = None,
     ) -> None:
+        """``plugin``: load the devicesim_aws plugin (True: required, a BrokerError if it
+        was not built; None: if it was built; False: never)."""
         self._work_dir_arg = Path(work_dir) if work_dir is not None else None
         self._config = Path(config) if config is not None else None
         self._binary = binary
@@ -182,6 +222,11 @@ class EmbeddedBroker:
         self._ready_timeout = ready_timeout
         self._work_dir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._plugin = plugin_path() if plugin is not False else None
+        if plugin and self._plugin is None:
+            raise BrokerError("the devicesim_aws plugin is not built: run make setup (it "
+                              "needs gcc and Debian's mosquitto-dev and libmosquitto-dev)")
+        self._secret = secrets.token_urlsafe(18) if self._plugin is not None else None
 
     # -- state -------------------------------------------------------------------------------
 
@@ -189,7 +234,12 @@ class EmbeddedBroker:
     def address(self) -> BrokerAddress:
         if self._port is None:
             raise BrokerError("embedded broker has not been started")
-        return BrokerAddress("127.0.0.1", self._port)
+        return BrokerAddress("127.0.0.1", self._port, self._secret)
+
+    @property
+    def aws_semantics(self) -> bool:
+        """The broker runs the devicesim_aws plugin."""
+        return self._secret is not None
 
     @property
     def pid(self) -> int | None:
@@ -328,12 +378,14 @@ class EmbeddedBroker:
     def _launch(self, binary: str, template: str) -> None:
         assert self._port is not None
         conf_path = self.work_dir / "mosquitto.conf"
+        conf_path.touch(mode=0o600)  # it holds the privileged identity's secret
         conf_path.write_text(
             template.format(
                 port=self._port,
                 state_dir=self.state_dir,
                 log_path=self.log_path,
                 user=self._broker_user(),
+                plugin=self._plugin_lines(),
             )
         )
         offset = self.log_path.stat().st_size
@@ -349,6 +401,17 @@ class EmbeddedBroker:
         )
         self._wait_ready(self._proc, offset)
         log.info("broker ready pid=%d url=%s", self._proc.pid, self.address.url)
+
+    def _plugin_lines(self) -> str:
+        """The config lines that load the plugin (a copy in the work dir, which the broker's
+        user can reach), or none."""
+        if self._plugin is None:
+            return "# devicesim_aws plugin not built: plain Mosquitto semantics"
+        copy = self.work_dir / PLUGIN_NAME
+        shutil.copyfile(self._plugin, copy)
+        copy.chmod(0o644)
+        return f"plugin {copy}\nplugin_opt_username {PRIVILEGED_USER}\n" \
+            f"plugin_opt_secret {self._secret}"
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], log_offset: int) -> None:
         deadline = time.monotonic() + self._ready_timeout

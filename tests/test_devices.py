@@ -177,12 +177,13 @@ async def rig(broker_address: BrokerAddress, tmp_path: Path) -> AsyncIterator[Ri
     tag = f"{next(_serial):02d}{uuid.uuid4().hex[:4]}"
     prefix = f"td{tag}-"
     print(f"seed={SEED} prefix={prefix}")
-    service = JobsService(ServiceConfig(broker=broker_address, state=tmp_path / "jobs.db",
-                                        http=False, seed=SEED))
-    await service.start()
     watch = Watch()
     recorder = Recorder(broker_address, listener=watch, client_id=f"recorder-{tag}")
     await recorder.start()
+    # what the service publishes it records itself (replies reach their requester alone)
+    service = JobsService(ServiceConfig(broker=broker_address, state=tmp_path / "jobs.db",
+                                        http=False, seed=SEED), record=recorder.observe)
+    await service.start()
     rig = Rig(broker_address, service, watch, prefix)
     try:
         yield rig

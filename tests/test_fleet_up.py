@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from devicesim.mqtt import SECRET_ENV
 from devicesim.wire import topics
 from fleet.broker import BrokerAddress
 from fleet.service.store import JobsStore
@@ -34,7 +35,8 @@ class FleetUp:
         self.proc = await asyncio.create_subprocess_exec(
             *FLEET, "up", "--broker", self.broker.url, "--state", str(self.state),
             "--ready-file", str(self.ready_file), stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, SECRET_ENV: self.broker.secret or ""})
         assert self.proc.stdout is not None
         async with asyncio.timeout(20):
             line = await self.proc.stdout.readline()  # printed once everything is ready
@@ -60,8 +62,13 @@ async def fleet_up(broker_address: BrokerAddress, tmp_path: Path) -> AsyncIterat
 
 async def test_ready_file_and_clean_stop(fleet_up: FleetUp) -> None:
     info = await fleet_up.start()
-    assert info["mqtt"] == {"host": fleet_up.broker.host, "port": fleet_up.broker.port,
-                            "url": fleet_up.broker.url}
+    broker = fleet_up.broker
+    mqtt = {"host": broker.host, "port": broker.port, "url": broker.url,
+            "awsSemantics": broker.aws_semantics}
+    if broker.secret is not None:  # the privileged identity, for tools that watch everything
+        mqtt["privileged"] = {"username": "devicesim", "password": broker.secret}
+    assert info["mqtt"] == mqtt
+    assert fleet_up.ready_file.stat().st_mode & 0o777 == 0o600
     assert str(info["http"]["endpoint"]).startswith("http://127.0.0.1:")  # type: ignore[index]
     assert await fleet_up.signal(signal.SIGTERM) == 0
     assert not fleet_up.ready_file.exists()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from devicesim.mqtt import SECRET_ENV
 from devicesim.wire.joining import (
     Invitation,
     JoinError,
@@ -32,6 +33,7 @@ from devicesim.wire.joining import (
     shard_range,
     topic,
 )
+from fleet.broker import BrokerAddress
 
 SEEDS = [7, 1234]
 SIZE_10 = 10.0
@@ -117,7 +119,7 @@ def test_an_invitation_round_trips_and_garbage_is_refused() -> None:
 
 
 @pytest.mark.broker
-async def test_the_hub_ignores_another_runs_workers(broker_address: object) -> None:
+async def test_the_hub_ignores_another_runs_workers(broker_address: BrokerAddress) -> None:
     from devicesim.mqtt import Client, ClientOptions, Pump
     from fleet.drill.shards import ShardHub
 
@@ -125,15 +127,17 @@ async def test_the_hub_ignores_another_runs_workers(broker_address: object) -> N
     print(f"session={session}")
     changed = asyncio.Event()
     joined: list[int] = []
-    hub = ShardHub(broker_address, session,  # type: ignore[arg-type]
+    hub = ShardHub(broker_address, session,
                    Invitation(run="current", drill="d", prefix="dev-", total=4,
                               mix={"reference": 1.0}, seed=1, shards=2),
                    listener=lambda op: None, on_change=changed.set,
                    on_joined=lambda shard, info: joined.append(shard))
     await hub.start()
     pump = Pump()
-    worker = Client(ClientOptions(client_id=f"w-{session}", host=broker_address.host,  # type: ignore[attr-defined]
-                                  port=broker_address.port, clean_session=True),  # type: ignore[attr-defined]
+    b = broker_address
+    worker = Client(ClientOptions(client_id=f"w-{session}", host=b.host, port=b.port,
+                                  clean_session=True, username=b.username,
+                                  password=b.password),
                     pump, on_message=lambda t, p: None)
     await worker.connect()
     try:
@@ -157,24 +161,30 @@ async def test_the_hub_ignores_another_runs_workers(broker_address: object) -> N
 # --- end to end: workers that share only the broker ----------------------------------------
 
 
-async def start_worker(url: str, session: str, shard: str, cwd: Path,
+def environment(broker: BrokerAddress) -> dict[str, str]:
+    """What a user gives processes started by hand: the privileged identity's secret on a
+    broker running the devicesim_aws plugin (a drill's topics are not a device's)."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", SECRET_ENV: broker.secret or ""}
+
+
+async def start_worker(broker: BrokerAddress, session: str, shard: str, cwd: Path,
                        *extra: str) -> asyncio.subprocess.Process:
     cwd.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (a test's own temp dir)
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "devicesim.cli", "run", "--broker", url, "--join", session,
-        "--shard", shard, "--join-timeout", "120", *extra, cwd=cwd,
+        sys.executable, "-m", "devicesim.cli", "run", "--broker", broker.url, "--join",
+        session, "--shard", shard, "--join-timeout", "120", *extra, cwd=cwd,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env=environment(broker))
 
 
-async def start_drill(url: str, session: str, report_dir: Path, *extra: str
+async def start_drill(broker: BrokerAddress, session: str, report_dir: Path, *extra: str
                       ) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "fleet.cli", "drill", "force-delete", "--devices", "60",
-        "--seed", "5", "--broker", url, "--shards", "2", "--session", session,
+        "--seed", "5", "--broker", broker.url, "--shards", "2", "--session", session,
         "--report-dir", str(report_dir), *extra,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env=environment(broker))
 
 
 async def output(proc: asyncio.subprocess.Process, seconds: float = 120) -> tuple[int, str]:
@@ -187,13 +197,13 @@ async def output(proc: asyncio.subprocess.Process, seconds: float = 120) -> tupl
 @pytest.mark.broker
 @pytest.mark.slow
 async def test_a_drill_passes_with_shards_that_share_only_the_broker(
-        broker_address: object, tmp_path: Path) -> None:
-    url = broker_address.url  # type: ignore[attr-defined]
+        broker_address: BrokerAddress, tmp_path: Path) -> None:
     session = f"remote-{uuid.uuid4().hex[:8]}"
     print(f"session={session} seed=5")
-    early = await start_worker(url, session, "0/2", tmp_path / "host-a")  # before the drill
-    drill = await start_drill(url, session, tmp_path / "report")
-    late = await start_worker(url, session, "1/2", tmp_path / "host-b")  # and after
+    b = broker_address
+    early = await start_worker(b, session, "0/2", tmp_path / "host-a")  # before the drill
+    drill = await start_drill(b, session, tmp_path / "report")
+    late = await start_worker(b, session, "1/2", tmp_path / "host-b")  # and after
     code, text = await output(drill)
     results = [await output(w, 30) for w in (early, late)]
     assert code == 0, text + "".join(out for _, out in results)
@@ -214,12 +224,11 @@ async def test_a_drill_passes_with_shards_that_share_only_the_broker(
 @pytest.mark.broker
 @pytest.mark.slow
 async def test_a_shard_that_never_joins_stops_the_drill_with_a_diagnosis(
-        broker_address: object, tmp_path: Path) -> None:
-    url = broker_address.url  # type: ignore[attr-defined]
+        broker_address: BrokerAddress, tmp_path: Path) -> None:
     session = f"missing-{uuid.uuid4().hex[:8]}"
     print(f"session={session} seed=5")
-    worker = await start_worker(url, session, "0/2", tmp_path / "host-a")
-    drill = await start_drill(url, session, tmp_path / "report", "--join-timeout", "3")
+    worker = await start_worker(broker_address, session, "0/2", tmp_path / "host-a")
+    drill = await start_drill(broker_address, session, tmp_path / "report", "--join-timeout", "3")
     code, text = await output(drill, 60)  # no wait for the part of a shard that never came
     assert code == 1, text
     _, worker_text = await output(worker, 30)  # told to stop; its part was collected
@@ -233,28 +242,27 @@ async def test_a_shard_that_never_joins_stops_the_drill_with_a_diagnosis(
 
 @pytest.mark.broker
 async def test_a_worker_with_the_wrong_shard_count_or_the_drills_options_says_so(
-        broker_address: object, tmp_path: Path) -> None:
+        broker_address: BrokerAddress, tmp_path: Path) -> None:
     from fleet.drill.shards import ShardHub
 
-    url = broker_address.url  # type: ignore[attr-defined]
     session = f"wrong-{uuid.uuid4().hex[:8]}"
-    hub = ShardHub(broker_address, session,  # type: ignore[arg-type]
+    hub = ShardHub(broker_address, session,
                    Invitation(run="r", drill="d", prefix="dev-", total=4,
                               mix={"reference": 1.0}, seed=1, shards=2),
                    listener=lambda op: None, on_change=lambda: None,
                    on_joined=lambda shard, info: None)
     await hub.start()
     try:
-        code, text = await output(await start_worker(url, session, "0/3", tmp_path, "--quiet"),
-                                  30)
+        code, text = await output(await start_worker(broker_address, session, "0/3", tmp_path,
+                                                     "--quiet"), 30)
     finally:
         await hub.close()
     assert code == 1
     assert text.strip().splitlines() == [
         f"devicesim run: failure: join {session!r}: drill 'd' has 2 shards; this worker is "
         "shard 0/3"]
-    code, text = await output(await start_worker(url, session, "0/2", tmp_path, "--count",
-                                                 "5", "--seed", "2"), 30)
+    code, text = await output(await start_worker(broker_address, session, "0/2", tmp_path,
+                                                 "--count", "5", "--seed", "2"), 30)
     assert code == 2
     assert text.strip() == ("devicesim run: --join: the drill chooses the fleet; drop --count,"
                             " --seed")
@@ -288,7 +296,7 @@ def test_the_kubernetes_example_runs_commands_the_clis_accept_and_agree_on() -> 
     assert shards["completions"] == shards["parallelism"] == drill_args.shards
     script = shards["template"]["spec"]["containers"][0]["command"]
     assert script[:2] == ["sh", "-c"]
-    covered = []
+    covered: list[int] = []
     for index in range(shards["completions"]):
         argv = shlex.split(script[2].replace("${JOB_COMPLETION_INDEX}", str(index)))
         assert argv[:3] == ["exec", "devicesim", "run"]

@@ -102,8 +102,11 @@ async def clients(broker_address: BrokerAddress
                       on_connection: OnConnection | None = None) -> Client:
         if pump not in pumps:
             pumps.append(pump)
+        # privileged: these clients use test topics of their own, not a thing's
         client = Client(ClientOptions(client_id=unique(name), host=broker_address.host,
-                                      port=broker_address.port, clean_session=True),
+                                      port=broker_address.port, clean_session=True,
+                                      username=broker_address.username,
+                                      password=broker_address.password),
                         pump, on_message=on_message, on_connection=on_connection)
         opened.append(client)
         await client.connect()

@@ -104,11 +104,14 @@ class Invitation:
     seed: int
     shards: int
     publish_events: bool = False
+    #: False on a broker with AWS semantics: replies reach their requester unasked
+    subscribe_replies: bool = True
 
     def to_payload(self) -> bytes:
         return orjson.dumps({"run": self.run, "drill": self.drill, "prefix": self.prefix,
                              "total": self.total, "mix": self.mix, "seed": self.seed,
-                             "shards": self.shards, "publishEvents": self.publish_events})
+                             "shards": self.shards, "publishEvents": self.publish_events,
+                             "subscribeReplies": self.subscribe_replies})
 
     @classmethod
     def from_payload(cls, payload: bytes) -> Invitation:
@@ -118,7 +121,8 @@ class Invitation:
                              prefix=str(data["prefix"]), total=int(data["total"]),
                              mix={str(k): float(v) for k, v in dict(data["mix"]).items()},
                              seed=int(data["seed"]), shards=int(data["shards"]),
-                             publish_events=bool(data.get("publishEvents", False)))
+                             publish_events=bool(data.get("publishEvents", False)),
+                             subscribe_replies=bool(data.get("subscribeReplies", True)))
         except (KeyError, TypeError, ValueError) as e:
             raise JoinError(f"not an invitation: {type(e).__name__}: {e}") from None
         if invitation.total < 1 or invitation.shards < 1:

@@ -131,6 +131,12 @@ def device_events(thing_name: str) -> str:
 _REPLY = {"accepted": Kind.ACCEPTED, "rejected": Kind.REJECTED}
 
 
+def is_reply(topic: str) -> bool:
+    """A Jobs reply (``.../accepted`` or ``.../rejected`` under ``$aws/things/``): on AWS it
+    goes to the requester alone."""
+    return topic.startswith("$aws/things/") and topic.endswith(("/accepted", "/rejected"))
+
+
 def parse_jobs_topic(topic: str) -> JobsTopic | None:
     """Parse a topic under ``$aws/things/{thing}/jobs/``; None if it is not under it.
 

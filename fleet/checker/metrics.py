@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from devicesim.wire.history import OpType
 from devicesim.wire.topics import Operation
 from fleet.checker.cases import notice_cases, recovery_cases
-from fleet.checker.model import Budgets, Distribution, Metrics
+from fleet.checker.model import AWS_SEMANTICS, Budgets, Distribution, Metrics
 from fleet.checker.timeline import Timeline, is_terminal
 
 
@@ -63,6 +63,8 @@ def compute(tl: Timeline, budgets: Budgets) -> Metrics:
         accepted += reply.type is OpType.OK
         if reply.type is OpType.FAIL:
             rejections[_code(reply.value)] += 1
+    semantics = tl.markers["start"].value.get("brokerSemantics") if "start" in tl.markers \
+        else None
     start = tl.markers["start"].time if "start" in tl.markers else tl.start
     end = tl.markers["end"].time if "end" in tl.markers else tl.end
     duration = max(0.0, end - start)
@@ -76,7 +78,9 @@ def compute(tl: Timeline, budgets: Budgets) -> Metrics:
         targeted=len(tl.targeted),
         mid_step=len({c.execution.thing_name for c in held}),
         requests=len(tl.requests), replies=replies, accepted=accepted,
-        rejections_by_code=dict(sorted(rejections.items())))
+        rejections_by_code=dict(sorted(rejections.items())),
+        missing_semantics=None if semantics is None else
+        () if semantics == "aws" else AWS_SEMANTICS)
 
 
 def _code(value: dict[str, object]) -> str:

@@ -187,6 +187,13 @@ class Metrics:
     replies: int = 0
     accepted: int = 0
     rejections_by_code: Mapping[str, int] = field(default_factory=dict)
+    #: the AWS IoT Core broker semantics the drill's broker lacked (the ``start`` marker's
+    #: ``brokerSemantics``: none with the devicesim_aws plugin); None if it does not say
+    missing_semantics: tuple[str, ...] | None = None
+
+
+#: what the devicesim_aws broker plugin adds to Mosquitto (docs/broker.md)
+AWS_SEMANTICS = ("Jobs replies reach their requester only", "per-thing authorization")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

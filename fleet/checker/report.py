@@ -79,10 +79,18 @@ def terminal(verdict: Verdict) -> str:
         f"updates in {m.duration_seconds:.1f}s)",
         f"requests            {m.requests}, replies {m.replies} (accepted {m.accepted}), "
         f"rejections: {codes}",
-        "",
-        "VERDICT: " + verdict_line(verdict),
     ]
+    if m.missing_semantics is not None:
+        lines.append("broker              " + broker_line(m.missing_semantics))
+    lines += ["", "VERDICT: " + verdict_line(verdict)]
     return "\n".join(lines) + "\n"
+
+
+def broker_line(missing: tuple[str, ...]) -> str:
+    if not missing:
+        return "AWS IoT Core semantics (devicesim_aws plugin)"
+    return ("plain Mosquitto, without AWS IoT Core's " + " and ".join(missing) +
+            " (make setup builds the devicesim_aws plugin)")
 
 
 def to_json(verdict: Verdict) -> dict[str, Any]:

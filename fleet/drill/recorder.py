@@ -5,8 +5,12 @@ the in-process jobs service hand their ops to :meth:`Recorder.record` directly; 
 processes write their own parts, merged at the end (:meth:`Recorder.merge`, or op by op
 through :meth:`Recorder.record`). The recorder subscribes on the broker (its own MQTT
 identity, QoS 1) only to what is given in ``filters``: for devices no process of ours runs,
-their topics (:data:`BROKER_FILTERS`), classified by :func:`devicesim.wire.history.classify`
-and handed to the ``listener`` (the live view) too. Device events carry a per-device ``seq``; the
+what they publish (:data:`BROKER_FILTERS`: their requests and events), classified by
+:func:`devicesim.wire.history.classify` and handed to the ``listener`` (the live view) too.
+What the jobs service publishes (replies, pushes, jobs events) is never taken from the
+broker -- on AWS, and on a broker running the devicesim_aws plugin, a reply reaches its
+requester alone -- but from the service itself: give its ``record``
+:meth:`Recorder.observe`. Device events carry a per-device ``seq``; the
 numbers seen are kept, so a drill can prove nothing was lost.
 
 Supervision: a message :func:`classify` fails on is still recorded (as the generic
@@ -31,8 +35,12 @@ from fleet.broker import BrokerAddress
 log = logging.getLogger(__name__)
 
 RECORDER_CLIENT_ID = "devicesim-recorder"
-#: everything devices and the service say on the broker (devices no process of ours runs)
-BROKER_FILTERS = (topics.SERVICE_FILTER, topics.JOB_EVENTS_FILTER, topics.DEVICE_EVENTS_FILTER)
+#: what devices publish on the broker (devices no process of ours runs): their requests
+#: (the service's own publications under the same filter are skipped) and their events
+BROKER_FILTERS = (topics.SERVICE_FILTER, topics.DEVICE_EVENTS_FILTER)
+#: what the jobs service publishes under SERVICE_FILTER (recorded by the service itself)
+_SERVICE_KINDS = frozenset({topics.Kind.ACCEPTED, topics.Kind.REJECTED, topics.Kind.NOTIFY,
+                            topics.Kind.NOTIFY_NEXT})
 
 
 class Recorder:
@@ -60,7 +68,8 @@ class Recorder:
         b = self._broker
         self._client = Client(ClientOptions(client_id=self._client_id, host=b.host,
                                             port=b.port, clean_session=False,
-                                            max_inflight=0),
+                                            max_inflight=0, username=b.username,
+                                            password=b.password),
                               self._pump, on_message=self._on_message)
         await self._client.connect()
         await self._client.subscribe(self._filters)
@@ -74,6 +83,12 @@ class Recorder:
                 self._seqs.setdefault(op.process, set()).add(seq)
         self.ops.append(op)
 
+    def observe(self, op: Op) -> None:
+        """Record an op an in-process component saw (the jobs service's publications: give
+        this as its ``record``) and tell the listener, like what is heard on the broker."""
+        self.record(op)
+        self._tell([op])
+
     def merge(self, path: Path) -> int:
         """Add a worker's history part; returns how many ops it held (a line that is not an
         op raises :class:`~devicesim.wire.history.HistoryError` naming it)."""
@@ -85,6 +100,9 @@ class Recorder:
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         self.received += 1
+        parsed = topics.parse_jobs_topic(topic)
+        if parsed is not None and parsed.kind in _SERVICE_KINDS:
+            return  # the service's, recorded by the service (observe)
         time_ = self._now()
         try:
             op = classify(topic, payload, time_)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import sys
 import tempfile
@@ -38,6 +39,7 @@ from typing import Any
 
 from devicesim.documents import stretched
 from devicesim.engine import Fleet, FleetConfig, assign_behaviours
+from devicesim.mqtt import SECRET_ENV
 from devicesim.recording import in_device_history
 from devicesim.wire import history
 from devicesim.wire.history import Op, OpType
@@ -222,7 +224,7 @@ class _Run:
     async def start(self) -> None:
         drill, options = self.drill, self.options
         if options.broker_url:
-            self.address = BrokerAddress.parse(options.broker_url)
+            self.address = BrokerAddress.parse(options.broker_url).privileged()
             if await asyncio.to_thread(probe, self.address) != 0:
                 raise ConnectionError(f"broker {self.address.url} refused the connection")
         else:
@@ -242,7 +244,8 @@ class _Run:
                   mix=mix, broker=self.address.url, endpoint=self.service.endpoint,
                   behaviours=assign_behaviours(self.things, mix, drill.seed),
                   requirements=drill.checks.to_json(), workers=max(1, self.options.workers),
-                  shards=self.options.shards, pace=drill.pace)
+                  shards=self.options.shards, pace=drill.pace,
+                  brokerSemantics="aws" if self.address.aws_semantics else "plain")
         await self.start_fleet(mix)
 
     async def joined(self) -> None:
@@ -290,7 +293,8 @@ class _Run:
         if shards == 1:
             self.fleet = Fleet(FleetConfig(host=self.address.host, port=self.address.port,
                                            prefix=drill.prefix, count=drill.devices, mix=mix,
-                                           seed=drill.seed, publish_events=False),
+                                           seed=drill.seed, publish_events=False,
+                                           subscribe_replies=not self.address.aws_semantics),
                                on_failure=self.fail,
                                record=self.record_device)
             await self.fleet.start()
@@ -300,7 +304,8 @@ class _Run:
                                       f"{drill.name}-{run[:8]}")
         self.hub = ShardHub(self.address, session, Invitation(
             run=run, drill=drill.name, prefix=drill.prefix, total=drill.devices, mix=mix,
-            seed=drill.seed, shards=shards), listener=self.on_op, on_change=self.changed.set,
+            seed=drill.seed, shards=shards, subscribe_replies=not self.address.aws_semantics),
+            listener=self.on_op, on_change=self.changed.set,
             on_joined=lambda shard, info: self.mark("shard-joined", shard=shard, **info),
             on_failure=self.fail)
         await self.hub.start()
@@ -309,11 +314,14 @@ class _Run:
             self.status(f"waiting for {shards} shards: devicesim run --broker "
                         f"{self.address.url} --join {session} --shard i/{shards}")
             return
+        env = dict(os.environ)
+        if self.address.secret is not None:  # the drill's topics are not a device's
+            env[SECRET_ENV] = self.address.secret
         for w in range(shards):
             self.workers.append(await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "devicesim.cli", "run", "--broker", self.address.url,
                 "--join", session, "--shard", f"{w}/{shards}", "--quiet",
-                stdin=asyncio.subprocess.DEVNULL))
+                stdin=asyncio.subprocess.DEVNULL, env=env))
 
     async def stop(self) -> None:
         if self.fleet is not None:

@@ -53,7 +53,8 @@ class ShardHub:
         self._pump = Pump(on_failure=on_failure)
         self._client = Client(
             ClientOptions(client_id=f"devicesim-drill-{session}", host=broker.host,
-                          port=broker.port, clean_session=False, max_inflight=0),
+                          port=broker.port, clean_session=False, max_inflight=0,
+                          username=broker.username, password=broker.password),
             self._pump, on_message=self._on_message)
         #: shard -> what it said when it joined (host, pid)
         self.joined: dict[int, dict[str, Any]] = {}

@@ -49,8 +49,6 @@ class ServiceConfig:
     http_port: int = 0
     http: bool = True
     seed: int = 0
-    username: str | None = None
-    password: str | None = None
 
 
 class JobsService:
@@ -70,7 +68,7 @@ class JobsService:
         self._pump = Pump(on_failure=on_failure)
         self._client: Client | None = None
         self._wake = asyncio.Event()
-        self._inbox: list[tuple[str, bytes]] = []
+        self._inbox: list[tuple[str, bytes, str | None]] = []
         self._timer: asyncio.Task[None] | None = None
         self._control: ControlPlane | None = None
         self.endpoint: str | None = None
@@ -80,9 +78,10 @@ class JobsService:
         self._client = Client(
             ClientOptions(client_id=SERVICE_CLIENT_ID, host=b.host, port=b.port,
                           clean_session=False, keepalive=30, max_inflight=0,
-                          mqtt5=True, no_local=True,
-                          username=self.config.username, password=self.config.password),
-            self._pump, on_message=self._on_message)
+                          mqtt5=True, no_local=True, username=b.username,
+                          password=b.password),
+            self._pump, on_message=lambda topic, payload: self._on_message(topic, payload, None),
+            on_message_from=self._on_message)
         await self._client.connect()
         await self._client.subscribe([topics.SERVICE_FILTER])
         self._timer = asyncio.get_running_loop().create_task(self._run_timers(),
@@ -109,10 +108,11 @@ class JobsService:
 
     # -- MQTT ----------------------------------------------------------------------------
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
+    def _on_message(self, topic: str, payload: bytes, requester: str | None) -> None:
         # Requests read from the socket in one go are answered as one batch: one SQLite
-        # commit for all of them (group commit), replies published after it.
-        self._inbox.append((topic, payload))
+        # commit for all of them (group commit), replies published after it. ``requester``:
+        # the client the broker plugin says sent it; its replies go to that client only.
+        self._inbox.append((topic, payload, requester))
         if len(self._inbox) == 1:
             asyncio.get_running_loop().call_soon(self._answer_inbox)
 
@@ -133,30 +133,40 @@ class JobsService:
         """
         inbox, self._inbox = self._inbox, []
         out: list[Publish] = []
+        reply_to: dict[int, str] = {}  # index in out -> the requester of that reply
         try:
             with self.store.batch():
-                for topic, payload in inbox:
+                for topic, payload, requester in inbox:
                     try:
-                        out.extend(self.dataplane.handle(topic, payload))
+                        effects = self.dataplane.handle(topic, payload)
                     except Exception as e:  # one bad request must not cost the batch
                         log.exception("request failed topic=%s", topic)
                         self._pump.report(f"jobs service request {topic}", e)
+                        continue
+                    if requester is not None:
+                        for i, effect in enumerate(effects, start=len(out)):
+                            if topics.is_reply(effect.topic):
+                                reply_to[i] = requester
+                    out.extend(effects)
                 out.extend(self.store.drain())  # left behind by a request that failed
         except Exception as e:
             log.exception("request batch failed requests=%d", len(inbox))
             self._pump.report("jobs service batch", e)
             return
-        self._publish(out)
+        self._publish(out, reply_to)
 
-    def _publish(self, effects: list[Publish]) -> None:
-        """Publish each effect; one that cannot be queued is reported, the rest still go."""
+    def _publish(self, effects: list[Publish], reply_to: dict[int, str] | None = None
+                 ) -> None:
+        """Publish each effect (``reply_to``: by index, the client a reply goes to alone);
+        one that cannot be queued is reported, the rest still go."""
         if not effects:
             return
         client = self._client
         assert client is not None
-        for effect in effects:
+        for i, effect in enumerate(effects):
             try:
-                client.publish(effect.topic, effect.payload, qos=1)
+                client.publish(effect.topic, effect.payload, qos=1,
+                               reply_to=reply_to.get(i) if reply_to else None)
                 if self._record is not None:
                     self._record(classify(effect.topic, effect.payload, self._now()))
             except Exception as e:  # MqttError, or paho refusing the payload

@@ -90,7 +90,7 @@ async def _serve(args: argparse.Namespace, settings: ServiceSettings) -> int:
     state.parent.mkdir(parents=True, exist_ok=True)
     embedded: EmbeddedBroker | None = None
     if args.broker:
-        address = BrokerAddress.parse(args.broker)
+        address = BrokerAddress.parse(args.broker).privileged()
         if await asyncio.to_thread(probe, address) != 0:
             raise BrokerError(f"broker {address.url} refused the connection")
     else:
@@ -125,12 +125,17 @@ async def _serve(args: argparse.Namespace, settings: ServiceSettings) -> int:
 def write_ready_file(path: Path, address: BrokerAddress, endpoint: str | None,
                      state: Path) -> None:
     info: dict[str, Any] = {
-        "mqtt": {"host": address.host, "port": address.port, "url": address.url},
+        "mqtt": {"host": address.host, "port": address.port, "url": address.url,
+                 "awsSemantics": address.aws_semantics},
         "state": str(state), "pid": os.getpid()}
+    if address.secret is not None:  # for tools that watch every thing (file mode 0600)
+        info["mqtt"]["privileged"] = {"username": address.username,
+                                      "password": address.secret}
     if endpoint is not None:
         info["http"] = {"endpoint": endpoint}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
+    tmp.touch(mode=0o600)
     tmp.write_text(json.dumps(info, indent=2))
     tmp.replace(path)
 

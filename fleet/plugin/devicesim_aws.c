@@ -1,0 +1,201 @@
+/*
+ * devicesim_aws: AWS IoT Core's broker semantics for Mosquitto 2.0, as a plugin.
+ *
+ * 1. Jobs replies go to the requester only. AWS delivers the reply to a Jobs request
+ *    (.../accepted, .../rejected) to the client that published the request, whether or not
+ *    it subscribed, and to no one else. Here: a request from a device (any client but the
+ *    privileged one) is tagged with a user property naming its sender
+ *    ("devicesim-requester" = client id; the jobs service reads the last one, so a device
+ *    cannot name another). The service publishes the reply with "devicesim-reply-to" = that
+ *    client id; the plugin hands a copy (without our properties) to that one client and
+ *    moves the original to a topic nobody may subscribe to, so normal delivery reaches no
+ *    one. A reply-to from any other client than the privileged one is ignored.
+ *
+ * 2. Per-thing authorization, like an AWS IoT policy keyed on the client id: a device may
+ *    publish, subscribe and receive only under $aws/things/<client id>/ and
+ *    devicesim/<client id>/. A SUBSCRIBE outside is refused (SUBACK 0x80 / 0x87), a PUBLISH
+ *    outside is dropped (PUBACK 0x87 for MQTT 5). A client id with a wildcard or '/' may do
+ *    nothing.
+ *
+ * 3. One privileged identity (the jobs service, the drill's recorder and its device
+ *    workers' links): username plugin_opt_username (default "devicesim") with password
+ *    plugin_opt_secret. Anyone may claim it only with the secret; without a secret
+ *    configured it cannot be claimed at all. It may do anything.
+ *
+ * Built by the project's set-up (make plugin): gcc -shared -fPIC with Debian's
+ * mosquitto-dev and libmosquitto-dev headers; loaded with "plugin <path>" in the config.
+ */
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <mosquitto.h>
+#include <mosquitto_broker.h>
+#include <mosquitto_plugin.h>
+#include <mqtt_protocol.h>
+
+#define REQUESTER "devicesim-requester"
+#define REPLY_TO "devicesim-reply-to"
+#define SINK "$devicesim/routed"
+
+static mosquitto_plugin_id_t *plugin_id;
+static char privileged_user[128] = "devicesim";
+static char secret[256];
+
+static bool is_privileged(struct mosquitto *client)
+{
+	const char *user = mosquitto_client_username(client);
+	/* a username is kept only if the connect was accepted: basic_auth checked the secret */
+	return secret[0] && user && strcmp(user, privileged_user) == 0;
+}
+
+/* Is `topic` (a name or a filter) under $aws/things/<id>/ or devicesim/<id>/ ? */
+static bool own_topic(const char *id, const char *topic)
+{
+	static const char *const roots[] = {"$aws/things/", "devicesim/"};
+	size_t n = strlen(id);
+	if(n == 0 || strpbrk(id, "+#/")){
+		return false;
+	}
+	for(size_t i = 0; i < sizeof(roots) / sizeof(roots[0]); i++){
+		size_t r = strlen(roots[i]);
+		if(!strncmp(topic, roots[i], r) && !strncmp(topic + r, id, n) && topic[r + n] == '/'){
+			return true;
+		}
+	}
+	return false;
+}
+
+static int on_basic_auth(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_basic_auth *ed = event_data;
+	(void)event;
+	(void)userdata;
+	if(!ed->username || strcmp(ed->username, privileged_user)){
+		return MOSQ_ERR_PLUGIN_DEFER;
+	}
+	if(secret[0] && ed->password && !strcmp(ed->password, secret)){
+		return MOSQ_ERR_SUCCESS;
+	}
+	mosquitto_log_printf(MOSQ_LOG_NOTICE, "devicesim_aws: refused %s: wrong secret for %s",
+			mosquitto_client_id(ed->client), privileged_user);
+	return MOSQ_ERR_AUTH;
+}
+
+static int on_acl_check(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_acl_check *ed = event_data;
+	(void)event;
+	(void)userdata;
+	if(is_privileged(ed->client)){
+		return MOSQ_ERR_SUCCESS;
+	}
+	if(ed->access == MOSQ_ACL_UNSUBSCRIBE){
+		return MOSQ_ERR_SUCCESS;
+	}
+	if(own_topic(mosquitto_client_id(ed->client), ed->topic)){
+		return MOSQ_ERR_SUCCESS;
+	}
+	return MOSQ_ERR_ACL_DENIED;
+}
+
+/* The value of the last user property `name` (free it with mosquitto_free), or NULL. */
+static char *last_user_property(const mosquitto_property *props, const char *name)
+{
+	char *found = NULL;
+	const mosquitto_property *p = props;
+	bool skip = false;
+	char *key, *value;
+	while((p = mosquitto_property_read_string_pair(p, MQTT_PROP_USER_PROPERTY, &key, &value,
+					skip))){
+		skip = true;
+		if(!strcmp(key, name)){
+			mosquitto_free(found);
+			found = value;
+		}else{
+			mosquitto_free(value);
+		}
+		mosquitto_free(key);
+	}
+	return found;
+}
+
+static int on_message(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_message *ed = event_data;
+	(void)event;
+	(void)userdata;
+	if(!is_privileged(ed->client)){
+		if(!strncmp(ed->topic, "$aws/things/", 12)){
+			mosquitto_property_add_string_pair(&ed->properties, MQTT_PROP_USER_PROPERTY,
+					REQUESTER, mosquitto_client_id(ed->client));
+		}
+		return MOSQ_ERR_SUCCESS;
+	}
+	char *to = last_user_property(ed->properties, REPLY_TO);
+	if(!to){
+		return MOSQ_ERR_SUCCESS;
+	}
+	int rc = mosquitto_broker_publish_copy(to, ed->topic, (int)ed->payloadlen, ed->payload,
+			ed->qos, false, NULL);
+	if(rc != MOSQ_ERR_SUCCESS){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "devicesim_aws: reply to %s on %s failed: %d",
+				to, ed->topic, rc);
+	}
+	mosquitto_free(to);
+	char *sink = mosquitto_strdup(SINK);
+	if(sink){
+		mosquitto_free(ed->topic);
+		ed->topic = sink;
+		ed->retain = false;
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
+int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
+{
+	for(int i = 0; i < supported_version_count; i++){
+		if(supported_versions[i] == 5){
+			return 5;
+		}
+	}
+	return -1;
+}
+
+int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
+		struct mosquitto_opt *options, int option_count)
+{
+	(void)userdata;
+	plugin_id = identifier;
+	for(int i = 0; i < option_count; i++){
+		if(!strcmp(options[i].key, "secret")){
+			snprintf(secret, sizeof(secret), "%s", options[i].value);
+		}else if(!strcmp(options[i].key, "username")){
+			snprintf(privileged_user, sizeof(privileged_user), "%s", options[i].value);
+		}
+	}
+	int rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth,
+			NULL, NULL);
+	if(!rc){
+		rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL,
+				NULL);
+	}
+	if(!rc){
+		rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL, NULL);
+	}
+	mosquitto_log_printf(MOSQ_LOG_INFO, "devicesim_aws: loaded (privileged user %s%s)",
+			privileged_user, secret[0] ? "" : ", no secret: it cannot be claimed");
+	return rc;
+}
+
+int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int option_count)
+{
+	(void)userdata;
+	(void)options;
+	(void)option_count;
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL);
+	return MOSQ_ERR_SUCCESS;
+}
