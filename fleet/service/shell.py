@@ -17,7 +17,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from devicesim.wire import topics
 from devicesim.wire.history import Op, classify
 from fleet.broker import BrokerAddress
 from fleet.service.controlplane.server import ControlPlane
+from fleet.service.controlplane.sigv4 import Verifier
 from fleet.service.dataplane import DataPlane
 from fleet.service.settings import ServiceSettings
 from fleet.service.store import JobsStore, Publish
@@ -49,6 +50,8 @@ class ServiceConfig:
     http_port: int = 0
     http: bool = True
     seed: int = 0
+    #: access key id -> secret: the control plane then requires SigV4 signatures
+    credentials: Mapping[str, str] | None = None
 
 
 class JobsService:
@@ -88,7 +91,9 @@ class JobsService:
                                                              name="jobs-timers")
         self._timer.add_done_callback(self._timers_ended)
         if self.config.http:
-            control = ControlPlane(self.store, on_change=self.flush)
+            verifier = None if self.config.credentials is None else \
+                Verifier(self.config.credentials)
+            control = ControlPlane(self.store, on_change=self.flush, verifier=verifier)
             self.endpoint = await control.start(self.config.http_host, self.config.http_port)
             self._control = control
         log.info("jobs service ready broker=%s endpoint=%s", b.url, self.endpoint)

@@ -25,6 +25,7 @@ from typing import Any
 
 from devicesim.loop import run_main
 from fleet.broker import BrokerAddress, BrokerError, EmbeddedBroker, probe
+from fleet.service.controlplane.sigv4 import load_credentials
 from fleet.service.settings import ServiceSettings
 from fleet.service.shell import JobsService, ServiceConfig
 
@@ -77,15 +78,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ready-file", type=Path, default=DEFAULT_READY_FILE,
                         help=f"JSON written once ready (default: {DEFAULT_READY_FILE})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the service's randomness")
+    parser.add_argument("--sigv4-credentials", type=Path, metavar="FILE",
+                        help="require SigV4-signed control-plane requests, signed with a key "
+                             "of this AWS-style credentials file (every profile's "
+                             "aws_access_key_id / aws_secret_access_key); others get 403")
     add_settings_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    return run_main(_serve(args, settings))
+    credentials = None if args.sigv4_credentials is None else \
+        load_credentials(args.sigv4_credentials)
+    return run_main(_serve(args, settings, credentials))
 
 
-async def _serve(args: argparse.Namespace, settings: ServiceSettings) -> int:
+async def _serve(args: argparse.Namespace, settings: ServiceSettings,
+                 credentials: dict[str, str] | None = None) -> int:
     state: Path = args.state
     state.parent.mkdir(parents=True, exist_ok=True)
     embedded: EmbeddedBroker | None = None
@@ -99,7 +107,8 @@ async def _serve(args: argparse.Namespace, settings: ServiceSettings) -> int:
         address = await asyncio.to_thread(embedded.start)
     failures = FailureLog()
     service = JobsService(ServiceConfig(broker=address, state=state, settings=settings,
-                                        http_port=args.http_port, seed=args.seed),
+                                        http_port=args.http_port, seed=args.seed,
+                                        credentials=credentials),
                           on_failure=failures)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

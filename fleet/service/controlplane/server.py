@@ -10,7 +10,9 @@
 After every successful mutating operation the server awaits ``on_change()``, so the service
 can publish what the store queued (``store.drain()``: notifications, jobs events) over MQTT.
 A failing ``on_change`` is logged and does not turn the (already committed) call into an
-error. Credentials are accepted as they come: no SigV4 checks.
+error. Credentials are accepted as they come unless a :class:`~.sigv4.Verifier` is given:
+then every request's SigV4 signature is checked before routing, and one that fails gets
+AWS's 403 and changes nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from fleet.service.controlplane import routes
 from fleet.service.controlplane.handlers import HANDLERS, Context
 from fleet.service.controlplane.inputs import Input, parse_body
 from fleet.service.controlplane.shapes import Json
+from fleet.service.controlplane.sigv4 import Verifier
 from fleet.service.errors import (
     InternalFailureException,
     InvalidRequestException,
@@ -64,15 +67,20 @@ def success_response(result: Json | None, *, request_id: str) -> web.Response:
 
 
 class _Dispatcher:
-    def __init__(self, ctx: Context, on_change: OnChange) -> None:
+    def __init__(self, ctx: Context, on_change: OnChange, verifier: Verifier | None) -> None:
         self._ctx = ctx
         self._on_change = on_change
+        self._verifier = verifier
 
     async def handle(self, request: web.Request) -> web.Response:
         request_id = str(uuid.uuid4())
         labels: dict[str, str] = {}
         operation = "-"
         try:
+            if self._verifier is not None:
+                self._verifier.verify(request.method,
+                                      f"{request.scheme}://{request.host}{request.raw_path}",
+                                      request.headers, await request.read())
             route, labels = routes.match(request.method, request.rel_url.raw_path)
             operation = route.operation
             query = request.rel_url.query
@@ -116,13 +124,14 @@ def _log_name(label: str) -> str:
 
 
 def make_app(store: JobsStore, on_change: OnChange, *,
-             now: Callable[[], float] | None = None) -> web.Application:
+             now: Callable[[], float] | None = None,
+             verifier: Verifier | None = None) -> web.Application:
     """The control-plane aiohttp application around ``store``.
 
     ``on_change`` (sync or async) is called after every successful mutating operation.
-    ``now`` defaults to the store's clock.
+    ``now`` defaults to the store's clock. ``verifier``: check SigV4 signatures.
     """
-    dispatcher = _Dispatcher(Context(store, now or store.now), on_change)
+    dispatcher = _Dispatcher(Context(store, now or store.now), on_change, verifier)
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", dispatcher.handle)
     return app
@@ -132,8 +141,9 @@ class ControlPlane:
     """The control plane served on a TCP port: ``url = await cp.start()``, ``await cp.stop()``."""
 
     def __init__(self, store: JobsStore, on_change: OnChange, *,
-                 now: Callable[[], float] | None = None, shutdown_timeout: float = 5.0) -> None:
-        self._app = make_app(store, on_change, now=now)
+                 now: Callable[[], float] | None = None, shutdown_timeout: float = 5.0,
+                 verifier: Verifier | None = None) -> None:
+        self._app = make_app(store, on_change, now=now, verifier=verifier)
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
