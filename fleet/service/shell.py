@@ -25,9 +25,11 @@ from devicesim.mqtt import Client, ClientOptions, OnFailure, Pump
 from devicesim.wire import topics
 from devicesim.wire.history import Op, classify
 from fleet.broker import BrokerAddress
+from fleet.certs import Authority
 from fleet.service.controlplane.server import ControlPlane
 from fleet.service.controlplane.sigv4 import Verifier
 from fleet.service.dataplane import DataPlane
+from fleet.service.registry import Registry
 from fleet.service.settings import ServiceSettings
 from fleet.service.store import JobsStore, Publish
 
@@ -52,6 +54,10 @@ class ServiceConfig:
     seed: int = 0
     #: access key id -> secret: the control plane then requires SigV4 signatures
     credentials: Mapping[str, str] | None = None
+    #: the CA that CreateKeysAndCertificate signs with (``fleet certs``); None: refused
+    authority: Authority | None = None
+    #: the principals file the broker's devicesim_aws plugin reads (secure profile)
+    principals: Path | None = None
 
 
 class JobsService:
@@ -68,6 +74,10 @@ class JobsService:
         self.store = JobsStore(config.state, config.settings, now=now,
                                rng=random.Random(config.seed))
         self.dataplane = DataPlane(self.store, now)
+        self.registry = Registry(config.state, region=config.settings.region,
+                                 account_id=config.settings.account_id,
+                                 authority=config.authority, principals=config.principals,
+                                 now=now)
         self._pump = Pump(on_failure=on_failure)
         self._client: Client | None = None
         self._wake = asyncio.Event()
@@ -93,7 +103,8 @@ class JobsService:
         if self.config.http:
             verifier = None if self.config.credentials is None else \
                 Verifier(self.config.credentials)
-            control = ControlPlane(self.store, on_change=self.flush, verifier=verifier)
+            control = ControlPlane(self.store, on_change=self.flush, verifier=verifier,
+                                   registry=self.registry, endpoint_address=b.host)
             self.endpoint = await control.start(self.config.http_host, self.config.http_port)
             self._control = control
         log.info("jobs service ready broker=%s endpoint=%s", b.url, self.endpoint)
@@ -110,6 +121,7 @@ class JobsService:
             await self._client.close()
         await self._pump.close()
         self.store.close()
+        self.registry.close()
 
     # -- MQTT ----------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from fleet.service.controlplane import shapes
 from fleet.service.controlplane.inputs import Input, unsupported
 from fleet.service.controlplane.shapes import Json
 from fleet.service.errors import InvalidRequestException
+from fleet.service.registry import Registry
 from fleet.service.store import JobsStore
 
 MAX_RESULTS = (1, 250)
@@ -29,6 +30,10 @@ class Context:
     store: JobsStore
     #: The store's clock (approximateSecondsBeforeTimedOut is computed against it).
     now: Callable[[], float]
+    #: things, certificates, policies (None: the registry's operations are refused)
+    registry: Registry | None = None
+    #: what DescribeEndpoint answers: the broker's host
+    endpoint_address: str | None = None
 
 
 Handler = Callable[[Context, Input], Json | None]
@@ -179,6 +184,8 @@ def describe_event_configurations(ctx: Context, inp: Input) -> Json:
     return shapes.event_configurations(ctx.store.event_configurations())
 
 
+from fleet.service.controlplane.identity import IDENTITY_HANDLERS  # noqa: E402 (cycle)
+
 HANDLERS: dict[str, Handler] = {
     "CreateJob": create_job,
     "DescribeJob": describe_job,
@@ -193,6 +200,7 @@ HANDLERS: dict[str, Handler] = {
     "DeleteJobExecution": delete_job_execution,
     "UpdateEventConfigurations": update_event_configurations,
     "DescribeEventConfigurations": describe_event_configurations,
+    **IDENTITY_HANDLERS,
 }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from devicesim.wire import topics
@@ -53,6 +53,8 @@ class Input:
     labels: Mapping[str, str]
     query: Mapping[str, list[str]]
     body: Mapping[str, Any]
+    #: request headers, lower-cased names (the model places a few members there)
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     def allow(self, *, query: Collection[str] = (), body: Collection[str] = (),
               unsupported_query: Collection[str] = (),

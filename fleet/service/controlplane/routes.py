@@ -64,6 +64,19 @@ ROUTES: tuple[Route, ...] = (
           "DeleteJobExecution", mutating=True),
     Route("PATCH", "/event-configurations", "UpdateEventConfigurations", mutating=True),
     Route("GET", "/event-configurations", "DescribeEventConfigurations"),
+    # the thing registry and its principals (fleet provision)
+    Route("POST", "/things/{thingName}", "CreateThing"),
+    Route("GET", "/things/{thingName}", "DescribeThing"),
+    Route("POST", "/keys-and-certificate", "CreateKeysAndCertificate"),
+    Route("POST", "/certificate/register", "RegisterCertificate"),
+    Route("POST", "/certificate/register-no-ca", "RegisterCertificateWithoutCA"),
+    Route("PUT", "/certificates/{certificateId}", "UpdateCertificate"),
+    Route("GET", "/certificates/{certificateId}", "DescribeCertificate"),
+    Route("POST", "/policies/{policyName}", "CreatePolicy"),
+    Route("PUT", "/target-policies/{policyName}", "AttachPolicy"),
+    Route("PUT", "/things/{thingName}/principals", "AttachThingPrincipal"),
+    Route("GET", "/things/{thingName}/principals", "ListThingPrincipals"),
+    Route("GET", "/endpoint", "DescribeEndpoint"),
 )
 
 BY_OPERATION: dict[str, Route] = {route.operation: route for route in ROUTES}

@@ -37,6 +37,7 @@ from fleet.service.errors import (
     JobsError,
     ResourceAlreadyExistsException,
 )
+from fleet.service.registry import Registry
 from fleet.service.store import JobsStore
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ class _Dispatcher:
             operation = route.operation
             query = request.rel_url.query
             inp = Input(operation, labels, {k: query.getall(k) for k in query},
-                        parse_body(await request.read()))
+                        parse_body(await request.read()),
+                        {k.lower(): v for k, v in request.headers.items()})
             result = HANDLERS[operation](self._ctx, inp)
         except web.HTTPException as exc:  # e.g. a body over client_max_size
             return self._error(InvalidRequestException(exc.text or exc.reason), operation,
@@ -125,13 +127,15 @@ def _log_name(label: str) -> str:
 
 def make_app(store: JobsStore, on_change: OnChange, *,
              now: Callable[[], float] | None = None,
-             verifier: Verifier | None = None) -> web.Application:
+             verifier: Verifier | None = None, registry: Registry | None = None,
+             endpoint_address: str | None = None) -> web.Application:
     """The control-plane aiohttp application around ``store``.
 
     ``on_change`` (sync or async) is called after every successful mutating operation.
     ``now`` defaults to the store's clock. ``verifier``: check SigV4 signatures.
     """
-    dispatcher = _Dispatcher(Context(store, now or store.now), on_change, verifier)
+    dispatcher = _Dispatcher(Context(store, now or store.now, registry, endpoint_address),
+                             on_change, verifier)
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", dispatcher.handle)
     return app
@@ -142,8 +146,10 @@ class ControlPlane:
 
     def __init__(self, store: JobsStore, on_change: OnChange, *,
                  now: Callable[[], float] | None = None, shutdown_timeout: float = 5.0,
-                 verifier: Verifier | None = None) -> None:
-        self._app = make_app(store, on_change, now=now, verifier=verifier)
+                 verifier: Verifier | None = None, registry: Registry | None = None,
+                 endpoint_address: str | None = None) -> None:
+        self._app = make_app(store, on_change, now=now, verifier=verifier, registry=registry,
+                             endpoint_address=endpoint_address)
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None
         self._url: str | None = None

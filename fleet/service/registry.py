@@ -1,0 +1,249 @@
+"""The thing registry and its security principals: things, X.509 certificates, policies.
+
+What ``fleet provision`` (boto3) needs to provision devices against the emulator as against
+AWS IoT Core: CreateThing, CreateKeysAndCertificate (signed by the emulator's CA),
+RegisterCertificate, UpdateCertificate, DescribeCertificate, CreatePolicy, AttachPolicy,
+AttachThingPrincipal, ListThingPrincipals. Kept in the service's SQLite file, next to the
+jobs (own tables, own connection: WAL lets both write).
+
+The broker learns who may connect from the **principals file** this registry rewrites
+(atomically) after every change, one line per certificate::
+
+    <certificateId> <status> <thing>[,<thing>...]
+
+The devicesim_aws plugin reads it (again when it changed) and accepts a TLS client only if
+its certificate's id is there, ACTIVE, and attached to the thing named by its client id.
+Policies are stored and attached as given; what the broker enforces is the one policy AWS
+users give devices most: a device may touch only its own thing's topics.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleet.certs import Authority, CertError, certificate_id, load_certificate
+from fleet.service.errors import (
+    InvalidRequestException,
+    ResourceAlreadyExistsException,
+    ResourceNotFoundException,
+)
+
+STATUSES = ("ACTIVE", "INACTIVE", "REVOKED", "PENDING_TRANSFER", "REGISTER_INACTIVE",
+            "PENDING_ACTIVATION")
+#: statuses UpdateCertificate may set (AWS: not PENDING_* or REGISTER_* from here)
+SETTABLE = ("ACTIVE", "INACTIVE", "REVOKED")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS things (
+    name TEXT PRIMARY KEY, id TEXT NOT NULL, version INTEGER NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS certificates (
+    id TEXT PRIMARY KEY, pem TEXT NOT NULL, status TEXT NOT NULL, created REAL NOT NULL,
+    modified REAL NOT NULL, ca_pem TEXT);
+CREATE TABLE IF NOT EXISTS policies (
+    name TEXT PRIMARY KEY, document TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS policy_targets (
+    policy TEXT NOT NULL, target TEXT NOT NULL, PRIMARY KEY (policy, target));
+CREATE TABLE IF NOT EXISTS thing_principals (
+    thing TEXT NOT NULL, principal TEXT NOT NULL, PRIMARY KEY (thing, principal));
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Thing:
+    name: str
+    id: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    id: str
+    pem: str
+    status: str
+    created: float
+    modified: float
+    ca_pem: str | None
+
+
+class Registry:
+    def __init__(self, path: Path | str, *, region: str, account_id: str,
+                 authority: Authority | None = None, principals: Path | None = None,
+                 now: Callable[[], float] = time.time) -> None:
+        """``authority``: the CA CreateKeysAndCertificate signs with (None: that call is
+        refused); ``principals``: the file to keep for the broker."""
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout = 5000")
+        self._db.executescript(_SCHEMA)
+        self._region, self._account = region, account_id
+        self.authority, self.principals_path, self._now = authority, principals, now
+        self.write_principals()
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- ARNs ------------------------------------------------------------------------------
+
+    @property
+    def account_id(self) -> str:
+        return self._account
+
+    def arn(self, kind: str, name: str) -> str:
+        return f"arn:aws:iot:{self._region}:{self._account}:{kind}/{name}"
+
+    def certificate_of(self, principal: str) -> str | None:
+        """The certificate id of a certificate ARN of this account and region, else None."""
+        prefix = self.arn("cert", "")
+        return principal[len(prefix):] if principal.startswith(prefix) else None
+
+    # -- things ----------------------------------------------------------------------------
+
+    def create_thing(self, name: str) -> Thing:
+        """Create it, or return it unchanged if it exists (AWS: same thing, no error)."""
+        existing = self._thing(name)
+        if existing is not None:
+            return existing
+        thing = Thing(name, str(uuid.uuid4()), 1)
+        self._db.execute("INSERT INTO things VALUES (?, ?, ?, ?)",
+                         (name, thing.id, thing.version, self._now()))
+        return thing
+
+    def describe_thing(self, name: str) -> Thing:
+        thing = self._thing(name)
+        if thing is None:
+            raise ResourceNotFoundException(f"Thing {name} cannot be found.")
+        return thing
+
+    def _thing(self, name: str) -> Thing | None:
+        row = self._db.execute("SELECT name, id, version FROM things WHERE name = ?",
+                               (name,)).fetchone()
+        return None if row is None else Thing(*row)
+
+    # -- certificates ----------------------------------------------------------------------
+
+    def create_keys_and_certificate(self, *, active: bool) -> tuple[Certificate, str]:
+        """A new key pair and a certificate signed by the emulator's CA: (cert, key PEM)."""
+        if self.authority is None:
+            raise InvalidRequestException(
+                "CreateKeysAndCertificate needs the emulator's certificate authority: run "
+                "fleet up --secure (or fleet certs, then fleet up --cert-dir DIR)")
+        cert_pem, key_pem = self.authority.issue()
+        cert = self._add_certificate(cert_pem.decode(), "ACTIVE" if active else "INACTIVE",
+                                     None)
+        return cert, key_pem.decode()
+
+    def register_certificate(self, pem: str, *, status: str, ca_pem: str | None = None
+                             ) -> Certificate:
+        """Register a certificate made elsewhere (signed by ``ca_pem``, or by the emulator's
+        CA when it is not given)."""
+        if status not in STATUSES:
+            raise InvalidRequestException(f"status: expected one of {', '.join(STATUSES)}")
+        try:
+            load_certificate(pem)
+            if ca_pem is not None:
+                load_certificate(ca_pem)
+        except CertError as e:
+            raise InvalidRequestException(f"certificatePem: {e}") from None
+        return self._add_certificate(pem, status, ca_pem)
+
+    def _add_certificate(self, pem: str, status: str, ca_pem: str | None) -> Certificate:
+        cert_id = certificate_id(pem)
+        if self._certificate(cert_id) is not None:
+            raise ResourceAlreadyExistsException(
+                f"The certificate is already provisioned or registered: {cert_id}")
+        now = self._now()
+        self._db.execute("INSERT INTO certificates VALUES (?, ?, ?, ?, ?, ?)",
+                         (cert_id, pem, status, now, now, ca_pem))
+        self.write_principals()
+        return Certificate(cert_id, pem, status, now, now, ca_pem)
+
+    def update_certificate(self, cert_id: str, status: str) -> None:
+        if status not in SETTABLE:
+            raise InvalidRequestException(f"newStatus: expected one of {', '.join(SETTABLE)}")
+        current = self.describe_certificate(cert_id)
+        if current.status == "REVOKED" and status != "REVOKED":
+            raise InvalidRequestException(f"Certificate {cert_id} is revoked: its status "
+                                          "cannot change")
+        self._db.execute("UPDATE certificates SET status = ?, modified = ? WHERE id = ?",
+                         (status, self._now(), cert_id))
+        self.write_principals()
+
+    def describe_certificate(self, cert_id: str) -> Certificate:
+        cert = self._certificate(cert_id)
+        if cert is None:
+            raise ResourceNotFoundException(f"The certificate {cert_id} does not exist")
+        return cert
+
+    def _certificate(self, cert_id: str) -> Certificate | None:
+        row = self._db.execute("SELECT id, pem, status, created, modified, ca_pem "
+                               "FROM certificates WHERE id = ?", (cert_id,)).fetchone()
+        return None if row is None else Certificate(*row)
+
+    # -- policies --------------------------------------------------------------------------
+
+    def create_policy(self, name: str, document: str) -> None:
+        if self._db.execute("SELECT 1 FROM policies WHERE name = ?", (name,)).fetchone():
+            raise ResourceAlreadyExistsException(f"Policy cannot be created - name already "
+                                                 f"exists (name={name})")
+        self._db.execute("INSERT INTO policies VALUES (?, ?, ?)", (name, document, self._now()))
+
+    def attach_policy(self, name: str, target: str) -> None:
+        if not self._db.execute("SELECT 1 FROM policies WHERE name = ?", (name,)).fetchone():
+            raise ResourceNotFoundException(f"Policy {name} does not exist")
+        self._principal(target)
+        self._db.execute("INSERT OR IGNORE INTO policy_targets VALUES (?, ?)", (name, target))
+
+    def policies_of(self, target: str) -> list[str]:
+        return [r[0] for r in self._db.execute(
+            "SELECT policy FROM policy_targets WHERE target = ? ORDER BY policy", (target,))]
+
+    # -- principals ------------------------------------------------------------------------
+
+    def attach_thing_principal(self, thing: str, principal: str) -> None:
+        self.describe_thing(thing)
+        self._principal(principal)
+        self._db.execute("INSERT OR IGNORE INTO thing_principals VALUES (?, ?)",
+                         (thing, principal))
+        self.write_principals()
+
+    def list_thing_principals(self, thing: str) -> list[str]:
+        self.describe_thing(thing)
+        return [r[0] for r in self._db.execute(
+            "SELECT principal FROM thing_principals WHERE thing = ? ORDER BY principal",
+            (thing,))]
+
+    def _principal(self, principal: str) -> str:
+        """The certificate id of a principal ARN (a ResourceNotFound if it is not ours)."""
+        cert_id = self.certificate_of(principal)
+        if cert_id is None or self._certificate(cert_id) is None:
+            raise ResourceNotFoundException(f"The principal {principal} does not exist")
+        return cert_id
+
+    def principals(self) -> list[tuple[str, str, list[str]]]:
+        """(certificate id, status, attached things) of every certificate."""
+        attached: dict[str, list[str]] = {}
+        for thing, principal in self._db.execute(
+                "SELECT thing, principal FROM thing_principals ORDER BY thing"):
+            cert_id = self.certificate_of(principal)
+            if cert_id is not None:
+                attached.setdefault(cert_id, []).append(thing)
+        return [(cert_id, status, attached.get(cert_id, []))
+                for cert_id, status in self._db.execute(
+                    "SELECT id, status FROM certificates ORDER BY id")]
+
+    def write_principals(self) -> None:
+        """Rewrite the principals file for the broker (atomically), if there is one."""
+        path = self.principals_path
+        if path is None:
+            return
+        lines = [f"{cert_id} {status} {','.join(things) or '-'}\n"
+                 for cert_id, status, things in self.principals()]
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text("".join(lines), encoding="ascii")
+        tmp.chmod(0o644)  # the broker's user reads it
+        os.replace(tmp, path)
