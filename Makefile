@@ -28,8 +28,8 @@ mosquitto:
 	fi
 
 # The devicesim_aws broker plugin (AWS IoT Core's broker semantics, see
-# fleet/plugin/devicesim_aws.c): built with gcc and Debian's Mosquitto headers, installed
-# with apt-get when missing. Without them the embedded broker runs without it (plain
+# fleet/plugin/devicesim_aws.c): built with gcc and Debian's Mosquitto and OpenSSL headers,
+# installed with apt-get when missing. Without them the embedded broker runs without it (plain
 # Mosquitto semantics; every drill report says which AWS semantics are then missing).
 PLUGIN := fleet/plugin/devicesim_aws.so
 
@@ -37,14 +37,15 @@ plugin: $(PLUGIN)
 
 $(PLUGIN): fleet/plugin/devicesim_aws.c
 	@if ! command -v gcc >/dev/null 2>&1 || [ ! -f /usr/include/mosquitto_broker.h ] \
-	    || [ ! -f /usr/include/mosquitto.h ]; then \
-		echo "installing gcc and the Mosquitto headers"; \
+	    || [ ! -f /usr/include/mosquitto.h ] || [ ! -f /usr/include/openssl/x509.h ]; then \
+		echo "installing gcc and the Mosquitto and OpenSSL headers"; \
 		$(SUDO) apt-get update && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y gcc libc6-dev \
-			mosquitto-dev libmosquitto-dev || true; \
+			mosquitto-dev libmosquitto-dev libssl-dev || true; \
 	fi
-	@if command -v gcc >/dev/null 2>&1 && [ -f /usr/include/mosquitto_broker.h ]; then \
-		gcc -shared -fPIC -O2 -std=c11 -Wall -Wextra -Werror -o $@ $<; \
+	@if command -v gcc >/dev/null 2>&1 && [ -f /usr/include/mosquitto_broker.h ] \
+	    && [ -f /usr/include/openssl/x509.h ]; then \
+		gcc -shared -fPIC -O2 -std=gnu11 -Wall -Wextra -Werror -o $@ $< -lcrypto; \
 		echo "built $@"; \
 	else \
 		echo "devicesim_aws plugin NOT built (no gcc or Mosquitto headers): the embedded" \

@@ -123,6 +123,10 @@ class FleetConfig:
     #: AWS, or a broker running the devicesim_aws plugin, replies reach the requester
     #: unasked, and a device may subscribe to nothing but ``notify-next``
     subscribe_replies: bool = True
+    #: mutual TLS (``mqtts://``, the secure profile or AWS IoT Core): the CA that signed the
+    #: broker's certificate, and the directory of each thing's ``<thing>.crt`` / ``.key``
+    tls_ca: Path | None = None
+    cert_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.total is not None and self.total < self.start + self.count:
@@ -201,6 +205,11 @@ class DeviceShell:
 
     def _make_client(self, *, clean_session: bool) -> Client | SdkTransport:
         config = self._config
+        tls = None
+        if config.tls_ca is not None:
+            cert_dir = config.cert_dir or Path(".")
+            tls = (str(config.tls_ca), str(cert_dir / f"{self.thing}.crt"),
+                   str(cert_dir / f"{self.thing}.key"))
         if getattr(self.behaviour, "transport", "mqtt") == "sdk":
             from devicesim.sdk import SdkTransport  # awscrt only where a device uses it
 
@@ -208,10 +217,12 @@ class DeviceShell:
                                 on_message=self._on_message,
                                 on_connection=self._on_connection,
                                 keepalive=config.keepalive, record=self._record,
-                                now=self._now)
+                                now=self._now, tls=tls)
         return Client(
             ClientOptions(client_id=self.thing, host=config.host, port=config.port,
-                          clean_session=clean_session, keepalive=config.keepalive),
+                          clean_session=clean_session, keepalive=config.keepalive,
+                          tls_ca=tls[0] if tls else None, tls_cert=tls[1] if tls else None,
+                          tls_key=tls[2] if tls else None),
             self._pump, on_message=self._on_message, on_connection=self._on_connection)
 
     def _default_agent(self, nvm: Nvm) -> Agent:

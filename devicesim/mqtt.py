@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +78,11 @@ class ClientOptions:
     #: (the jobs service subscribes to a wildcard that also covers its own replies)
     no_local: bool = False
     session_expiry: int = 3600
+    #: TLS (``mqtts://``): the CA that signed the broker's certificate, and this client's
+    #: certificate and key (mutual TLS, as AWS IoT Core requires of devices)
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 @dataclass(slots=True)
@@ -183,6 +189,9 @@ class Client:
                             clean_session=options.clean_session, protocol=paho.MQTTv311)
         if options.username is not None:
             c.username_pw_set(options.username, options.password)
+        if options.tls_ca is not None:
+            c.tls_set(ca_certs=options.tls_ca, certfile=options.tls_cert,
+                      keyfile=options.tls_key)
         c.max_inflight_messages_set(options.max_inflight)
         c.max_queued_messages_set(0)
         c.on_socket_open = self._socket_open
@@ -286,6 +295,11 @@ class Client:
     def _read(self) -> None:
         try:
             self._paho.loop_read(64)
+            # TLS: records already decrypted into the SSL buffer wake no selector
+            sock = self._paho.socket()
+            while isinstance(sock, ssl.SSLSocket) and sock.pending():
+                self._paho.loop_read(64)
+                sock = self._paho.socket()
         except Exception as e:  # else only asyncio's handler would log it
             log.exception("mqtt read failed client_id=%s", self.options.client_id)
             self._report("read", e)

@@ -39,7 +39,7 @@ from concurrent.futures import Future
 from typing import Any
 
 import awsiot
-from awscrt import mqtt5
+from awscrt import io, mqtt5
 from awscrt import mqtt_request_response as rr
 from awsiot import iotjobs
 
@@ -81,7 +81,9 @@ class SdkTransport:
     def __init__(self, thing: str, host: str, port: int, *, on_message: OnMessage,
                  on_connection: OnConnection, keepalive: int = 60,
                  record: Callable[[Op], None] | None = None,
-                 now: Callable[[], float] = time.time) -> None:
+                 now: Callable[[], float] = time.time,
+                 tls: tuple[str, str, str] | None = None) -> None:
+        """``tls``: (CA, certificate, key) files: mutual TLS, as on AWS IoT Core."""
         self.thing = thing
         self._record, self._now = record, now
         self._on_message = on_message
@@ -93,8 +95,14 @@ class SdkTransport:
         self._queue: deque[tuple[str, bytes]] = deque()
         self._busy = False  # a request is in flight: the queue waits for its answer
         self.connected = False
+        tls_ctx = None
+        if tls is not None:
+            ca, cert, key = tls
+            options = io.TlsContextOptions.create_client_with_mtls_from_path(cert, key)
+            options.override_default_trust_store_from_path(None, ca)
+            tls_ctx = io.ClientTlsContext(options)
         self._client = mqtt5.Client(mqtt5.ClientOptions(
-            host_name=host, port=port, disable_metrics=True,
+            host_name=host, port=port, disable_metrics=True, tls_ctx=tls_ctx,
             connect_options=mqtt5.ConnectPacket(
                 client_id=thing, keep_alive_interval_sec=keepalive,
                 session_expiry_interval_sec=SESSION_EXPIRY_SECONDS),

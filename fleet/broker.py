@@ -42,6 +42,7 @@ from pathlib import Path
 from types import TracebackType
 
 from devicesim.mqtt import PRIVILEGED_USER, SECRET_ENV
+from fleet.certs import CertDir
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ class BrokerAddress:
     #: the secret of the privileged identity (:data:`PRIVILEGED_USER`) on a broker running
     #: the devicesim_aws plugin; None on a plain broker (everyone is anonymous)
     secret: str | None = field(default=None, repr=False)
+    #: ``mqtts://``: TLS (the secure profile's listener)
+    tls: bool = False
 
     @property
     def aws_semantics(self) -> bool:
@@ -85,16 +88,17 @@ class BrokerAddress:
         """This address with the secret from ``$DEVICESIM_BROKER_SECRET`` if it has none
         (a broker given by URL to a process of ours that needs the privileged identity)."""
         secret = self.secret or os.environ.get(SECRET_ENV) or None
-        return BrokerAddress(self.host, self.port, secret)
+        return BrokerAddress(self.host, self.port, secret, self.tls)
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"mqtt://{host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
 
     @classmethod
     def parse(cls, url: str) -> BrokerAddress:
-        """Parse ``mqtt://HOST:PORT``; anything else raises `BrokerError`."""
+        """Parse ``mqtt://HOST:PORT`` (or ``mqtts://``); anything else raises
+        `BrokerError`."""
         bad = BrokerError(f"bad broker URL {url!r}: expected mqtt://HOST:PORT")
         try:
             parts = urllib.parse.urlsplit(url)
@@ -103,7 +107,7 @@ class BrokerAddress:
             raise bad from None
         extras = (parts.username, parts.password, parts.query, parts.fragment)
         if (
-            parts.scheme != "mqtt"
+            parts.scheme not in ("mqtt", "mqtts")
             or not parts.hostname
             or port is None
             or port == 0
@@ -111,7 +115,7 @@ class BrokerAddress:
             or any(extras)
         ):
             raise bad
-        return cls(parts.hostname, port)
+        return cls(parts.hostname, port, tls=parts.scheme == "mqtts")
 
 
 def plugin_path() -> Path | None:
@@ -211,9 +215,13 @@ class EmbeddedBroker:
         port: int | None = None,
         ready_timeout: float = READY_TIMEOUT_S,
         plugin: bool | None = None,
+        secure: CertDir | None = None,
     ) -> None:
         """``plugin``: load the devicesim_aws plugin (True: required, a BrokerError if it
-        was not built; None: if it was built; False: never)."""
+        was not built; None: if it was built; False: never). ``secure``: the secure profile,
+        with this certificate directory (``fleet certs``): a TLS listener requiring client
+        certificates, anonymous clients refused, devices admitted by the plugin from the
+        principals file (it needs the plugin)."""
         self._work_dir_arg = Path(work_dir) if work_dir is not None else None
         self._config = Path(config) if config is not None else None
         self._binary = binary
@@ -226,7 +234,13 @@ class EmbeddedBroker:
         if plugin and self._plugin is None:
             raise BrokerError("the devicesim_aws plugin is not built: run make setup (it "
                               "needs gcc and Debian's mosquitto-dev and libmosquitto-dev)")
+        if secure is not None and self._plugin is None:
+            raise BrokerError("the secure profile needs the devicesim_aws plugin: run make "
+                              "setup (it needs gcc and Debian's mosquitto-dev, "
+                              "libmosquitto-dev and libssl-dev)")
         self._secret = secrets.token_urlsafe(18) if self._plugin is not None else None
+        self._secure = secure
+        self._tls_port: int | None = None
 
     # -- state -------------------------------------------------------------------------------
 
@@ -240,6 +254,18 @@ class EmbeddedBroker:
     def aws_semantics(self) -> bool:
         """The broker runs the devicesim_aws plugin."""
         return self._secret is not None
+
+    @property
+    def tls_address(self) -> BrokerAddress | None:
+        """The secure profile's TLS listener (``mqtts://``), or None without it."""
+        if self._tls_port is None:
+            return None
+        return BrokerAddress("127.0.0.1", self._tls_port, self._secret, tls=True)
+
+    @property
+    def principals_path(self) -> Path:
+        """The file the registry keeps and the plugin reads (secure profile)."""
+        return self.work_dir / "principals.txt"
 
     @property
     def pid(self) -> int | None:
@@ -272,6 +298,8 @@ class EmbeddedBroker:
         binary = find_mosquitto(self._binary)
         template = (self._config or default_config_path()).read_text()
         self._prepare_work_dir()
+        if self._secure is not None and self._tls_port is None:
+            self._tls_port = free_port()
         # A port picked by us can be taken by someone else before mosquitto binds it: pick
         # another. A port given by the caller, or kept for restart(), is never changed.
         attempts = 1 if self._fixed_port else 3
@@ -386,6 +414,8 @@ class EmbeddedBroker:
                 log_path=self.log_path,
                 user=self._broker_user(),
                 plugin=self._plugin_lines(),
+                allow_anonymous="false" if self._secure is not None else "true",
+                tls_listener=self._tls_lines(),
             )
         )
         offset = self.log_path.stat().st_size
@@ -410,8 +440,35 @@ class EmbeddedBroker:
         copy = self.work_dir / PLUGIN_NAME
         shutil.copyfile(self._plugin, copy)
         copy.chmod(0o644)
-        return f"plugin {copy}\nplugin_opt_username {PRIVILEGED_USER}\n" \
+        lines = f"plugin {copy}\nplugin_opt_username {PRIVILEGED_USER}\n" \
             f"plugin_opt_secret {self._secret}"
+        if self._secure is not None:
+            if not self.principals_path.exists():
+                self.principals_path.write_text("")
+                self.principals_path.chmod(0o644)
+            lines += f"\nplugin_opt_principals {self.principals_path}"
+        return lines
+
+    def _tls_lines(self) -> str:
+        """The secure profile's TLS listener, with copies of the CA and the broker's
+        certificate and key in the work dir (where the broker's user can read them)."""
+        if self._secure is None:
+            return "# no secure profile: no TLS listener"
+        d = self._secure
+        copies = {}
+        for name, source in (("ca.crt", d.ca), ("server.crt", d.server),
+                             ("server.key", d.server_key)):
+            copy = self.work_dir / name
+            shutil.copyfile(source, copy)
+            copy.chmod(0o644 if name.endswith(".crt") else 0o600)
+            copies[name] = copy
+        user = self._broker_user()
+        if os.geteuid() == 0 and user != "root":
+            entry = pwd.getpwnam(user)
+            os.chown(copies["server.key"], entry.pw_uid, entry.pw_gid)
+        return (f"listener {self._tls_port} 127.0.0.1\ncafile {copies['ca.crt']}\n"
+                f"certfile {copies['server.crt']}\nkeyfile {copies['server.key']}\n"
+                "require_certificate true")
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], log_offset: int) -> None:
         deadline = time.monotonic() + self._ready_timeout

@@ -22,13 +22,27 @@
  *    plugin_opt_secret. Anyone may claim it only with the secret; without a secret
  *    configured it cannot be claimed at all. It may do anything.
  *
+ * 4. The secure profile (plugin_opt_principals <file>): every other client must present a
+ *    client certificate (on a TLS listener with require_certificate) that the principals
+ *    file, kept by the emulator's thing registry, lists as ACTIVE and attached to the thing
+ *    its client id names (AWS's usual policy: client id = thing name); anything else is
+ *    refused at CONNECT (not authorized). A certificate is known by its id, as on AWS: the
+ *    SHA-256 of its DER encoding. The file (lines "<id> <status> <thing>[,<thing>...]") is
+ *    read again whenever it changed.
+ *
  * Built by the project's set-up (make plugin): gcc -shared -fPIC with Debian's
- * mosquitto-dev and libmosquitto-dev headers; loaded with "plugin <path>" in the config.
+ * mosquitto-dev, libmosquitto-dev and libssl-dev headers, linked with libcrypto; loaded
+ * with "plugin <path>" in the config.
  */
 
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
 
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
@@ -42,6 +56,140 @@
 static mosquitto_plugin_id_t *plugin_id;
 static char privileged_user[128] = "devicesim";
 static char secret[256];
+
+/* The secure profile's principals: sorted by certificate id for bsearch. */
+struct principal {
+	char id[65];
+	bool active;
+	char *things; /* ",thing1,thing2," (commas around each, for a plain strstr) */
+};
+static char principals_path[4096];
+static struct principal *principals;
+static size_t principal_count;
+static struct stat principals_seen;
+
+static int by_id(const void *a, const void *b)
+{
+	return strcmp(((const struct principal *)a)->id, ((const struct principal *)b)->id);
+}
+
+static void free_principals(void)
+{
+	for(size_t i = 0; i < principal_count; i++){
+		free(principals[i].things);
+	}
+	free(principals);
+	principals = NULL;
+	principal_count = 0;
+}
+
+/* Read the principals file again if it changed (a new inode, size or mtime). */
+static void load_principals(void)
+{
+	struct stat st;
+	if(stat(principals_path, &st) != 0){
+		free_principals();
+		memset(&principals_seen, 0, sizeof(principals_seen));
+		return;
+	}
+	if(st.st_ino == principals_seen.st_ino && st.st_size == principals_seen.st_size
+			&& st.st_mtim.tv_sec == principals_seen.st_mtim.tv_sec
+			&& st.st_mtim.tv_nsec == principals_seen.st_mtim.tv_nsec){
+		return;
+	}
+	FILE *f = fopen(principals_path, "r");
+	if(!f){
+		return;
+	}
+	free_principals();
+	size_t capacity = 0;
+	char id[128], status[64], things[8192];
+	while(fscanf(f, "%127s %63s %8191s", id, status, things) == 3){
+		if(strlen(id) != 64){
+			continue;
+		}
+		if(principal_count == capacity){
+			capacity = capacity ? capacity * 2 : 256;
+			struct principal *grown = realloc(principals, capacity * sizeof(*grown));
+			if(!grown){
+				break;
+			}
+			principals = grown;
+		}
+		struct principal *p = &principals[principal_count];
+		snprintf(p->id, sizeof(p->id), "%s", id);
+		p->active = !strcmp(status, "ACTIVE");
+		size_t n = strlen(things) + 3;
+		p->things = malloc(n);
+		if(!p->things){
+			break;
+		}
+		snprintf(p->things, n, ",%s,", things);
+		principal_count++;
+	}
+	fclose(f);
+	qsort(principals, principal_count, sizeof(*principals), by_id);
+	principals_seen = st;
+	mosquitto_log_printf(MOSQ_LOG_INFO, "devicesim_aws: %zu certificates in %s",
+			principal_count, principals_path);
+}
+
+/* The client's certificate id (hex SHA-256 of its DER), or false without a certificate. */
+static bool certificate_id(struct mosquitto *client, char out[65])
+{
+	X509 *cert = mosquitto_client_certificate(client);
+	if(!cert){
+		return false;
+	}
+	unsigned char digest[EVP_MAX_MD_SIZE];
+	unsigned int n = 0;
+	bool ok = X509_digest(cert, EVP_sha256(), digest, &n) == 1 && n == 32;
+	X509_free(cert);
+	for(unsigned int i = 0; ok && i < n; i++){
+		snprintf(out + 2 * i, 3, "%02x", digest[i]);
+	}
+	return ok;
+}
+
+/* Secure profile: may this client (not the privileged one) connect? */
+static int check_certificate(struct mosquitto *client)
+{
+	const char *client_id = mosquitto_client_id(client);
+	char id[65];
+	if(!certificate_id(client, id)){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "devicesim_aws: refused %s: no client "
+				"certificate", client_id);
+		return MOSQ_ERR_AUTH;
+	}
+	load_principals();
+	struct principal key;
+	snprintf(key.id, sizeof(key.id), "%s", id);
+	struct principal *p = principal_count ? bsearch(&key, principals, principal_count,
+			sizeof(*principals), by_id) : NULL;
+	const char *why = NULL;
+	if(!p){
+		why = "certificate not registered";
+	}else if(!p->active){
+		why = "certificate not ACTIVE";
+	}else{
+		size_t n = strlen(client_id) + 3;
+		char *needle = malloc(n);
+		if(!needle){
+			return MOSQ_ERR_NOMEM;
+		}
+		snprintf(needle, n, ",%s,", client_id);
+		if(strpbrk(client_id, ",+#/") || !strstr(p->things, needle)){
+			why = "certificate not attached to the thing its client id names";
+		}
+		free(needle);
+	}
+	if(why){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "devicesim_aws: refused %s: %s (certificate %s)",
+				client_id, why, id);
+		return MOSQ_ERR_AUTH;
+	}
+	return MOSQ_ERR_SUCCESS;
+}
 
 static bool is_privileged(struct mosquitto *client)
 {
@@ -73,7 +221,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	(void)event;
 	(void)userdata;
 	if(!ed->username || strcmp(ed->username, privileged_user)){
-		return MOSQ_ERR_PLUGIN_DEFER;
+		return principals_path[0] ? check_certificate(ed->client) : MOSQ_ERR_PLUGIN_DEFER;
 	}
 	if(secret[0] && ed->password && !strcmp(ed->password, secret)){
 		return MOSQ_ERR_SUCCESS;
@@ -173,6 +321,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 			snprintf(secret, sizeof(secret), "%s", options[i].value);
 		}else if(!strcmp(options[i].key, "username")){
 			snprintf(privileged_user, sizeof(privileged_user), "%s", options[i].value);
+		}else if(!strcmp(options[i].key, "principals")){
+			snprintf(principals_path, sizeof(principals_path), "%s", options[i].value);
 		}
 	}
 	int rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth,
@@ -184,8 +334,9 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 	if(!rc){
 		rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL, NULL);
 	}
-	mosquitto_log_printf(MOSQ_LOG_INFO, "devicesim_aws: loaded (privileged user %s%s)",
-			privileged_user, secret[0] ? "" : ", no secret: it cannot be claimed");
+	mosquitto_log_printf(MOSQ_LOG_INFO, "devicesim_aws: loaded (privileged user %s%s%s%s)",
+			privileged_user, secret[0] ? "" : ", no secret: it cannot be claimed",
+			principals_path[0] ? ", devices by certificate from " : "", principals_path);
 	return rc;
 }
 
@@ -197,5 +348,6 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL);
+	free_principals();
 	return MOSQ_ERR_SUCCESS;
 }
