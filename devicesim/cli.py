@@ -79,10 +79,13 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def parse_broker(url: str) -> tuple[str, int]:
+def parse_broker(url: str, *, tls: bool = True) -> tuple[str, int]:
+    """``mqtt://HOST:PORT`` (or, if ``tls``, ``mqtts://``) -> (host, port)."""
     parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme != "mqtt" or not parsed.hostname or not parsed.port:
-        raise ValueError(f"--broker: expected mqtt://HOST:PORT, got {url!r}")
+    schemes = ("mqtt", "mqtts") if tls else ("mqtt",)
+    if parsed.scheme not in schemes or not parsed.hostname or not parsed.port:
+        raise ValueError(f"--broker: expected {' or '.join(f'{s}://HOST:PORT' for s in schemes)}"
+                         f", got {url!r}")
     return parsed.hostname, parsed.port
 
 
@@ -91,7 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"devicesim {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = sub.add_parser("run", help="run simulated devices")
-    run.add_argument("--broker", required=True, metavar="URL", help="mqtt://HOST:PORT")
+    run.add_argument("--broker", required=True, metavar="URL",
+                     help="mqtt://HOST:PORT, or mqtts://HOST:PORT for mutual TLS (with --ca "
+                          "and --cert-dir)")
+    run.add_argument("--ca", type=Path, metavar="FILE",
+                     help="with mqtts://: the CA that signed the broker's certificate")
+    run.add_argument("--cert-dir", type=Path, metavar="DIR",
+                     help="with mqtts://: each thing's <thing>.crt and <thing>.key (fleet "
+                          "provision writes them)")
     run.add_argument("--prefix", help="thing name prefix (default dev-)")
     run.add_argument("--count", type=int, help="devices in this process (default 1)")
     run.add_argument("--start", type=int, help="index of the first thing (default 0)")
@@ -164,12 +174,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 #: what the drill's invitation decides for a worker that joins it
 _FLEET_SHAPE = ("prefix", "count", "start", "total", "behaviour", "mix", "seed", "workers",
-                "history")
+                "history", "ca", "cert_dir")
 
 
 def _join_options(args: argparse.Namespace) -> tuple[str, int, int]:
     """(host, shard, shards) of ``--join``: the fleet's shape is the drill's, not ours."""
-    parse_broker(args.broker)
+    parse_broker(args.broker, tls=False)
     check_session(args.join)
     given = [f"--{name}" for name in _FLEET_SHAPE if getattr(args, name) is not None]
     given += [flag for flag, on in (("--no-event-topic", args.no_event_topic),
@@ -187,6 +197,14 @@ def _join_options(args: argparse.Namespace) -> tuple[str, int, int]:
 
 def _config(args: argparse.Namespace) -> tuple[FleetConfig, int]:
     host, port = parse_broker(args.broker)
+    tls = args.broker.startswith("mqtts://")
+    if tls and args.ca is None:
+        raise ValueError("--broker mqtts://...: needs --ca (and --cert-dir)")
+    if not tls and (args.ca is not None or args.cert_dir is not None):
+        raise ValueError("--ca and --cert-dir: only with --broker mqtts://...")
+    for option, path in (("--ca", args.ca), ("--cert-dir", args.cert_dir)):
+        if path is not None and not path.exists():
+            raise ValueError(f"{option}: no such file or directory {str(path)!r}")
     mix = parse_mix(args.mix) if args.mix else {args.behaviour or "reference": 1.0}
     for name in mix:
         resolve(name)  # a ValueError names an unknown behaviour now, not later
@@ -217,7 +235,8 @@ def _config(args: argparse.Namespace) -> tuple[FleetConfig, int]:
                        args.prefix, count=count, start=start, total=total, mix=mix,
                        seed=1 if args.seed is None else args.seed, state_dir=args.state_dir,
                        publish_events=not args.no_event_topic,
-                       subscribe_replies=not args.no_reply_subscriptions), workers
+                       subscribe_replies=not args.no_reply_subscriptions,
+                       tls_ca=args.ca, cert_dir=args.cert_dir), workers
 
 
 def _check_paths(args: argparse.Namespace) -> None:
@@ -247,6 +266,10 @@ def _run_workers(args: argparse.Namespace, config: FleetConfig, workers: int) ->
         base += ["--no-event-topic"]
     if args.no_reply_subscriptions:
         base += ["--no-reply-subscriptions"]
+    if args.ca is not None:
+        base += ["--ca", str(args.ca)]
+    if args.cert_dir is not None:
+        base += ["--cert-dir", str(args.cert_dir)]
     ranges = worker_ranges(config.start, config.count, workers)
     parts = [None if args.summary is None else Path(f"{args.summary}.w{w}")
              for w in range(len(ranges))]
@@ -401,11 +424,16 @@ async def _run_joined(args: argparse.Namespace, session: str, shard: int, shards
         if invitation is None:
             return 130
         start, count = shard_range(shard, shards, invitation.total)
+        tls = invitation.tls or {}
+        if tls:  # the secure profile: devices connect with mutual TLS
+            host, port = parse_broker(tls["url"])
         config = FleetConfig(host=host, port=port, prefix=invitation.prefix, count=count,
                              start=start, total=invitation.total, mix=invitation.mix,
                              seed=invitation.seed, state_dir=args.state_dir,
                              publish_events=invitation.publish_events,
-                             subscribe_replies=invitation.subscribe_replies)
+                             subscribe_replies=invitation.subscribe_replies,
+                             tls_ca=Path(tls["tls_ca"]) if tls else None,
+                             cert_dir=Path(tls["cert_dir"]) if tls else None)
         with tempfile.TemporaryDirectory(prefix="devicesim-shard-") as tmp:
             part = HistoryPart(Path(tmp) / "history.jsonl")
             feed = ProgressFeed(str(shard), link.progress, run=invitation.run)

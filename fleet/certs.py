@@ -49,7 +49,8 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
-def _write(path: Path, data: bytes, *, secret: bool = False) -> None:
+def write_file(path: Path, data: bytes, *, secret: bool = False) -> None:
+    """Replace ``path`` atomically; mode 0600 for a ``secret`` (a private key), else 0644."""
     tmp = path.with_name(f"{path.name}.tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret else 0o644)
@@ -116,15 +117,15 @@ def ensure(path: Path, hosts: tuple[str, ...] = DEFAULT_HOSTS) -> CertDir:
                 .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                                critical=False)
                 .sign(key, hashes.SHA256()))
-        _write(d.ca_key, _key_pem(key), secret=True)
-        _write(d.ca, cert.public_bytes(serialization.Encoding.PEM))
+        write_file(d.ca_key, _key_pem(key), secret=True)
+        write_file(d.ca, cert.public_bytes(serialization.Encoding.PEM))
         d.server.unlink(missing_ok=True)  # signed by an old CA: make it again
     if not (d.server.exists() and d.server_key.exists()):
         authority = Authority.load(d)
         cert_pem, key_pem = authority.issue("devicesim broker", hosts=hosts,
                                             days=SERVER_DAYS)
-        _write(d.server_key, key_pem, secret=True)
-        _write(d.server, cert_pem)
+        write_file(d.server_key, key_pem, secret=True)
+        write_file(d.server, cert_pem)
     return d
 
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from devicesim import __version__
-from fleet import awscli
+from fleet import awscli, provision
 from fleet.drill import cli as drill_cli
 from fleet.service import up
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_arguments(p)
     p.set_defaults(run=up.run)
     drill_cli.register(sub)
+    provision.register(sub)
     awscli.register(sub)
     return parser
 

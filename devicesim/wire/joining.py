@@ -106,12 +106,15 @@ class Invitation:
     publish_events: bool = False
     #: False on a broker with AWS semantics: replies reach their requester unasked
     subscribe_replies: bool = True
+    #: the secure profile (workers on the drill's host): where devices connect with mutual
+    #: TLS and the files they need, ``{"url": "mqtts://...", "tls_ca": PATH, "cert_dir": DIR}``
+    tls: dict[str, str] | None = None
 
     def to_payload(self) -> bytes:
         return orjson.dumps({"run": self.run, "drill": self.drill, "prefix": self.prefix,
                              "total": self.total, "mix": self.mix, "seed": self.seed,
                              "shards": self.shards, "publishEvents": self.publish_events,
-                             "subscribeReplies": self.subscribe_replies})
+                             "subscribeReplies": self.subscribe_replies, "tls": self.tls})
 
     @classmethod
     def from_payload(cls, payload: bytes) -> Invitation:
@@ -122,7 +125,9 @@ class Invitation:
                              mix={str(k): float(v) for k, v in dict(data["mix"]).items()},
                              seed=int(data["seed"]), shards=int(data["shards"]),
                              publish_events=bool(data.get("publishEvents", False)),
-                             subscribe_replies=bool(data.get("subscribeReplies", True)))
+                             subscribe_replies=bool(data.get("subscribeReplies", True)),
+                             tls=None if data.get("tls") is None else
+                             {str(k): str(v) for k, v in dict(data["tls"]).items()})
         except (KeyError, TypeError, ValueError) as e:
             raise JoinError(f"not an invitation: {type(e).__name__}: {e}") from None
         if invitation.total < 1 or invitation.shards < 1:

@@ -80,7 +80,9 @@ def compute(tl: Timeline, budgets: Budgets) -> Metrics:
         requests=len(tl.requests), replies=replies, accepted=accepted,
         rejections_by_code=dict(sorted(rejections.items())),
         missing_semantics=None if semantics is None else
-        () if semantics == "aws" else AWS_SEMANTICS)
+        () if semantics == "aws" else AWS_SEMANTICS,
+        secure=bool(tl.markers["start"].value.get("secure")) if "start" in tl.markers
+        else False)
 
 
 def _code(value: dict[str, object]) -> str:

@@ -190,6 +190,8 @@ class Metrics:
     #: the AWS IoT Core broker semantics the drill's broker lacked (the ``start`` marker's
     #: ``brokerSemantics``: none with the devicesim_aws plugin); None if it does not say
     missing_semantics: tuple[str, ...] | None = None
+    #: the secure profile: devices admitted by certificate over mutual TLS
+    secure: bool = False
 
 
 #: what the devicesim_aws broker plugin adds to Mosquitto (docs/broker.md)

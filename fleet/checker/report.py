@@ -81,7 +81,8 @@ def terminal(verdict: Verdict) -> str:
         f"rejections: {codes}",
     ]
     if m.missing_semantics is not None:
-        lines.append("broker              " + broker_line(m.missing_semantics))
+        lines.append("broker              " + broker_line(m.missing_semantics) +
+                     ("; devices by certificate over mutual TLS" if m.secure else ""))
     lines += ["", "VERDICT: " + verdict_line(verdict)]
     return "\n".join(lines) + "\n"
 

@@ -61,6 +61,10 @@ def register(sub: Any) -> None:
     p.add_argument("--join-timeout", type=float, default=300.0, metavar="S",
                    help="with --shards: how long to wait for every shard to join (default "
                         "300); the drill's clock starts once they have")
+    p.add_argument("--secure", action="store_true",
+                   help="the secure profile: the drill's things are provisioned (certificates, "
+                        "policy) and its devices connect with mutual TLS; anonymous clients "
+                        "are refused (embedded broker; devices here or in --workers)")
     p.add_argument("--report-dir", type=Path,
                    help="where history.jsonl, report.json and junit.xml go "
                         "(default: reports/<drill name>)")
@@ -123,6 +127,9 @@ def _drill_from(args: argparse.Namespace) -> spec.Drill:
         raise ValueError(f"--workers: at most the fleet's {devices} devices")
     if args.session is not None:
         check_session(args.session)
+    if args.secure and (args.broker or args.shards):
+        raise ValueError("--secure: the embedded broker, with devices here or in --workers "
+                         "(not --broker or --shards)")
     return dataclasses.replace(drill, **changes)
 
 
@@ -152,7 +159,8 @@ def run_drill(args: argparse.Namespace) -> int:
     try:
         result = run_main(_run_interruptible(drill, RunOptions(
             broker_url=args.broker, workers=args.workers, shards=args.shards,
-            session=args.session, join_seconds=args.join_timeout, report_dir=report_dir,
+            session=args.session, join_seconds=args.join_timeout, secure=args.secure,
+            report_dir=report_dir,
             status=status, interrupt=interrupt)))
     except asyncio.CancelledError:  # a second signal: cleanup cut short, nothing written
         reason = interrupt.reason or "SIGINT"

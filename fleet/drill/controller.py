@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 PROCESS = "controller"
 
 
-def iot_client(endpoint_url: str | None, region: str = "us-east-1") -> Any:
+def iot_client(endpoint_url: str | None, region: str | None = "us-east-1") -> Any:
     """A boto3 ``iot`` client; dummy credentials when none are configured (the emulator
     accepts any, real AWS needs real ones)."""
     session = boto3.session.Session(region_name=region)

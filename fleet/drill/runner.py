@@ -44,6 +44,7 @@ from devicesim.recording import in_device_history
 from devicesim.wire import history
 from devicesim.wire.history import Op, OpType
 from devicesim.wire.joining import Invitation
+from fleet import certs
 from fleet.broker import BrokerAddress, EmbeddedBroker, probe
 from fleet.checker import Verdict, check
 from fleet.drill.controller import Controller, ControllerError, iot_client
@@ -51,6 +52,7 @@ from fleet.drill.progress import Progress
 from fleet.drill.recorder import Recorder
 from fleet.drill.shards import ShardHub
 from fleet.drill.spec import Drill, Step, When
+from fleet.provision import provision
 from fleet.service.shell import JobsService, ServiceConfig
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,9 @@ class RunOptions:
     #: with ``shards``: how long to wait for every shard to join (the drill's clock starts
     #: once they have)
     join_seconds: float = 300.0
+    #: the secure profile: devices provisioned (fleet provision's calls, through boto3) and
+    #: connecting with mutual TLS to the embedded broker's TLS listener
+    secure: bool = False
     report_dir: Path | None = None
     status: Callable[[str], None] | None = None
     #: set (to the signal's name) to stop the drill early: the schedule is cancelled, the
@@ -157,6 +162,7 @@ class _Run:
         self.powered_off: list[str] = []
         self.things = FleetConfig(host="", port=0, prefix=drill.prefix,
                                   count=drill.devices).thing_names()
+        self.certs: certs.CertDir | None = None
 
     # -- recording -----------------------------------------------------------------------
 
@@ -228,24 +234,37 @@ class _Run:
             if await asyncio.to_thread(probe, self.address) != 0:
                 raise ConnectionError(f"broker {self.address.url} refused the connection")
         else:
-            self.broker = EmbeddedBroker(work_dir=self.workdir / "broker")
+            self.certs = None if not options.secure else \
+                await asyncio.to_thread(certs.ensure, self.workdir / "certs")
+            self.broker = EmbeddedBroker(work_dir=self.workdir / "broker", secure=self.certs)
             self.address = await asyncio.to_thread(self.broker.start)
         recorder = Recorder(self.address, listener=self.on_op, on_failure=self.fail, filters=[])
         self.recorder = recorder
         for op in self._early:
             recorder.record(op)
+        secure = self.broker is not None and self.certs is not None
         self.service = JobsService(ServiceConfig(
             broker=self.address, state=self.workdir / "jobs.db", settings=drill.service,
-            seed=drill.seed), on_failure=self.fail, record=self.record)
+            seed=drill.seed,
+            authority=certs.Authority.load(self.certs) if self.certs is not None else None,
+            principals=self.broker.principals_path if secure and self.broker else None),
+            on_failure=self.fail, record=self.record)
         await self.service.start()
         await recorder.start()
+        if self.certs is not None:
+            self.status(f"provisioning {len(self.things)} things (certificates, policy)")
+            assert self.service.endpoint is not None
+            await asyncio.to_thread(provision, iot_client(self.service.endpoint), self.things,
+                                    self.workdir / "devices")
+            self.started = time.time()  # the drill's clock starts with a provisioned fleet
         mix = drill.mix or {drill.behaviour: 1.0}
         self.mark("start", drill=drill.name, seed=drill.seed, devices=drill.devices,
                   mix=mix, broker=self.address.url, endpoint=self.service.endpoint,
                   behaviours=assign_behaviours(self.things, mix, drill.seed),
                   requirements=drill.checks.to_json(), workers=max(1, self.options.workers),
                   shards=self.options.shards, pace=drill.pace,
-                  brokerSemantics="aws" if self.address.aws_semantics else "plain")
+                  brokerSemantics="aws" if self.address.aws_semantics else "plain",
+                  secure=self.certs is not None)
         await self.start_fleet(mix)
 
     async def joined(self) -> None:
@@ -290,11 +309,16 @@ class _Run:
         assert self.address is not None
         drill, options = self.drill, self.options
         shards = options.shards or max(1, options.workers)
+        tls = None if self.broker is None else self.broker.tls_address
+        devices = tls or self.address  # where devices connect: TLS in the secure profile
+        tls_ca = None if tls is None or self.certs is None else self.certs.ca
+        cert_dir = None if tls_ca is None else self.workdir / "devices"
         if shards == 1:
-            self.fleet = Fleet(FleetConfig(host=self.address.host, port=self.address.port,
+            self.fleet = Fleet(FleetConfig(host=devices.host, port=devices.port,
                                            prefix=drill.prefix, count=drill.devices, mix=mix,
                                            seed=drill.seed, publish_events=False,
-                                           subscribe_replies=not self.address.aws_semantics),
+                                           subscribe_replies=not self.address.aws_semantics,
+                                           tls_ca=tls_ca, cert_dir=cert_dir),
                                on_failure=self.fail,
                                record=self.record_device)
             await self.fleet.start()
@@ -304,7 +328,9 @@ class _Run:
                                       f"{drill.name}-{run[:8]}")
         self.hub = ShardHub(self.address, session, Invitation(
             run=run, drill=drill.name, prefix=drill.prefix, total=drill.devices, mix=mix,
-            seed=drill.seed, shards=shards, subscribe_replies=not self.address.aws_semantics),
+            seed=drill.seed, shards=shards, subscribe_replies=not self.address.aws_semantics,
+            tls=None if tls is None else {"url": tls.url, "tls_ca": str(tls_ca),
+                                          "cert_dir": str(cert_dir)}),
             listener=self.on_op, on_change=self.changed.set,
             on_joined=lambda shard, info: self.mark("shard-joined", shard=shard, **info),
             on_failure=self.fail)

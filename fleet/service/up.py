@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from devicesim.loop import run_main
+from fleet import certs
 from fleet.broker import BrokerAddress, BrokerError, EmbeddedBroker, probe
+from fleet.certs import CertDir
 from fleet.service.controlplane.sigv4 import load_credentials
 from fleet.service.settings import ServiceSettings
 from fleet.service.shell import JobsService, ServiceConfig
@@ -78,6 +80,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ready-file", type=Path, default=DEFAULT_READY_FILE,
                         help=f"JSON written once ready (default: {DEFAULT_READY_FILE})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the service's randomness")
+    parser.add_argument("--secure", action="store_true",
+                        help="the secure profile: devices connect with mutual TLS on the "
+                             "embedded broker's TLS listener, admitted by certificate (see "
+                             "fleet provision); anonymous clients are refused")
+    parser.add_argument("--cert-dir", type=Path, metavar="DIR",
+                        help="the local CA and the broker's certificate (fleet certs; made "
+                             "here if missing); CreateKeysAndCertificate signs with this CA "
+                             "(default with --secure: <state dir>/certs)")
     parser.add_argument("--sigv4-credentials", type=Path, metavar="FILE",
                         help="require SigV4-signed control-plane requests, signed with a key "
                              "of this AWS-style credentials file (every profile's "
@@ -97,27 +107,36 @@ async def _serve(args: argparse.Namespace, settings: ServiceSettings,
     state: Path = args.state
     state.parent.mkdir(parents=True, exist_ok=True)
     embedded: EmbeddedBroker | None = None
+    cert_dir = args.cert_dir or (state.parent / "certs" if args.secure else None)
+    if args.secure and args.broker:
+        raise ValueError("--secure runs its own broker (with a TLS listener): drop --broker")
+    ca = None if cert_dir is None else await asyncio.to_thread(certs.ensure, cert_dir)
     if args.broker:
         address = BrokerAddress.parse(args.broker).privileged()
         if await asyncio.to_thread(probe, address) != 0:
             raise BrokerError(f"broker {address.url} refused the connection")
     else:
         embedded = EmbeddedBroker(work_dir=state.parent / "broker",
-                                  port=args.mqtt_port or None)
+                                  port=args.mqtt_port or None,
+                                  secure=ca if args.secure else None)
         address = await asyncio.to_thread(embedded.start)
+    tls = None if embedded is None else embedded.tls_address
     failures = FailureLog()
-    service = JobsService(ServiceConfig(broker=address, state=state, settings=settings,
-                                        http_port=args.http_port, seed=args.seed,
-                                        credentials=credentials),
-                          on_failure=failures)
+    service = JobsService(ServiceConfig(
+        broker=address, state=state, settings=settings, http_port=args.http_port,
+        seed=args.seed, credentials=credentials,
+        authority=None if ca is None else certs.Authority.load(ca),
+        principals=embedded.principals_path if embedded is not None and args.secure else None),
+        on_failure=failures)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
         await service.start()
-        write_ready_file(args.ready_file, address, service.endpoint, state)
-        print(f"fleet up: broker {address.url}  control plane {service.endpoint}  "
+        write_ready_file(args.ready_file, address, service.endpoint, state, tls=tls, certs=ca)
+        devices = f"  devices {tls.url} (mutual TLS, CA {ca.ca})" if tls and ca else ""
+        print(f"fleet up: broker {address.url}{devices}  control plane {service.endpoint}  "
               f"state {state}  (Ctrl-C to stop)", flush=True)
         await stop.wait()
     finally:
@@ -132,7 +151,8 @@ async def _serve(args: argparse.Namespace, settings: ServiceSettings,
 
 
 def write_ready_file(path: Path, address: BrokerAddress, endpoint: str | None,
-                     state: Path) -> None:
+                     state: Path, *, tls: BrokerAddress | None = None,
+                     certs: CertDir | None = None) -> None:
     info: dict[str, Any] = {
         "mqtt": {"host": address.host, "port": address.port, "url": address.url,
                  "awsSemantics": address.aws_semantics},
@@ -142,6 +162,10 @@ def write_ready_file(path: Path, address: BrokerAddress, endpoint: str | None,
                                       "password": address.secret}
     if endpoint is not None:
         info["http"] = {"endpoint": endpoint}
+    if tls is not None:  # the secure profile: where devices connect, with what
+        info["mqtts"] = {"host": tls.host, "port": tls.port, "url": tls.url}
+    if certs is not None:
+        info["certs"] = {"dir": str(certs.path), "ca": str(certs.ca)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.touch(mode=0o600)
