@@ -9,6 +9,10 @@ CreateThing, CreateKeysAndCertificate (active), AttachPolicy, AttachThingPrincip
 thing's ``<thing>.crt`` / ``<thing>.key`` (mode 0600) go to DIR, and ``provisioned.json``
 lists what was made (certificate ids and ARNs) for clean-up. A thing whose certificate is in
 DIR already is left alone, so provisioning again adds only what is missing.
+
+``fleet provision --delete --cert-dir DIR`` undoes it for every thing ``provisioned.json``
+lists: DetachThingPrincipal, DetachPolicy, UpdateCertificate (INACTIVE), DeleteCertificate,
+DeleteThing per thing, then DeletePolicy once no certificate holds it; the files go too.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("provision", help="create things, certificates and a policy (boto3)")
     p.add_argument("--prefix", default="dev-", help="thing names PREFIX0000... (default dev-)")
-    p.add_argument("--count", type=int, required=True, help="how many things")
+    p.add_argument("--count", type=int, help="how many things (required but with --delete)")
     p.add_argument("--start", type=int, default=0, help="index of the first thing")
     p.add_argument("--width", type=int, default=4, help="digits of the index (default 4)")
     p.add_argument("--cert-dir", type=Path, default=DEFAULT_CERT_DIR,
@@ -70,6 +74,9 @@ def register(sub: Any) -> None:
     p.add_argument("--region", help="AWS region (default: the configured one; us-east-1 for "
                                     "the emulator)")
     p.add_argument("--concurrency", type=int, default=8, help="calls in flight (default 8)")
+    p.add_argument("--delete", action="store_true",
+                   help="undo: delete every thing, certificate and attachment "
+                        f"{MANIFEST} in --cert-dir lists, then the policy")
     p.set_defaults(run=run_provision)
 
 
@@ -80,10 +87,17 @@ def run_certs(args: argparse.Namespace) -> int:
 
 
 def run_provision(args: argparse.Namespace) -> int:
-    if args.count < 1 or args.start < 0 or args.concurrency < 1:
+    if (not args.delete and (args.count is None or args.count < 1)) or args.start < 0 \
+            or args.concurrency < 1:
         raise ValueError("--count and --concurrency must be >= 1, --start >= 0")
     endpoint = None if args.aws else (args.endpoint_url or default_endpoint())
     client = iot_client(endpoint, region=args.region or ("us-east-1" if endpoint else None))
+    if args.delete:
+        deleted = unprovision(client, args.cert_dir, args.policy_name,
+                              concurrency=args.concurrency)
+        print(f"fleet provision --delete: {deleted} things deleted with their certificates; "
+              f"policy {args.policy_name} deleted if nothing else holds it")
+        return 0
     things = [f"{args.prefix}{i:0{args.width}d}"
               for i in range(args.start, args.start + args.count)]
     made, kept = provision(client, things, args.cert_dir, args.policy_name,
@@ -126,6 +140,46 @@ def _provision_one(client: Any, thing: str, cert_dir: Path, policy: str
     certs.write_file(cert_dir / f"{thing}.key", made["keyPair"]["PrivateKey"].encode(), secret=True)
     certs.write_file(cert_dir / f"{thing}.crt", made["certificatePem"].encode())
     return thing, {"certificateId": made["certificateId"], "certificateArn": arn}
+
+
+def unprovision(client: Any, cert_dir: Path, policy: str = DEFAULT_POLICY, *,
+                concurrency: int = 8) -> int:
+    """Delete what ``provisioned.json`` in ``cert_dir`` lists (see the module docstring);
+    how many things were deleted."""
+    manifest = cert_dir / MANIFEST
+    try:
+        known: dict[str, dict[str, str]] = json.loads(manifest.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{manifest}: nothing to delete ({e})") from None
+
+    def one(item: tuple[str, dict[str, str]]) -> str:
+        thing, made = item
+        arn, cert_id = made["certificateArn"], made["certificateId"]
+        steps = (("detach_thing_principal", {"thingName": thing, "principal": arn}),
+                 ("detach_policy", {"policyName": policy, "target": arn}),
+                 ("update_certificate", {"certificateId": cert_id, "newStatus": "INACTIVE"}),
+                 ("delete_certificate", {"certificateId": cert_id}),
+                 ("delete_thing", {"thingName": thing}))
+        for call, request in steps:
+            try:
+                getattr(client, call)(**request)
+            except ClientError as e:
+                if e.response["Error"]["Code"] != "ResourceNotFoundException":
+                    raise ValueError(f"deleting {thing}: {call}: {_error(e)}") from None
+        for suffix in (".crt", ".key"):
+            (cert_dir / f"{thing}{suffix}").unlink(missing_ok=True)
+        return thing
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        deleted = list(pool.map(one, sorted(known.items())))
+    manifest.unlink()
+    try:
+        client.delete_policy(policyName=policy)
+    except ClientError as e:
+        if e.response["Error"]["Code"] not in ("DeleteConflictException",
+                                               "ResourceNotFoundException"):
+            raise ValueError(f"DeletePolicy {policy}: {_error(e)}") from None
+    return len(deleted)
 
 
 def _error(e: Exception) -> str:

@@ -125,3 +125,33 @@ async def test_without_a_ca_certificates_cannot_be_made(broker_address: BrokerAd
         await call(client, "create_thing", thingName="no-ca")  # the rest works
     finally:
         await service.stop()
+
+
+async def test_provision_then_delete_leaves_nothing_behind(
+        iot: tuple[Any, JobsService, certs.CertDir], tmp_path: Path) -> None:
+    from fleet.provision import DEFAULT_POLICY, provision, unprovision
+
+    client, service, _ = iot
+    things = ["gone-0", "gone-1", "gone-2"]
+    devices = tmp_path / "devices"
+    assert await asyncio.to_thread(provision, client, things, devices) == (3, 0)
+    assert await asyncio.to_thread(provision, client, things, devices) == (0, 3)  # kept
+    made = json.loads((devices / "provisioned.json").read_text())
+    active = made["gone-0"]["certificateId"]
+    # AWS's order matters: an ACTIVE or attached certificate cannot be deleted
+    assert await code_of(client, "delete_certificate", certificateId=active) == \
+        "CertificateStateException"
+    await call(client, "update_certificate", certificateId=active, newStatus="INACTIVE")
+    assert await code_of(client, "delete_certificate", certificateId=active) == \
+        "DeleteConflictException"
+    assert await asyncio.to_thread(unprovision, client, devices) == 3
+    for thing in things:
+        assert await code_of(client, "describe_thing", thingName=thing) == \
+            "ResourceNotFoundException"
+        assert not (devices / f"{thing}.key").exists()
+    assert await code_of(client, "describe_certificate", certificateId=active) == \
+        "ResourceNotFoundException"
+    assert not (devices / "provisioned.json").exists()
+    assert (tmp_path / "principals.txt").read_text() == ""
+    assert await code_of(client, "delete_policy", policyName=DEFAULT_POLICY) == \
+        "ResourceNotFoundException"

@@ -82,7 +82,8 @@ def compute(tl: Timeline, budgets: Budgets) -> Metrics:
         missing_semantics=None if semantics is None else
         () if semantics == "aws" else AWS_SEMANTICS,
         secure=bool(tl.markers["start"].value.get("secure")) if "start" in tl.markers
-        else False)
+        else False,
+        target=tl.markers["start"].value.get("target") if "start" in tl.markers else None)
 
 
 def _code(value: dict[str, object]) -> str:

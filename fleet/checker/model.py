@@ -192,6 +192,8 @@ class Metrics:
     missing_semantics: tuple[str, ...] | None = None
     #: the secure profile: devices admitted by certificate over mutual TLS
     secure: bool = False
+    #: the drill ran against a target (``aws``) instead of a local broker and service
+    target: str | None = None
 
 
 #: what the devicesim_aws broker plugin adds to Mosquitto (docs/broker.md)

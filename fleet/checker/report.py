@@ -65,6 +65,7 @@ def terminal(verdict: Verdict) -> str:
             lines.append(f"  {r.name}: ... and {len(r.violations) - 3} more")
         if r.status is Status.INCONCLUSIVE:
             lines.extend(f"  {r.name}: {n}" for n in r.notes if n.startswith("INCONCLUSIVE"))
+        lines.extend(f"  {r.name}: {n}" for n in r.notes if n.startswith("not checked"))
     m = verdict.metrics
     codes = ", ".join(f"{k}={v}" for k, v in m.rejections_by_code.items()) or "none"
     lines += [
@@ -80,7 +81,10 @@ def terminal(verdict: Verdict) -> str:
         f"requests            {m.requests}, replies {m.replies} (accepted {m.accepted}), "
         f"rejections: {codes}",
     ]
-    if m.missing_semantics is not None:
+    if m.target is not None:
+        lines.append(f"broker              the target ({m.target}): devices by certificate "
+                     "over mutual TLS; the service's own view is not ours (see notes)")
+    elif m.missing_semantics is not None:
         lines.append("broker              " + broker_line(m.missing_semantics) +
                      ("; devices by certificate over mutual TLS" if m.secure else ""))
     lines += ["", "VERDICT: " + verdict_line(verdict)]

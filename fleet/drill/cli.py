@@ -21,11 +21,12 @@ from typing import Any
 from devicesim.loop import run_main
 from devicesim.wire import history
 from devicesim.wire.joining import check_session
-from fleet.broker import BrokerError, find_mosquitto
+from fleet.broker import BrokerAddress, BrokerError, find_mosquitto
 from fleet.checker import Budgets, Status, check
 from fleet.checker.report import terminal, verdict_line, write_reports
 from fleet.drill import spec
-from fleet.drill.runner import DrillResult, Interrupt, RunOptions, run
+from fleet.drill.controller import iot_client
+from fleet.drill.runner import DrillResult, Interrupt, RunOptions, Target, run
 
 DEFAULT_DRILL = "force-delete"
 EXIT = {Status.PASS: 0, Status.FAIL: 1, Status.INCONCLUSIVE: 3}
@@ -65,6 +66,21 @@ def register(sub: Any) -> None:
                    help="the secure profile: the drill's things are provisioned (certificates, "
                         "policy) and its devices connect with mutual TLS; anonymous clients "
                         "are refused (embedded broker; devices here or in --workers)")
+    t = p.add_argument_group("against AWS IoT Core (or any AWS-compatible endpoint)")
+    t.add_argument("--target", choices=["aws"],
+                   help="run no local broker or service: devices connect to --endpoint with "
+                        "their certificates (fleet provision --aws), the controller calls "
+                        "the AWS control plane")
+    t.add_argument("--endpoint", metavar="URL",
+                   help="the MQTT data endpoint, mqtts://HOST:PORT (default: DescribeEndpoint "
+                        "iot:Data-ATS, port 8883)")
+    t.add_argument("--control-endpoint", metavar="URL",
+                   help="the control plane's URL (default: AWS's, for --region)")
+    t.add_argument("--region", help="AWS region (default: the configured one)")
+    t.add_argument("--ca", type=Path, metavar="FILE",
+                   help="the CA of the endpoint's certificate (AWS: AmazonRootCA1.pem)")
+    t.add_argument("--cert-dir", type=Path, metavar="DIR",
+                   help="each thing's <thing>.crt / <thing>.key (fleet provision)")
     p.add_argument("--report-dir", type=Path,
                    help="where history.jsonl, report.json and junit.xml go "
                         "(default: reports/<drill name>)")
@@ -127,10 +143,38 @@ def _drill_from(args: argparse.Namespace) -> spec.Drill:
         raise ValueError(f"--workers: at most the fleet's {devices} devices")
     if args.session is not None:
         check_session(args.session)
+    if args.target is not None:
+        if args.broker or args.secure or args.shards or args.workers > 1:
+            raise ValueError("--target: no --broker, --secure, --shards or --workers (the "
+                             "target is the broker; the devices run in the drill's process)")
+        if args.ca is None or args.cert_dir is None:
+            raise ValueError("--target: needs --ca and --cert-dir")
+        for option, path in (("--ca", args.ca), ("--cert-dir", args.cert_dir)):
+            if not path.exists():
+                raise ValueError(f"{option}: no such file or directory {str(path)!r}")
+        if args.endpoint is not None and not args.endpoint.startswith("mqtts://"):
+            raise ValueError("--endpoint: expected mqtts://HOST:PORT")
+    elif any(v is not None for v in (args.endpoint, args.control_endpoint, args.region,
+                                     args.ca, args.cert_dir)):
+        raise ValueError("--endpoint, --control-endpoint, --region, --ca and --cert-dir go "
+                         "with --target")
     if args.secure and (args.broker or args.shards):
         raise ValueError("--secure: the embedded broker, with devices here or in --workers "
                          "(not --broker or --shards)")
     return dataclasses.replace(drill, **changes)
+
+
+def _target(args: argparse.Namespace) -> Target | None:
+    """The drill's target; its data endpoint from DescribeEndpoint unless given."""
+    if args.target is None:
+        return None
+    endpoint = args.endpoint
+    if endpoint is None:
+        client = iot_client(args.control_endpoint, region=args.region)
+        address = client.describe_endpoint(endpointType="iot:Data-ATS")["endpointAddress"]
+        endpoint = f"mqtts://{address}:8883"
+    return Target(endpoint=BrokerAddress.parse(endpoint), ca=args.ca, cert_dir=args.cert_dir,
+                  control_endpoint=args.control_endpoint, region=args.region)
 
 
 def run_drill(args: argparse.Namespace) -> int:
@@ -138,7 +182,7 @@ def run_drill(args: argparse.Namespace) -> int:
         print(list_drills())
         return 0
     drill = _drill_from(args)
-    if not args.broker:
+    if not args.broker and args.target is None:
         try:
             find_mosquitto()
         except BrokerError as e:
@@ -160,7 +204,7 @@ def run_drill(args: argparse.Namespace) -> int:
         result = run_main(_run_interruptible(drill, RunOptions(
             broker_url=args.broker, workers=args.workers, shards=args.shards,
             session=args.session, join_seconds=args.join_timeout, secure=args.secure,
-            report_dir=report_dir,
+            target=_target(args), report_dir=report_dir,
             status=status, interrupt=interrupt)))
     except asyncio.CancelledError:  # a second signal: cleanup cut short, nothing written
         reason = interrupt.reason or "SIGINT"

@@ -127,6 +127,32 @@ class Controller:
             raise
         return str(response["job"]["status"])
 
+    async def executions(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's executions as the service holds them (not recorded: a probe), in the
+        ``final-state`` marker's shape; none once the job is gone."""
+        out: list[dict[str, Any]] = []
+        token: str | None = None
+        try:
+            while True:
+                page = await asyncio.to_thread(
+                    self._client.list_job_executions_for_job, jobId=job_id,
+                    **({"nextToken": token} if token else {}))
+                for summary in page.get("executionSummaries", []):
+                    thing = str(summary["thingArn"]).rsplit("/", 1)[-1]
+                    described = await asyncio.to_thread(
+                        self._client.describe_job_execution, jobId=job_id, thingName=thing)
+                    e = described["execution"]
+                    out.append({"thingName": thing, "jobId": job_id,
+                                "executionNumber": e.get("executionNumber"),
+                                "status": e["status"], "versionNumber": e.get("versionNumber")})
+                token = page.get("nextToken")
+                if not token:
+                    return out
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+                return out
+            raise
+
     async def wait_deleted(self, job_id: str, interval: float = 0.05) -> None:
         """Until DescribeJob says ResourceNotFound. The control plane has no push to wait
         on (jobs events may be off), so this polls the API; callers bound it in time."""

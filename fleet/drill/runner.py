@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from devicesim.documents import stretched
 from devicesim.engine import Fleet, FleetConfig, assign_behaviours
 from devicesim.mqtt import SECRET_ENV
@@ -69,6 +71,21 @@ PART_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Target:
+    """AWS IoT Core, or any AWS-compatible endpoint, as the target of a drill: no local
+    broker or jobs service. Devices connect to ``endpoint`` (``mqtts://``) with their
+    provisioned certificates (``cert_dir``, as ``fleet provision`` writes them); the
+    controller calls the control plane at ``control_endpoint`` (None: AWS's, from the
+    default credential chain and ``region``)."""
+
+    endpoint: BrokerAddress
+    ca: Path
+    cert_dir: Path
+    control_endpoint: str | None = None
+    region: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RunOptions:
     broker_url: str | None = None
     #: device processes started here, joining over the broker (1: devices in this process)
@@ -84,6 +101,8 @@ class RunOptions:
     #: the secure profile: devices provisioned (fleet provision's calls, through boto3) and
     #: connecting with mutual TLS to the embedded broker's TLS listener
     secure: bool = False
+    #: run against an AWS-compatible target instead of a local broker and service
+    target: Target | None = None
     report_dir: Path | None = None
     status: Callable[[str], None] | None = None
     #: set (to the signal's name) to stop the drill early: the schedule is cancelled, the
@@ -163,6 +182,10 @@ class _Run:
         self.things = FleetConfig(host="", port=0, prefix=drill.prefix,
                                   count=drill.devices).thing_names()
         self.certs: certs.CertDir | None = None
+        #: ops the live view saw (device events, progress batches)
+        self.seen = 0
+        #: the control plane's URL (None: AWS's own)
+        self.control_endpoint: str | None = None
 
     # -- recording -----------------------------------------------------------------------
 
@@ -190,13 +213,16 @@ class _Run:
     def record_device(self, op: Op) -> None:
         """An op recorded by an in-process device: its requests and events go into the
         history (:func:`~devicesim.recording.in_device_history`), everything into the live
-        view (which waits for replies before the drill ends)."""
+        view (which waits for replies before the drill ends). Against a target whose
+        service is not ours, what the device is sent (replies, pushes) goes in too: nobody
+        else can record it."""
         assert self.recorder is not None
-        if in_device_history(op):
+        if in_device_history(op) or self.options.target is not None:
             self.recorder.record(op)
         self.on_op(op)
 
     def on_op(self, op: Op) -> None:
+        self.seen += 1
         self.progress.observe(op)
         self.last_op = time.monotonic()
         self.changed.set()
@@ -228,6 +254,9 @@ class _Run:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.options.target is not None:
+            await self.start_on_target(self.options.target)
+            return
         drill, options = self.drill, self.options
         if options.broker_url:
             self.address = BrokerAddress.parse(options.broker_url).privileged()
@@ -265,7 +294,40 @@ class _Run:
                   shards=self.options.shards, pace=drill.pace,
                   brokerSemantics="aws" if self.address.aws_semantics else "plain",
                   secure=self.certs is not None)
+        self.control_endpoint = self.service.endpoint
         await self.start_fleet(mix)
+
+    async def start_on_target(self, target: Target) -> None:
+        """No broker or service of ours: the devices (in this process) connect to the
+        target with their certificates and record all they see."""
+        drill = self.drill
+        if self.options.workers > 1 or self.options.shards:
+            raise ValueError("--target: the devices run in the drill's process")
+        missing = [t for t in self.things if not (target.cert_dir / f"{t}.crt").exists()]
+        if missing:
+            raise ValueError(f"--target: no certificate for {len(missing)} things in "
+                             f"{target.cert_dir} (first {missing[0]}): fleet provision "
+                             f"--prefix {drill.prefix} --count {drill.devices} --cert-dir "
+                             f"{target.cert_dir} first")
+        self.address = target.endpoint
+        self.control_endpoint = target.control_endpoint
+        self.recorder = Recorder(target.endpoint, listener=self.on_op, on_failure=self.fail,
+                                 filters=[])
+        for op in self._early:
+            self.recorder.record(op)
+        mix = drill.mix or {drill.behaviour: 1.0}
+        self.mark("start", drill=drill.name, seed=drill.seed, devices=drill.devices,
+                  mix=mix, broker=target.endpoint.url,
+                  endpoint=target.control_endpoint or "aws",
+                  behaviours=assign_behaviours(self.things, mix, drill.seed),
+                  requirements=drill.checks.to_json(), workers=1, shards=0, pace=drill.pace,
+                  brokerSemantics="aws", secure=True, target="aws")
+        self.fleet = Fleet(FleetConfig(
+            host=target.endpoint.host, port=target.endpoint.port, prefix=drill.prefix,
+            count=drill.devices, mix=mix, seed=drill.seed, publish_events=False,
+            subscribe_replies=False, tls_ca=target.ca, cert_dir=target.cert_dir),
+            on_failure=self.fail, record=self.record_device)
+        await self.fleet.start()
 
     async def joined(self) -> None:
         """With ``shards``: until every shard joined, bounded by ``join_seconds`` (a
@@ -541,13 +603,13 @@ class _Run:
         elif action == "settle":
             self.waiting_for = "the fleet to settle (every device idle, nothing pending)"
             await self.until(self.settled)
-            while self.fleet is None and not await self.quiet():
+            while self.needs_quiet and not await self.quiet():
                 await self.until(self.settled)
 
     async def deleted(self, controller: Controller, before: dict[str, int]) -> None:
         """Until each job's deletion completed: told by its ``deleted`` jobs event when
         events are on (no polling), else by DescribeJob answering ResourceNotFound."""
-        if self.drill.service.job_events:
+        if self.drill.service.job_events and self.service is not None:
             await self.until(lambda: all(self.progress.deletions[j] > n
                                          for j, n in before.items()))
         else:
@@ -556,24 +618,29 @@ class _Run:
     def settled(self) -> bool:
         """Every device idle and nothing pending. In-process devices record as they act,
         so their last recorded event is what they are doing now; devices in worker processes
-        report late, which :meth:`quiet` allows for."""
-        assert self.service is not None
-        return self.progress.idle(self.things) and self.service.store.pending_count() == 0
+        report late, and a target's service tells us nothing of what it holds pending:
+        :meth:`quiet` allows for both."""
+        idle = self.progress.idle(self.things)
+        if self.service is None:
+            return idle and not self.progress.unanswered
+        return idle and self.service.store.pending_count() == 0
+
+    @property
+    def needs_quiet(self) -> bool:
+        return self.fleet is None or self.service is None
 
     async def quiet(self, seconds: float = QUIET_SECONDS) -> bool:
-        """With devices in other processes the drill cannot know what they published
-        yet: the fleet counts as settled only if no device event arrives for ``seconds``
-        and it still looks settled then."""
-        hub = self.hub
-        assert hub is not None
-        seen = hub.received
+        """When the drill cannot know everything at once (devices in other processes, a
+        target's service), the fleet counts as settled only if nothing is heard for
+        ``seconds`` and it still looks settled then."""
+        seen = self.seen
         self.changed.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
-                while hub.received == seen:
+                while self.seen == seen:
                     self.changed.clear()
                     await self.changed.wait()
-        return hub.received == seen and self.settled()
+        return self.seen == seen and self.settled()
 
     async def restart_broker(self, *, kill: bool) -> None:
         if self.broker is None:
@@ -618,8 +685,15 @@ class _Run:
                   unanswered=unanswered(), devicesMissingEvents=len(behind),
                   missingFrom=behind[:20])
 
-    def final_state(self) -> None:
-        assert self.service is not None
+    async def final_state(self, controller: Controller) -> None:
+        if self.service is None:  # a target: what its control plane says
+            executions = [e for job in self.targets
+                          for e in await controller.executions(job)]
+            jobs = [{"jobId": job, "status": status} for job in self.targets
+                    if (status := await controller.job_status(job)) is not None]
+            self.mark("final-state", executions=executions, jobs=jobs, devices=self.nvm,
+                      eventCounts=self.event_counts)
+            return
         store = self.service.store
         executions = [{"thingName": e.thing_name, "jobId": e.job_id,
                        "executionNumber": e.execution_number, "status": e.status.value,
@@ -647,6 +721,22 @@ def _describe(when: When) -> str:
     return ", ".join(parts) or "now"
 
 
+async def _control_plane(run_: _Run, target: Target | None) -> tuple[Any, str, str]:
+    """A boto3 client of the drill's control plane, its region and account (a target's:
+    from a provisioned thing's ARN)."""
+    if target is None:
+        return iot_client(run_.control_endpoint), "us-east-1", "123456789012"
+    try:
+        client = iot_client(target.control_endpoint, region=target.region or (
+            "us-east-1" if target.control_endpoint else None))
+        arn = (await asyncio.to_thread(client.describe_thing,
+                                       thingName=run_.things[0]))["thingArn"]
+    except (BotoCoreError, ClientError) as e:
+        raise ValueError(f"--target: the control plane: {e}") from None
+    _, _, _, region, account, _ = str(arn).split(":", 5)
+    return client, region, account
+
+
 async def run(drill: Drill, options: RunOptions) -> DrillResult:
     """Run one drill; the history goes to ``options.report_dir`` (default: a temp dir)."""
     report_dir = options.report_dir or Path(tempfile.mkdtemp(prefix="devicesim-report-"))
@@ -656,15 +746,17 @@ async def run(drill: Drill, options: RunOptions) -> DrillResult:
         interrupted: str | None = None
         try:
             await run_.start()
-            assert run_.service is not None
             assert run_.recorder is not None
-            controller = Controller(iot_client(run_.service.endpoint), run_.recorder.record)
+            target = options.target
+            client, region, account = await _control_plane(run_, target)
+            controller = Controller(client, run_.recorder.record, region=region,
+                                    account_id=account)
             outcome = await run_.schedule(controller, options.interrupt)
             timed_out = outcome == "timeout"
             if outcome not in ("done", "timeout"):
                 interrupted = outcome
             await run_.drain(DRAIN_SECONDS if interrupted is None else INTERRUPTED_DRAIN)
-            run_.final_state()
+            await run_.final_state(controller)
             end: dict[str, Any] = {"seconds": round(time.time() - run_.started, 3)}
             if interrupted is not None:
                 end["interrupted"] = interrupted

@@ -12,7 +12,9 @@
     ├── TerminalStateException             410  TerminalStateReached
     ├── ThrottlingException                400  RequestThrottled
     ├── ServiceUnavailableException        503  InternalError
-    └── InternalFailureException           500  InternalError
+    ├── InternalFailureException           500  InternalError
+    ├── CertificateStateException          406  (control plane only: the registry)
+    └── DeleteConflictException            409  (control plane only: the registry)
 
 The control plane turns an error into ``x-amzn-ErrorType`` + ``{"message"}`` with
 ``http_status``; the data plane into a ``/rejected`` message with ``mqtt_code``. Those two
@@ -89,6 +91,18 @@ class ServiceUnavailableException(JobsError):
 class InternalFailureException(JobsError):
     http_status = 500
     mqtt_code = RejectedErrorCode.INTERNAL_ERROR
+
+
+class CertificateStateException(JobsError):
+    """A certificate in the wrong state for the call (e.g. deleting an ACTIVE one)."""
+
+    http_status = 406
+
+
+class DeleteConflictException(JobsError):
+    """Deleting what is still attached (a certificate to a thing or a policy)."""
+
+    http_status = 409
 
 
 #: Settings name these by their AWS names.

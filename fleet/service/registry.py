@@ -29,6 +29,8 @@ from pathlib import Path
 
 from fleet.certs import Authority, CertError, certificate_id, load_certificate
 from fleet.service.errors import (
+    CertificateStateException,
+    DeleteConflictException,
     InvalidRequestException,
     ResourceAlreadyExistsException,
     ResourceNotFoundException,
@@ -173,6 +175,20 @@ class Registry:
                          (status, self._now(), cert_id))
         self.write_principals()
 
+    def delete_certificate(self, cert_id: str) -> None:
+        cert = self.describe_certificate(cert_id)
+        if cert.status == "ACTIVE":
+            raise CertificateStateException("Certificate must be deactivated (not ACTIVE) "
+                                            "before deletion")
+        arn = self.arn("cert", cert_id)
+        if self._db.execute("SELECT 1 FROM thing_principals WHERE principal = ? UNION "
+                            "SELECT 1 FROM policy_targets WHERE target = ?",
+                            (arn, arn)).fetchone():
+            raise DeleteConflictException(f"Certificate {cert_id} is attached to a thing or "
+                                          "a policy")
+        self._db.execute("DELETE FROM certificates WHERE id = ?", (cert_id,))
+        self.write_principals()
+
     def describe_certificate(self, cert_id: str) -> Certificate:
         cert = self._certificate(cert_id)
         if cert is None:
@@ -198,6 +214,18 @@ class Registry:
         self._principal(target)
         self._db.execute("INSERT OR IGNORE INTO policy_targets VALUES (?, ?)", (name, target))
 
+    def detach_policy(self, name: str, target: str) -> None:
+        self._db.execute("DELETE FROM policy_targets WHERE policy = ? AND target = ?",
+                         (name, target))
+
+    def delete_policy(self, name: str) -> None:
+        if not self._db.execute("SELECT 1 FROM policies WHERE name = ?", (name,)).fetchone():
+            raise ResourceNotFoundException(f"Policy {name} does not exist")
+        if self._db.execute("SELECT 1 FROM policy_targets WHERE policy = ?",
+                            (name,)).fetchone():
+            raise DeleteConflictException(f"Policy {name} is attached to one or more targets")
+        self._db.execute("DELETE FROM policies WHERE name = ?", (name,))
+
     def policies_of(self, target: str) -> list[str]:
         return [r[0] for r in self._db.execute(
             "SELECT policy FROM policy_targets WHERE target = ? ORDER BY policy", (target,))]
@@ -210,6 +238,22 @@ class Registry:
         self._db.execute("INSERT OR IGNORE INTO thing_principals VALUES (?, ?)",
                          (thing, principal))
         self.write_principals()
+
+    def detach_thing_principal(self, thing: str, principal: str) -> None:
+        self.describe_thing(thing)
+        self._db.execute("DELETE FROM thing_principals WHERE thing = ? AND principal = ?",
+                         (thing, principal))
+        self.write_principals()
+
+    def delete_thing(self, name: str) -> None:
+        """Delete it (a thing that does not exist: nothing to do, as on AWS)."""
+        if self._thing(name) is None:
+            return
+        if self._db.execute("SELECT 1 FROM thing_principals WHERE thing = ?",
+                            (name,)).fetchone():
+            raise InvalidRequestException(f"Cannot delete thing {name}: it has attached "
+                                          "principals (DetachThingPrincipal first)")
+        self._db.execute("DELETE FROM things WHERE name = ?", (name,))
 
     def list_thing_principals(self, thing: str) -> list[str]:
         self.describe_thing(thing)

@@ -161,6 +161,39 @@ def list_thing_principals(ctx: Context, inp: Input) -> Json:
     return {"principals": _registry(ctx).list_thing_principals(inp.thing_name())}
 
 
+def detach_policy(ctx: Context, inp: Input) -> None:
+    inp.allow(body=("target",))
+    target = inp.body_string("target")
+    if target is None:
+        raise InvalidRequestException("target: required")
+    _registry(ctx).detach_policy(_policy_name(inp), target)
+
+
+def delete_policy(ctx: Context, inp: Input) -> None:
+    inp.allow()
+    _registry(ctx).delete_policy(_policy_name(inp))
+
+
+def detach_thing_principal(ctx: Context, inp: Input) -> Json:
+    inp.allow()
+    principal = inp.headers.get("x-amzn-principal")
+    if not principal:
+        raise InvalidRequestException("principal: required (header x-amzn-principal)")
+    _registry(ctx).detach_thing_principal(inp.thing_name(), principal)
+    return {}
+
+
+def delete_thing(ctx: Context, inp: Input) -> Json:
+    inp.allow(unsupported_query=("expectedVersion",))
+    _registry(ctx).delete_thing(inp.thing_name())
+    return {}
+
+
+def delete_certificate(ctx: Context, inp: Input) -> None:
+    inp.allow(unsupported_query=("forceDelete",))
+    _registry(ctx).delete_certificate(_certificate_id(inp))
+
+
 def describe_endpoint(ctx: Context, inp: Input) -> Json:
     inp.allow(query=("endpointType",))
     inp.query_enum("endpointType", ENDPOINT_TYPES)
@@ -182,4 +215,9 @@ IDENTITY_HANDLERS: dict[str, Callable[[Context, Input], Json | None]] = {
     "AttachThingPrincipal": attach_thing_principal,
     "ListThingPrincipals": list_thing_principals,
     "DescribeEndpoint": describe_endpoint,
+    "DetachPolicy": detach_policy,
+    "DeletePolicy": delete_policy,
+    "DetachThingPrincipal": detach_thing_principal,
+    "DeleteThing": delete_thing,
+    "DeleteCertificate": delete_certificate,
 }

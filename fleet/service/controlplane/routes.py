@@ -77,6 +77,11 @@ ROUTES: tuple[Route, ...] = (
     Route("PUT", "/things/{thingName}/principals", "AttachThingPrincipal"),
     Route("GET", "/things/{thingName}/principals", "ListThingPrincipals"),
     Route("GET", "/endpoint", "DescribeEndpoint"),
+    Route("POST", "/target-policies/{policyName}", "DetachPolicy"),
+    Route("DELETE", "/policies/{policyName}", "DeletePolicy"),
+    Route("DELETE", "/things/{thingName}/principals", "DetachThingPrincipal"),
+    Route("DELETE", "/things/{thingName}", "DeleteThing"),
+    Route("DELETE", "/certificates/{certificateId}", "DeleteCertificate"),
 )
 
 BY_OPERATION: dict[str, Route] = {route.operation: route for route in ROUTES}
