@@ -286,16 +286,22 @@ class _Run:
             await asyncio.to_thread(provision, iot_client(self.service.endpoint), self.things,
                                     self.workdir / "devices")
             self.started = time.time()  # the drill's clock starts with a provisioned fleet
-        mix = drill.mix or {drill.behaviour: 1.0}
-        self.mark("start", drill=drill.name, seed=drill.seed, devices=drill.devices,
-                  mix=mix, broker=self.address.url, endpoint=self.service.endpoint,
-                  behaviours=assign_behaviours(self.things, mix, drill.seed),
-                  requirements=drill.checks.to_json(), workers=max(1, self.options.workers),
-                  shards=self.options.shards, pace=drill.pace,
-                  brokerSemantics="aws" if self.address.aws_semantics else "plain",
-                  secure=self.certs is not None)
+        mix = self.mark_start(broker=self.address.url, endpoint=self.service.endpoint,
+                              workers=max(1, self.options.workers), shards=self.options.shards,
+                              brokerSemantics="aws" if self.address.aws_semantics else "plain",
+                              secure=self.certs is not None)
         self.control_endpoint = self.service.endpoint
         await self.start_fleet(mix)
+
+    def mark_start(self, **where: Any) -> dict[str, float]:
+        """The ``start`` marker (the drill, its fleet, its requirements, and ``where``);
+        the behaviour mix."""
+        drill = self.drill
+        mix = drill.mix or {drill.behaviour: 1.0}
+        self.mark("start", drill=drill.name, seed=drill.seed, devices=drill.devices, mix=mix,
+                  behaviours=assign_behaviours(self.things, mix, drill.seed),
+                  requirements=drill.checks.to_json(), pace=drill.pace, **where)
+        return mix
 
     async def start_on_target(self, target: Target) -> None:
         """No broker or service of ours: the devices (in this process) connect to the
@@ -315,13 +321,9 @@ class _Run:
                                  filters=[])
         for op in self._early:
             self.recorder.record(op)
-        mix = drill.mix or {drill.behaviour: 1.0}
-        self.mark("start", drill=drill.name, seed=drill.seed, devices=drill.devices,
-                  mix=mix, broker=target.endpoint.url,
-                  endpoint=target.control_endpoint or "aws",
-                  behaviours=assign_behaviours(self.things, mix, drill.seed),
-                  requirements=drill.checks.to_json(), workers=1, shards=0, pace=drill.pace,
-                  brokerSemantics="aws", secure=True, target="aws")
+        mix = self.mark_start(broker=target.endpoint.url,
+                              endpoint=target.control_endpoint or "aws", workers=1, shards=0,
+                              brokerSemantics="aws", secure=True, target="aws")
         self.fleet = Fleet(FleetConfig(
             host=target.endpoint.host, port=target.endpoint.port, prefix=drill.prefix,
             count=drill.devices, mix=mix, seed=drill.seed, publish_events=False,
