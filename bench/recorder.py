@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from devicesim.mqtt import Client, ClientOptions, Pump
+from devicesim.mqtt import Client, Pump
 from devicesim.wire import topics
 from fleet.broker import BrokerAddress
 from fleet.checker.metrics import percentile
@@ -79,9 +79,7 @@ class DetectionRecorder:
 
     async def start(self) -> None:
         self._client = Client(
-            ClientOptions(client_id=CLIENT_ID, host=self._broker.host, port=self._broker.port,
-                          clean_session=True, max_inflight=1000,
-                          username=self._broker.username, password=self._broker.password),
+            self._broker.client_options(CLIENT_ID, clean_session=True, max_inflight=1000),
             self._pump, on_message=self._on_message)
         await self._client.connect()
         await self._client.subscribe([topics.execution_event("+", "deleted"),

@@ -24,6 +24,7 @@ Everything here is synchronous; asyncio callers use ``asyncio.to_thread``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import pwd
@@ -40,9 +41,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-from devicesim.mqtt import PRIVILEGED_USER, SECRET_ENV
-from fleet.certs import CertDir
+from devicesim.mqtt import PRIVILEGED_USER, SECRET_ENV, ClientOptions
+from fleet.certs import Authority, CertDir, write_file
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,11 @@ class BrokerAddress:
     secret: str | None = field(default=None, repr=False)
     #: ``mqtts://``: TLS (the secure profile's listener)
     tls: bool = False
+    #: with ``tls``: the CA of the broker's certificate, and the privileged client's own
+    #: certificate and key (the listener requires one)
+    ca: str | None = field(default=None, compare=False)
+    cert: str | None = field(default=None, compare=False)
+    key: str | None = field(default=None, compare=False)
 
     @property
     def aws_semantics(self) -> bool:
@@ -88,7 +95,14 @@ class BrokerAddress:
         """This address with the secret from ``$DEVICESIM_BROKER_SECRET`` if it has none
         (a broker given by URL to a process of ours that needs the privileged identity)."""
         secret = self.secret or os.environ.get(SECRET_ENV) or None
-        return BrokerAddress(self.host, self.port, secret, self.tls)
+        return dataclasses.replace(self, secret=secret)
+
+    def client_options(self, client_id: str, **options: Any) -> ClientOptions:
+        """How a client of ours with the privileged identity connects here: the address,
+        the identity (on a broker running the plugin), TLS files (on its TLS listener)."""
+        return ClientOptions(client_id=client_id, host=self.host, port=self.port,
+                             username=self.username, password=self.password,
+                             tls_ca=self.ca, tls_cert=self.cert, tls_key=self.key, **options)
 
     @property
     def url(self) -> str:
@@ -257,10 +271,15 @@ class EmbeddedBroker:
 
     @property
     def tls_address(self) -> BrokerAddress | None:
-        """The secure profile's TLS listener (``mqtts://``), or None without it."""
+        """The secure profile's TLS listener (``mqtts://``), or None without it; with the
+        CA, and the certificate the broker made for our privileged clients (the jobs
+        service, the recorder: every client of the secure profile speaks TLS)."""
         if self._tls_port is None:
             return None
-        return BrokerAddress("127.0.0.1", self._tls_port, self._secret, tls=True)
+        d = self.work_dir
+        return BrokerAddress("127.0.0.1", self._tls_port, self._secret, tls=True,
+                             ca=str(d / "ca.crt"), cert=str(d / "privileged.crt"),
+                             key=str(d / "privileged.key"))
 
     @property
     def principals_path(self) -> Path:
@@ -455,6 +474,10 @@ class EmbeddedBroker:
         if self._secure is None:
             return "# no secure profile: no TLS listener"
         d = self._secure
+        if not (self.work_dir / "privileged.crt").exists():  # our own clients' certificate
+            cert_pem, key_pem = Authority.load(d).issue("devicesim privileged client")
+            write_file(self.work_dir / "privileged.key", key_pem, secret=True)
+            write_file(self.work_dir / "privileged.crt", cert_pem)
         copies = {}
         for name, source in (("ca.crt", d.ca), ("server.crt", d.server),
                              ("server.key", d.server_key)):

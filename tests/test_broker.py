@@ -190,6 +190,7 @@ def test_early_exit_reports_the_log_tail() -> None:
         ("mqtt://127.0.0.1:1883", BrokerAddress("127.0.0.1", 1883)),
         ("mqtt://broker.example:18830/", BrokerAddress("broker.example", 18830)),
         ("mqtt://[::1]:1883", BrokerAddress("::1", 1883)),
+        ("mqtts://127.0.0.1:8883", BrokerAddress("127.0.0.1", 8883, tls=True)),
     ],
 )
 def test_parse_accepts_mqtt_urls(url: str, expected: BrokerAddress) -> None:
@@ -204,7 +205,6 @@ def test_parse_accepts_mqtt_urls(url: str, expected: BrokerAddress) -> None:
         "",
         "127.0.0.1:1883",
         "tcp://127.0.0.1:1883",
-        "mqtts://127.0.0.1:8883",
         "mqtt://127.0.0.1",
         "mqtt://:1883",
         "mqtt://127.0.0.1:0",

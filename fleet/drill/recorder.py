@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from devicesim.mqtt import Client, ClientOptions, OnFailure, Pump
+from devicesim.mqtt import Client, OnFailure, Pump
 from devicesim.wire import topics
 from devicesim.wire.history import Op, OpType, classify, iter_ops
 from fleet.broker import BrokerAddress
@@ -65,11 +65,8 @@ class Recorder:
         """Subscribe to the ``filters`` (without any, no MQTT connection is made)."""
         if not self._filters:
             return
-        b = self._broker
-        self._client = Client(ClientOptions(client_id=self._client_id, host=b.host,
-                                            port=b.port, clean_session=False,
-                                            max_inflight=0, username=b.username,
-                                            password=b.password),
+        self._client = Client(self._broker.client_options(self._client_id, clean_session=False,
+                                                          max_inflight=0),
                               self._pump, on_message=self._on_message)
         await self._client.connect()
         await self._client.subscribe(self._filters)

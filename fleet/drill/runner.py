@@ -267,6 +267,8 @@ class _Run:
                 await asyncio.to_thread(certs.ensure, self.workdir / "certs")
             self.broker = EmbeddedBroker(work_dir=self.workdir / "broker", secure=self.certs)
             self.address = await asyncio.to_thread(self.broker.start)
+            if self.broker.tls_address is not None:  # every client speaks TLS there
+                self.address = self.broker.tls_address
         recorder = Recorder(self.address, listener=self.on_op, on_failure=self.fail, filters=[])
         self.recorder = recorder
         for op in self._early:
@@ -404,12 +406,15 @@ class _Run:
             self.status(f"waiting for {shards} shards: devicesim run --broker "
                         f"{self.address.url} --join {session} --shard i/{shards}")
             return
+        # the workers' links to the drill: the plain listener (a privileged client with its
+        # secret; their devices speak TLS in the secure profile)
+        link = self.address if self.broker is None else self.broker.address
         env = dict(os.environ)
         if self.address.secret is not None:  # the drill's topics are not a device's
             env[SECRET_ENV] = self.address.secret
         for w in range(shards):
             self.workers.append(await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "devicesim.cli", "run", "--broker", self.address.url,
+                sys.executable, "-m", "devicesim.cli", "run", "--broker", link.url,
                 "--join", session, "--shard", f"{w}/{shards}", "--quiet",
                 stdin=asyncio.subprocess.DEVNULL, env=env))
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from devicesim.mqtt import Client, ClientOptions, OnFailure, Pump
+from devicesim.mqtt import Client, OnFailure, Pump
 from devicesim.recording import progress_batch
 from devicesim.wire.history import Op
 from devicesim.wire.joining import (
@@ -52,9 +52,8 @@ class ShardHub:
         self._listener, self._on_change, self._on_joined = listener, on_change, on_joined
         self._pump = Pump(on_failure=on_failure)
         self._client = Client(
-            ClientOptions(client_id=f"devicesim-drill-{session}", host=broker.host,
-                          port=broker.port, clean_session=False, max_inflight=0,
-                          username=broker.username, password=broker.password),
+            broker.client_options(f"devicesim-drill-{session}", clean_session=False,
+                                  max_inflight=0),
             self._pump, on_message=self._on_message)
         #: shard -> what it said when it joined (host, pid)
         self.joined: dict[int, dict[str, Any]] = {}

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from devicesim.mqtt import Client, ClientOptions, OnFailure, Pump
+from devicesim.mqtt import Client, OnFailure, Pump
 from devicesim.wire import topics
 from devicesim.wire.history import Op, classify
 from fleet.broker import BrokerAddress
@@ -89,10 +89,8 @@ class JobsService:
     async def start(self) -> None:
         b = self.config.broker
         self._client = Client(
-            ClientOptions(client_id=SERVICE_CLIENT_ID, host=b.host, port=b.port,
-                          clean_session=False, keepalive=30, max_inflight=0,
-                          mqtt5=True, no_local=True, username=b.username,
-                          password=b.password),
+            b.client_options(SERVICE_CLIENT_ID, clean_session=False, keepalive=30,
+                             max_inflight=0, mqtt5=True, no_local=True),
             self._pump, on_message=lambda topic, payload: self._on_message(topic, payload, None),
             on_message_from=self._on_message)
         await self._client.connect()

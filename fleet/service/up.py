@@ -121,9 +121,10 @@ async def _serve(args: argparse.Namespace, settings: ServiceSettings,
                                   secure=ca if args.secure else None)
         address = await asyncio.to_thread(embedded.start)
     tls = None if embedded is None else embedded.tls_address
+    service_address = tls or address  # the secure profile: the service speaks TLS too
     failures = FailureLog()
     service = JobsService(ServiceConfig(
-        broker=address, state=state, settings=settings, http_port=args.http_port,
+        broker=service_address, state=state, settings=settings, http_port=args.http_port,
         seed=args.seed, credentials=credentials,
         authority=None if ca is None else certs.Authority.load(ca),
         principals=embedded.principals_path if embedded is not None and args.secure else None),
