@@ -75,7 +75,8 @@ def to_wire(value: Any) -> Any:
 class SdkTransport:
     """One device's connection through the AWS IoT Device SDK (the ``sdk`` behaviour)."""
 
-    #: the shell must not record this transport's requests: it does (see the module doc)
+    #: the shell must not record this transport's requests, nor the replies to them: it
+    #: does (see the module doc)
     records_requests = True
 
     def __init__(self, thing: str, host: str, port: int, *, on_message: OnMessage,

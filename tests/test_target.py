@@ -53,6 +53,7 @@ async def test_a_drill_against_the_emulator_as_an_external_target(tmp_path: Path
         print(f"drill force-delete seed=1 devices={DEVICES} target={info['mqtts']['url']}")
         code, out = await command(
             "drill", "force-delete", "--devices", str(DEVICES), "--target", "aws",
+            "--mix", "reference=0.5,sdk=0.5",
             "--endpoint", info["mqtts"]["url"], "--control-endpoint", info["http"]["endpoint"],
             "--ca", info["certs"]["ca"], "--cert-dir", str(devices), "--report-dir",
             str(report), env={k: v for k, v in env.items() if k != "DEVICESIM_READY_FILE"})
@@ -64,6 +65,7 @@ async def test_a_drill_against_the_emulator_as_an_external_target(tmp_path: Path
         assert results["service"]["status"] == "NO-CASES"
         assert results["notice"]["status"] == "PASS"
         assert results["notice"]["checked"] >= 0.2 * DEVICES
+        assert set(results["notice"]["cases_by_behaviour"]) == {"reference", "sdk"}
         ops = [json.loads(line) for line in (report / "history.jsonl").read_text().splitlines()]
         start = next(op for op in ops if op["f"] == "start")
         assert (start["value"]["target"], start["value"]["broker"]) == ("aws",
