@@ -177,7 +177,8 @@ async def test_every_model_member_is_read_or_refused(wire: Wire) -> None:
     model = botocore.session.get_session().get_service_model("iot")
     for route in routes.ROUTES:
         operation = model.operation_model(route.operation)
-        path = route.template.format(jobId="job-1", thingName="thing-a", executionNumber="1")
+        path = route.template.format(jobId="job-1", thingName="thing-a", executionNumber="1",
+                                     certificateId="0" * 64, policyName="policy-a")
         for name, member in operation.input_shape.members.items():
             location = member.serialization.get("location")
             text, value = _sample(member)
