@@ -180,6 +180,7 @@ class Client:
         self._closing = False
         self._subscriptions: dict[str, int] = {}
         self._reconnect_task: asyncio.Task[None] | None = None
+        self._reply_to: dict[str, _ReplyTo] = {}  # requester -> its packed properties
         self.connected = False
         if options.mqtt5:
             c = paho.Client(CallbackAPIVersion.VERSION2, client_id=options.client_id,
@@ -249,8 +250,9 @@ class Client:
         to that client only (a Jobs reply to its requester)."""
         props = None
         if reply_to is not None and self.options.mqtt5:
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            props.UserProperty = (REPLY_TO_PROPERTY, reply_to)
+            props = self._reply_to.get(reply_to)
+            if props is None:
+                props = self._reply_to[reply_to] = _ReplyTo(reply_to)
         info = self._paho.publish(topic, payload, qos, retain, props)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise MqttError(f"publish {topic}: {paho.error_string(info.rc)}")
@@ -395,6 +397,21 @@ class Client:
     def _check(self, rc: MQTTErrorCode, what: str) -> None:
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise MqttError(f"{self.options.client_id}: {what}: {paho.error_string(rc)}")
+
+
+class _ReplyTo(Properties):
+    """The PUBLISH properties naming a reply's requester, packed once per requester (paho
+    packs properties on every publish: ~50 us a reply, a sixth of the service's CPU)."""
+
+    def __init__(self, requester: str) -> None:
+        super().__init__(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        self.UserProperty = (REPLY_TO_PROPERTY, requester)
+        # object.__setattr__: paho's own refuses names that are not MQTT properties
+        object.__setattr__(self, "_packed", super().pack())  # type: ignore[no-untyped-call]
+
+    def pack(self) -> bytes:
+        packed: bytes = self.__dict__["_packed"]
+        return packed
 
 
 def _requester(msg: paho.MQTTMessage) -> str | None:
