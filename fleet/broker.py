@@ -32,6 +32,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import tempfile
@@ -97,6 +98,22 @@ class BrokerAddress:
         secret = self.secret or os.environ.get(SECRET_ENV) or None
         return dataclasses.replace(self, secret=secret)
 
+    def with_tls_files(self, ca: Path | None, cert: Path | None, key: Path | None
+                       ) -> BrokerAddress:
+        """An ``mqtts://`` address with the CA and this client's certificate and key (a
+        BrokerError names what is missing)."""
+        if not self.tls:
+            if ca or cert or key:
+                raise BrokerError(f"--broker-ca/--broker-cert/--broker-key: only with an "
+                                  f"mqtts:// broker, not {self.url}")
+            return self
+        for option, path in (("--broker-ca", ca), ("--broker-cert", cert),
+                             ("--broker-key", key)):
+            if path is None or not path.is_file():
+                raise BrokerError(f"{self.url}: {option} FILE is needed (a TLS listener that "
+                                  "requires client certificates)")
+        return dataclasses.replace(self, ca=str(ca), cert=str(cert), key=str(key))
+
     def client_options(self, client_id: str, **options: Any) -> ClientOptions:
         """How a client of ours with the privileged identity connects here: the address,
         the identity (on a broker running the plugin), TLS files (on its TLS listener)."""
@@ -155,11 +172,34 @@ def probe(address: BrokerAddress, timeout: float = 2.0) -> int:
     Raises `BrokerError` when the broker cannot be reached or does not answer with a CONNACK.
     """
     client_id = f"devicesim-probe-{os.getpid()}-{secrets.token_hex(4)}".encode()
-    # Variable header: protocol name "MQTT", level 4 (3.1.1), flags clean session, keepalive 10.
-    body = b"\x00\x04MQTT\x04\x02\x00\x0a" + len(client_id).to_bytes(2, "big") + client_id
-    connect = bytes([0x10, len(body)]) + body  # len(body) < 128: one length byte
+
+    def field(data: bytes) -> bytes:
+        return len(data).to_bytes(2, "big") + data
+
+    # Variable header: protocol name "MQTT", level 4 (3.1.1), flags clean session (and the
+    # privileged identity's username and password, if the address has them), keepalive 10.
+    flags, payload = 0x02, field(client_id)
+    if address.username is not None and address.password is not None:
+        flags |= 0xC0
+        payload += field(address.username.encode()) + field(address.password.encode())
+    body = b"\x00\x04MQTT\x04" + bytes([flags]) + b"\x00\x0a" + payload
+    length, n = b"", len(body)
+    while True:  # MQTT's variable-length "remaining length"
+        n, digit = divmod(n, 128)
+        length += bytes([digit | (0x80 if n else 0)])
+        if not n:
+            break
+    connect = b"\x10" + length + body
     try:
-        with socket.create_connection((address.host, address.port), timeout=timeout) as sock:
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(
+                socket.create_connection((address.host, address.port), timeout=timeout))
+            if address.tls:
+                context = ssl.create_default_context(cafile=address.ca)
+                if address.cert is not None:
+                    context.load_cert_chain(address.cert, address.key)
+                sock = stack.enter_context(
+                    context.wrap_socket(sock, server_hostname=address.host))
             sock.sendall(connect)
             connack = b""
             while len(connack) < 4:

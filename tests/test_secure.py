@@ -278,3 +278,49 @@ async def test_a_secure_drill_with_reference_and_sdk_devices_passes(tmp_path: Pa
     assert start.value["secure"] is True
     assert verdict.metrics.secure
     assert verdict.metrics.missing_semantics == ()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_fleet_up_serves_through_a_tls_broker_it_did_not_start(
+        secure: tuple[EmbeddedBroker, certs.CertDir], tmp_path: Path) -> None:
+    from fleet.service.registry import Registry
+
+    broker, ca = secure
+    tls = broker.tls_address
+    assert tls is not None
+    thing = thing_name("external")
+    # the broker's principals file admits the device (as the registry of whoever runs it)
+    registry = Registry(tmp_path / "registry.db", region="us-east-1",
+                        account_id="123456789012", authority=certs.Authority.load(ca),
+                        principals=broker.principals_path)
+    registry.create_thing(thing)
+    cert, key_pem = registry.create_keys_and_certificate(active=True)
+    registry.attach_thing_principal(thing, registry.arn("cert", cert.id))
+    registry.close()
+    cert_file, key_file = files(tmp_path, thing, cert.pem, key_pem)
+    ready = tmp_path / "ready.json"
+    up = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fleet.cli", "up", "--broker", tls.url, "--broker-ca", tls.ca,
+        "--broker-cert", tls.cert, "--broker-key", tls.key, "--state",
+        str(tmp_path / "jobs.db"), "--ready-file", str(ready),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "DEVICESIM_BROKER_SECRET": tls.secret or ""})
+    try:
+        assert up.stdout is not None
+        async with asyncio.timeout(30):
+            line = (await up.stdout.readline()).decode()
+        assert line.startswith(f"fleet up: broker {tls.url}"), \
+            line + (await up.stderr.read()).decode()  # type: ignore[union-attr]
+        device = await connect(broker, ca.ca, thing, cert_file, key_file)
+        try:
+            await device.publish(topics.get_pending(thing), b'{"clientToken": "x"}', qos=1)
+            async with asyncio.timeout(WITHIN):  # answered by the service over TLS
+                message = await anext(aiter(device.messages))
+            assert str(message.topic).endswith("/get/accepted")
+        finally:
+            await device.__aexit__(None, None, None)
+    finally:
+        up.terminate()
+        async with asyncio.timeout(20):
+            await up.wait()

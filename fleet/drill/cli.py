@@ -49,7 +49,8 @@ def register(sub: Any) -> None:
     p.add_argument("--stall-seconds", type=float,
                    help="stop the drill when nothing happens for this long (default: the "
                         "drill's, 10)")
-    p.add_argument("--broker", metavar="URL", help="use this broker instead of the embedded one")
+    p.add_argument("--broker", metavar="URL",
+                   help="use this broker (mqtt://HOST:PORT) instead of the embedded one")
     p.add_argument("--workers", type=int, default=1,
                    help="device processes to start here, joining over the broker (default 1: "
                         "the devices run in the drill's own process)")
@@ -143,6 +144,9 @@ def _drill_from(args: argparse.Namespace) -> spec.Drill:
         raise ValueError(f"--workers: at most the fleet's {devices} devices")
     if args.session is not None:
         check_session(args.session)
+    if args.broker is not None and args.broker.startswith("mqtts://"):
+        raise ValueError("--broker: mqtt://HOST:PORT (a TLS endpoint with devices' "
+                         "certificates is --target aws --endpoint mqtts://...)")
     if args.target is not None:
         if args.broker or args.secure or args.shards or args.workers > 1:
             raise ValueError("--target: no --broker, --secure, --shards or --workers (the "

@@ -68,9 +68,20 @@ def settings_from(args: argparse.Namespace) -> ServiceSettings:
     return ServiceSettings.from_mapping(values)
 
 
+def add_broker_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a privileged client of ours reaches an ``mqtts://`` ``--broker``."""
+    for name, what in (("ca", "the CA of the broker's certificate"),
+                       ("cert", "our privileged client's certificate"),
+                       ("key", "its private key")):
+        parser.add_argument(f"--broker-{name}", type=Path, metavar="FILE",
+                            help=f"with --broker mqtts://: {what}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--broker", metavar="URL",
-                        help="use this broker (mqtt://HOST:PORT) instead of the embedded one")
+                        help="use this broker (mqtt://HOST:PORT, or mqtts:// with --broker-ca, "
+                             "--broker-cert, --broker-key) instead of the embedded one")
+    add_broker_tls_arguments(parser)
     parser.add_argument("--mqtt-port", type=int, default=0,
                         help="port of the embedded broker (default: a free port)")
     parser.add_argument("--http-port", type=int, default=0,
@@ -112,7 +123,8 @@ async def _serve(args: argparse.Namespace, settings: ServiceSettings,
         raise ValueError("--secure runs its own broker (with a TLS listener): drop --broker")
     ca = None if cert_dir is None else await asyncio.to_thread(certs.ensure, cert_dir)
     if args.broker:
-        address = BrokerAddress.parse(args.broker).privileged()
+        address = BrokerAddress.parse(args.broker).privileged().with_tls_files(
+            args.broker_ca, args.broker_cert, args.broker_key)
         if await asyncio.to_thread(probe, address) != 0:
             raise BrokerError(f"broker {address.url} refused the connection")
     else:
