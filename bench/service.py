@@ -33,9 +33,9 @@ _JOB_EVENTS = "$aws/events/job/"
 
 
 class CountingService(JobsService):
-    """The jobs service, counting every message its wildcard subscription delivers (its
-    own replies and pushes come back too; :class:`fleet.service.dataplane.DataPlane` ignores them)
-    and noting when it publishes a job event (``$aws/events/job/{jobId}/{operation}``)."""
+    """The jobs service, counting every message its wildcard subscription delivers (the
+    requests: "No Local" keeps its own replies and pushes from coming back) and noting when
+    it publishes a job event (``$aws/events/job/{jobId}/{operation}``)."""
 
     received = 0
     published = 0
