@@ -27,7 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from fleet import certs
 from fleet.drill.controller import iot_client
-from fleet.service.up import default_endpoint
+from fleet.service.up import default_ca, default_endpoint
 
 DEFAULT_POLICY = "devicesim-thing"
 DEFAULT_CERT_DIR = Path(".state/certs")
@@ -91,7 +91,8 @@ def run_provision(args: argparse.Namespace) -> int:
             or args.concurrency < 1:
         raise ValueError("--count and --concurrency must be >= 1, --start >= 0")
     endpoint = None if args.aws else (args.endpoint_url or default_endpoint())
-    client = iot_client(endpoint, region=args.region or ("us-east-1" if endpoint else None))
+    client = iot_client(endpoint, region=args.region or ("us-east-1" if endpoint else None),
+                        verify=None if endpoint is None else default_ca(endpoint))
     if args.delete:
         deleted = unprovision(client, args.cert_dir, args.policy_name,
                               concurrency=args.concurrency)

@@ -232,6 +232,7 @@ async def test_fleet_up_secure_and_fleet_provision_as_a_user_runs_them(tmp_path:
             line = (await up.stdout.readline()).decode()
         assert "devices mqtts://127.0.0.1:" in line, line
         info: dict[str, Any] = json.loads(ready.read_text())
+        assert info["http"]["endpoint"].startswith("https://")  # the control plane too
         provisioned = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "fleet.cli", "provision", "--prefix", "up-", "--count", "2",
             "--cert-dir", str(tmp_path / "devices"), stdout=asyncio.subprocess.PIPE,

@@ -45,6 +45,7 @@ async def test_a_drill_against_the_emulator_as_an_external_target(tmp_path: Path
         async with asyncio.timeout(30):
             await up.stdout.readline()  # printed once it serves
         info: dict[str, Any] = json.loads(ready.read_text())
+        assert info["http"]["endpoint"].startswith("https://127.0.0.1:")
         devices = tmp_path / "devices"
         code, out = await command("provision", "--prefix", "dev-", "--count", str(DEVICES),
                                   "--cert-dir", str(devices), env=env)
@@ -56,7 +57,9 @@ async def test_a_drill_against_the_emulator_as_an_external_target(tmp_path: Path
             "--mix", "reference=0.5,sdk=0.5",
             "--endpoint", info["mqtts"]["url"], "--control-endpoint", info["http"]["endpoint"],
             "--ca", info["certs"]["ca"], "--cert-dir", str(devices), "--report-dir",
-            str(report), env={k: v for k, v in env.items() if k != "DEVICESIM_READY_FILE"})
+            str(report), env={**{k: v for k, v in env.items() if k != "DEVICESIM_READY_FILE"},
+                              # its control plane speaks HTTPS, by the local CA
+                              "AWS_CA_BUNDLE": info["certs"]["ca"]})
         assert code == 0, out
         assert "broker              the target (aws): devices by certificate" in out
         assert "service: not checked: it needs the emulator's own record" in out

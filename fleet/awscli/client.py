@@ -37,6 +37,13 @@ def default_endpoint() -> str:
     return up.default_endpoint()
 
 
+def default_ca(endpoint: str) -> str | None:
+    """The CA to verify the running ``fleet up --secure``'s ``https://`` endpoint by."""
+    from fleet.service import up
+
+    return up.default_ca(endpoint)
+
+
 def is_loopback(endpoint_url: str | None) -> bool:
     host = urlsplit(endpoint_url).hostname if endpoint_url else None
     if host is None:
@@ -60,8 +67,9 @@ def _iso8601(value: Any) -> str:
 
 
 def make_client(*, endpoint_url: str | None, region: str | None,
-                profile: str | None) -> Any:
-    """A boto3 ``iot`` client configured as the AWS CLI v1 would configure its own."""
+                profile: str | None, verify: str | None = None) -> Any:
+    """A boto3 ``iot`` client configured as the AWS CLI v1 would configure its own
+    (``verify``: the CA of an ``https://`` endpoint, as the AWS CLI's ``--ca-bundle``)."""
     import boto3
     import botocore.session
     from botocore.config import Config
@@ -90,7 +98,8 @@ def make_client(*, endpoint_url: str | None, region: str | None,
         # now defaults to "standard" (other attempts, other error messages).
         config = Config(retries={"mode": "legacy"})
     return boto3.session.Session(botocore_session=session).client(
-        SERVICE, region_name=region, endpoint_url=endpoint_url, config=config, **credentials)
+        SERVICE, region_name=region, endpoint_url=endpoint_url, config=config, verify=verify,
+        **credentials)
 
 
 def json_encoder(obj: Any) -> Any:

@@ -10,7 +10,13 @@ from typing import Any
 from botocore import xform_name
 
 from fleet.awscli import model, values
-from fleet.awscli.client import default_endpoint, json_encoder, make_client, print_response
+from fleet.awscli.client import (
+    default_ca,
+    default_endpoint,
+    json_encoder,
+    make_client,
+    print_response,
+)
 from fleet.awscli.model import Option
 from fleet.awscli.values import ParamError
 
@@ -264,7 +270,8 @@ def _call(operation: str, args: argparse.Namespace, params: dict[str, Any],
     method = xform_name(operation)
     try:
         client = make_client(endpoint_url=endpoint, region=args.awscli_region,
-                             profile=args.awscli_profile)
+                             profile=args.awscli_profile,
+                             verify=None if endpoint is None else default_ca(endpoint))
         if stubbed:
             response = _stubbed_call(client, operation, params)
         elif paging is not None:

@@ -278,6 +278,7 @@ class _Run:
             broker=self.address, state=self.workdir / "jobs.db", settings=drill.service,
             seed=drill.seed,
             authority=certs.Authority.load(self.certs) if self.certs is not None else None,
+            https=None if self.certs is None else (self.certs.server, self.certs.server_key),
             principals=self.broker.principals_path if secure and self.broker else None),
             on_failure=self.fail, record=self.record)
         await self.service.start()
@@ -285,8 +286,9 @@ class _Run:
         if self.certs is not None:
             self.status(f"provisioning {len(self.things)} things (certificates, policy)")
             assert self.service.endpoint is not None
-            await asyncio.to_thread(provision, iot_client(self.service.endpoint), self.things,
-                                    self.workdir / "devices")
+            await asyncio.to_thread(provision, iot_client(self.service.endpoint,
+                                                          verify=str(self.certs.ca)),
+                                    self.things, self.workdir / "devices")
             self.started = time.time()  # the drill's clock starts with a provisioned fleet
         mix = self.mark_start(broker=self.address.url, endpoint=self.service.endpoint,
                               workers=max(1, self.options.workers), shards=self.options.shards,
@@ -732,7 +734,8 @@ async def _control_plane(run_: _Run, target: Target | None) -> tuple[Any, str, s
     """A boto3 client of the drill's control plane, its region and account (a target's:
     from a provisioned thing's ARN)."""
     if target is None:
-        return iot_client(run_.control_endpoint), "us-east-1", "123456789012"
+        verify = None if run_.certs is None else str(run_.certs.ca)
+        return iot_client(run_.control_endpoint, verify=verify), "us-east-1", "123456789012"
     try:
         client = iot_client(target.control_endpoint, region=target.region or (
             "us-east-1" if target.control_endpoint else None))

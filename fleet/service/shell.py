@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ class ServiceConfig:
     authority: Authority | None = None
     #: the principals file the broker's devicesim_aws plugin reads (secure profile)
     principals: Path | None = None
+    #: the control plane over HTTPS with this certificate and key (secure profile)
+    https: tuple[Path, Path] | None = None
 
 
 class JobsService:
@@ -103,7 +106,12 @@ class JobsService:
                 Verifier(self.config.credentials)
             control = ControlPlane(self.store, on_change=self.flush, verifier=verifier,
                                    registry=self.registry, endpoint_address=b.host)
-            self.endpoint = await control.start(self.config.http_host, self.config.http_port)
+            context = None
+            if self.config.https is not None:
+                context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                context.load_cert_chain(*self.config.https)
+            self.endpoint = await control.start(self.config.http_host, self.config.http_port,
+                                                ssl_context=context)
             self._control = control
         log.info("jobs service ready broker=%s endpoint=%s", b.url, self.endpoint)
 

@@ -139,6 +139,7 @@ async def _serve(args: argparse.Namespace, settings: ServiceSettings,
         broker=service_address, state=state, settings=settings, http_port=args.http_port,
         seed=args.seed, credentials=credentials,
         authority=None if ca is None else certs.Authority.load(ca),
+        https=(ca.server, ca.server_key) if ca is not None and args.secure else None,
         principals=embedded.principals_path if embedded is not None and args.secure else None),
         on_failure=failures)
     stop = asyncio.Event()
@@ -194,6 +195,20 @@ def read_ready_file(path: Path | None = None) -> dict[str, Any]:
         raise FileNotFoundError(f"no running `fleet up` found ({path} does not exist); start "
                                 f"one or pass --endpoint-url") from None
     return info
+
+
+def default_ca(endpoint: str) -> str | None:
+    """The CA to verify the running ``fleet up --secure``'s ``https://`` endpoint by (its
+    ready file's ``certs.ca``) when ``endpoint`` is that one; else None (botocore's default
+    trust, ``AWS_CA_BUNDLE``)."""
+    if not endpoint.startswith("https://"):
+        return None
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        info = read_ready_file()
+        if info.get("http", {}).get("endpoint") == endpoint:
+            ca = info.get("certs", {}).get("ca")
+            return str(ca) if ca else None
+    return None
 
 
 def default_endpoint() -> str:

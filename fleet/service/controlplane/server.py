@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import ssl
 import uuid
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -160,22 +161,25 @@ class ControlPlane:
             raise RuntimeError("control plane not started")
         return self._url
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Listen on ``host:port`` (0: a free port); the endpoint URL, ``http://HOST:PORT``."""
+    async def start(self, host: str = "127.0.0.1", port: int = 0, *,
+                    ssl_context: ssl.SSLContext | None = None) -> str:
+        """Listen on ``host:port`` (0: a free port); the endpoint URL, ``http://HOST:PORT``
+        (``https://`` with an ``ssl_context``)."""
         if self._runner is not None:
             raise RuntimeError("control plane already started")
         runner = web.AppRunner(self._app, access_log=None,
                                shutdown_timeout=self._shutdown_timeout)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, host, port)
+            site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
             await site.start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
         bound_port = runner.addresses[0][1]
-        self._url = f"http://{f'[{host}]' if ':' in host else host}:{bound_port}"
+        scheme = "https" if ssl_context is not None else "http"
+        self._url = f"{scheme}://{f'[{host}]' if ':' in host else host}:{bound_port}"
         log.info("control plane listening url=%s", self._url)
         return self._url
 
