@@ -2,9 +2,9 @@
 
 Every process records what it already sees (one writer per process): in-process devices and
 the in-process jobs service hand their ops to :meth:`Recorder.record` directly; device worker
-processes write their own parts, merged at the end (:meth:`Recorder.merge`, or op by op
-through :meth:`Recorder.record`). The recorder subscribes on the broker (its own MQTT
-identity, QoS 1) only to what is given in ``filters``: for devices no process of ours runs,
+processes write their own parts, merged at the end op by op (:meth:`Recorder.record`).
+The recorder subscribes on the broker (its own MQTT identity, QoS 1) only to what is given
+in ``filters``: for devices no process of ours runs,
 what they publish (:data:`BROKER_FILTERS`: their requests and events), classified by
 :func:`devicesim.wire.history.classify` and handed to the ``listener`` (the live view) too.
 What the jobs service publishes (replies, pushes, jobs events) is never taken from the
@@ -24,12 +24,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 from devicesim.mqtt import Client, OnFailure, Pump
 from devicesim.wire import topics
-from devicesim.wire.history import Op, OpType, classify, iter_ops
+from devicesim.wire.history import Op, OpType, classify
 from fleet.broker import BrokerAddress
 
 log = logging.getLogger(__name__)
@@ -85,15 +84,6 @@ class Recorder:
         this as its ``record``) and tell the listener, like what is heard on the broker."""
         self.record(op)
         self._tell([op])
-
-    def merge(self, path: Path) -> int:
-        """Add a worker's history part; returns how many ops it held (a line that is not an
-        op raises :class:`~devicesim.wire.history.HistoryError` naming it)."""
-        n = 0
-        for op in iter_ops(path):
-            self.record(op)
-            n += 1
-        return n
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         self.received += 1
