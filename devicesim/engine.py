@@ -310,7 +310,7 @@ class DeviceShell:
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         if self._record is not None and not (
-                topics.is_reply(topic) and getattr(self._client, "records_requests", False)):
+                getattr(self._client, "records_requests", False) and topics.is_reply(topic)):
             # (a transport that records its requests records their replies: with the token
             # on the wire, which is not the one handed to the agent)
             self._record(classify(topic, payload, self._now()))

@@ -466,15 +466,16 @@ class EmbeddedBroker:
         assert self._port is not None
         conf_path = self.work_dir / "mosquitto.conf"
         conf_path.touch(mode=0o600)  # it holds the privileged identity's secret
+        user = self._broker_user()  # (chowns the broker's files to it)
         conf_path.write_text(
             template.format(
                 port=self._port,
                 state_dir=self.state_dir,
                 log_path=self.log_path,
-                user=self._broker_user(),
+                user=user,
                 plugin=self._plugin_lines(),
                 allow_anonymous="false" if self._secure is not None else "true",
-                tls_listener=self._tls_lines(),
+                tls_listener=self._tls_lines(user),
             )
         )
         offset = self.log_path.stat().st_size
@@ -508,7 +509,7 @@ class EmbeddedBroker:
             lines += f"\nplugin_opt_principals {self.principals_path}"
         return lines
 
-    def _tls_lines(self) -> str:
+    def _tls_lines(self, user: str) -> str:
         """The secure profile's TLS listener, with copies of the CA and the broker's
         certificate and key in the work dir (where the broker's user can read them)."""
         if self._secure is None:
@@ -525,7 +526,6 @@ class EmbeddedBroker:
             shutil.copyfile(source, copy)
             copy.chmod(0o644 if name.endswith(".crt") else 0o600)
             copies[name] = copy
-        user = self._broker_user()
         if os.geteuid() == 0 and user != "root":
             entry = pwd.getpwnam(user)
             os.chown(copies["server.key"], entry.pw_uid, entry.pw_gid)

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from devicesim.loop import run_main
 from devicesim.wire import history
 from devicesim.wire.joining import check_session
@@ -174,8 +176,12 @@ def _target(args: argparse.Namespace) -> Target | None:
         return None
     endpoint = args.endpoint
     if endpoint is None:
-        client = iot_client(args.control_endpoint, region=args.region)
-        address = client.describe_endpoint(endpointType="iot:Data-ATS")["endpointAddress"]
+        try:
+            client = iot_client(args.control_endpoint, region=args.region or (
+                "us-east-1" if args.control_endpoint else None))
+            address = client.describe_endpoint(endpointType="iot:Data-ATS")["endpointAddress"]
+        except (BotoCoreError, ClientError) as e:
+            raise ValueError(f"--target: DescribeEndpoint: {e}") from None
         endpoint = f"mqtts://{address}:8883"
     return Target(endpoint=BrokerAddress.parse(endpoint), ca=args.ca, cert_dir=args.cert_dir,
                   control_endpoint=args.control_endpoint, region=args.region)

@@ -273,13 +273,14 @@ class _Run:
         self.recorder = recorder
         for op in self._early:
             recorder.record(op)
-        secure = self.broker is not None and self.certs is not None
         self.service = JobsService(ServiceConfig(
             broker=self.address, state=self.workdir / "jobs.db", settings=drill.service,
             seed=drill.seed,
             authority=certs.Authority.load(self.certs) if self.certs is not None else None,
             https=None if self.certs is None else (self.certs.server, self.certs.server_key),
-            principals=self.broker.principals_path if secure and self.broker else None),
+            # (certs are made only for the embedded broker's secure profile)
+            principals=None if self.certs is None or self.broker is None
+            else self.broker.principals_path),
             on_failure=self.fail, record=self.record)
         await self.service.start()
         await recorder.start()

@@ -19,7 +19,6 @@ users give devices most: a device may touch only its own thing's topics.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 import uuid
@@ -27,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleet.certs import Authority, CertError, certificate_id, load_certificate
+from fleet.certs import Authority, CertError, certificate_id, load_certificate, write_file
 from fleet.service.errors import (
     CertificateStateException,
     DeleteConflictException,
@@ -287,7 +286,4 @@ class Registry:
             return
         lines = [f"{cert_id} {status} {','.join(things) or '-'}\n"
                  for cert_id, status, things in self.principals()]
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text("".join(lines), encoding="ascii")
-        tmp.chmod(0o644)  # the broker's user reads it
-        os.replace(tmp, path)
+        write_file(path, "".join(lines).encode("ascii"))  # 0644: the broker's user reads it

@@ -26,7 +26,7 @@ from typing import Any
 from devicesim.loop import run_main
 from fleet import certs
 from fleet.broker import BrokerAddress, BrokerError, EmbeddedBroker, probe
-from fleet.certs import CertDir
+from fleet.certs import CertDir, write_file
 from fleet.service.controlplane.sigv4 import load_credentials
 from fleet.service.settings import ServiceSettings
 from fleet.service.shell import JobsService, ServiceConfig
@@ -181,10 +181,7 @@ def write_ready_file(path: Path, address: BrokerAddress, endpoint: str | None,
     if certs is not None:
         info["certs"] = {"dir": str(certs.path), "ca": str(certs.ca)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.touch(mode=0o600)
-    tmp.write_text(json.dumps(info, indent=2))
-    tmp.replace(path)
+    write_file(path, json.dumps(info, indent=2).encode(), secret=True)  # it holds the secret
 
 
 def read_ready_file(path: Path | None = None) -> dict[str, Any]:

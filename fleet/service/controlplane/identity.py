@@ -49,6 +49,21 @@ def _policy_name(inp: Input) -> str:
     return name
 
 
+def _target(inp: Input) -> str:
+    inp.allow(body=("target",))
+    target = inp.body_string("target")
+    if target is None:
+        raise InvalidRequestException("target: required")
+    return target
+
+
+def _principal(inp: Input) -> str:
+    principal = inp.headers.get("x-amzn-principal")
+    if not principal:
+        raise InvalidRequestException("principal: required (header x-amzn-principal)")
+    return principal
+
+
 def create_thing(ctx: Context, inp: Input) -> Json:
     inp.allow(unsupported_body=("thingTypeName", "attributePayload", "billingGroupName"))
     reg = _registry(ctx)
@@ -139,19 +154,12 @@ def create_policy(ctx: Context, inp: Input) -> Json:
 
 
 def attach_policy(ctx: Context, inp: Input) -> None:
-    inp.allow(body=("target",))
-    target = inp.body_string("target")
-    if target is None:
-        raise InvalidRequestException("target: required")
-    _registry(ctx).attach_policy(_policy_name(inp), target)
+    _registry(ctx).attach_policy(_policy_name(inp), _target(inp))
 
 
 def attach_thing_principal(ctx: Context, inp: Input) -> Json:
     inp.allow(unsupported_query=("thingPrincipalType",))
-    principal = inp.headers.get("x-amzn-principal")
-    if not principal:
-        raise InvalidRequestException("principal: required (header x-amzn-principal)")
-    _registry(ctx).attach_thing_principal(inp.thing_name(), principal)
+    _registry(ctx).attach_thing_principal(inp.thing_name(), _principal(inp))
     return {}
 
 
@@ -162,11 +170,7 @@ def list_thing_principals(ctx: Context, inp: Input) -> Json:
 
 
 def detach_policy(ctx: Context, inp: Input) -> None:
-    inp.allow(body=("target",))
-    target = inp.body_string("target")
-    if target is None:
-        raise InvalidRequestException("target: required")
-    _registry(ctx).detach_policy(_policy_name(inp), target)
+    _registry(ctx).detach_policy(_policy_name(inp), _target(inp))
 
 
 def delete_policy(ctx: Context, inp: Input) -> None:
@@ -176,10 +180,7 @@ def delete_policy(ctx: Context, inp: Input) -> None:
 
 def detach_thing_principal(ctx: Context, inp: Input) -> Json:
     inp.allow()
-    principal = inp.headers.get("x-amzn-principal")
-    if not principal:
-        raise InvalidRequestException("principal: required (header x-amzn-principal)")
-    _registry(ctx).detach_thing_principal(inp.thing_name(), principal)
+    _registry(ctx).detach_thing_principal(inp.thing_name(), _principal(inp))
     return {}
 
 
