@@ -504,6 +504,8 @@ class _Run:
         """Run the schedule (fleet ready, then the steps) until it is done, the drill's
         timeout, a stall, a component failure, or an interrupt; the markers say which.
         Returns ``"done"``, ``"timeout"`` or the interrupt's reason."""
+        self.last_op = time.monotonic()  # the stall clock starts with the schedule, not
+        # before start-up (provisioning a secure fleet takes a while)
         task = asyncio.create_task(self._schedule(controller), name="drill-schedule")
         stop = asyncio.create_task(interrupt.wait()) if interrupt is not None else None
         try:
