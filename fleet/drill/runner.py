@@ -55,6 +55,7 @@ from fleet.drill.recorder import Recorder
 from fleet.drill.shards import ShardHub
 from fleet.drill.spec import Drill, Step, When
 from fleet.provision import provision
+from fleet.service.settings import ServiceSettings
 from fleet.service.shell import JobsService, ServiceConfig
 
 log = logging.getLogger(__name__)
@@ -326,9 +327,13 @@ class _Run:
                                  filters=[])
         for op in self._early:
             self.recorder.record(op)
+        if drill.service != ServiceSettings():
+            self.status("the drill's [service] settings do not apply to --target: its service "
+                        "has its own (a slower deletion sweep means fewer devices mid-step)")
         mix = self.mark_start(broker=target.endpoint.url,
                               endpoint=target.control_endpoint or "aws", workers=1, shards=0,
-                              brokerSemantics="aws", secure=True, target="aws")
+                              brokerSemantics="aws", secure=True, target="aws",
+                              serviceSettingsApplied=drill.service == ServiceSettings())
         self.fleet = Fleet(FleetConfig(
             host=target.endpoint.host, port=target.endpoint.port, prefix=drill.prefix,
             count=drill.devices, mix=mix, seed=drill.seed, publish_events=False,
