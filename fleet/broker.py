@@ -270,12 +270,15 @@ class EmbeddedBroker:
         ready_timeout: float = READY_TIMEOUT_S,
         plugin: bool | None = None,
         secure: CertDir | None = None,
+        presence: bool = False,
     ) -> None:
         """``plugin``: load the devicesim_aws plugin (True: required, a BrokerError if it
         was not built; None: if it was built; False: never). ``secure``: the secure profile,
         with this certificate directory (``fleet certs``): a TLS listener requiring client
         certificates, anonymous clients refused, devices admitted by the plugin from the
-        principals file (it needs the plugin)."""
+        principals file (it needs the plugin). ``presence``: the plugin publishes AWS IoT's
+        lifecycle events (``$aws/events/presence/connected|disconnected/<client id>``) for
+        every device that connects or goes (it needs the plugin)."""
         self._work_dir_arg = Path(work_dir) if work_dir is not None else None
         self._config = Path(config) if config is not None else None
         self._binary = binary
@@ -292,8 +295,12 @@ class EmbeddedBroker:
             raise BrokerError("the secure profile needs the devicesim_aws plugin: run make "
                               "setup (it needs gcc and Debian's mosquitto-dev, "
                               "libmosquitto-dev and libssl-dev)")
+        if presence and self._plugin is None:
+            raise BrokerError("lifecycle events need the devicesim_aws plugin: run make setup "
+                              "(it needs gcc and Debian's mosquitto-dev and libmosquitto-dev)")
         self._secret = secrets.token_urlsafe(18) if self._plugin is not None else None
         self._secure = secure
+        self._presence = presence
         self._tls_port: int | None = None
 
     # -- state -------------------------------------------------------------------------------
@@ -502,6 +509,8 @@ class EmbeddedBroker:
         copy.chmod(0o644)
         lines = f"plugin {copy}\nplugin_opt_username {PRIVILEGED_USER}\n" \
             f"plugin_opt_secret {self._secret}"
+        if self._presence:
+            lines += "\nplugin_opt_presence true"
         if self._secure is not None:
             if not self.principals_path.exists():
                 self.principals_path.write_text("")

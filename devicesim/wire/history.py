@@ -16,6 +16,8 @@ device request (MQTT)   thing name  invoke    operation name, {topic, jobId, cli
                                               payload}
 service reply           thing name  ok/fail   operation name, same keys (+ code on fail)
 notify / notify-next    thing name  info      "notify" / "notify-next", {topic, payload}
+lifecycle events        client id   info      "presence:connected" / "presence:disconnected",
+                                              {topic, payload} (AWS's JSON, ms timestamp)
 jobs events             "service"   info      "job-event" / "execution-event",
                                               {topic, jobId, operation, payload}
 device events           thing name  info      "device:<kind>", the DeviceEvent as JSON
@@ -101,6 +103,10 @@ def classify(topic: str, payload: bytes, time: float) -> Op:
                   type=_REPLY_TYPES.get(parsed.kind, OpType.INVOKE),
                   f=parsed.operation.value, value=value)
     parts = topic.split("/")
+    if len(parts) == 5 and parts[:3] == ["$aws", "events", "presence"] and \
+            parts[3] in topics.PRESENCE_EVENTS:
+        return Op(time=time, process=parts[4], type=OpType.INFO, f=f"presence:{parts[3]}",
+                  value={"topic": topic, "payload": body})
     if len(parts) == 5 and parts[:2] == ["$aws", "events"]:
         f = {"job": "job-event", "jobExecution": "execution-event"}.get(parts[2], "event")
         return Op(time=time, process="service", type=OpType.INFO, f=f,

@@ -21,6 +21,8 @@ RESERVED_JOB_IDS = frozenset({"get", "start-next", "notify", "notify-next", "upd
 SERVICE_FILTER = "$aws/things/+/jobs/#"
 JOB_EVENTS_FILTER = "$aws/events/#"
 DEVICE_EVENTS_FILTER = "devicesim/+/events"
+#: AWS IoT lifecycle events (the devicesim_aws plugin publishes them with ``presence``)
+PRESENCE_EVENTS = ("connected", "disconnected")
 
 
 class Operation(StrEnum):
@@ -121,6 +123,12 @@ def job_event(job_id: str, operation: str) -> str:
 def execution_event(job_id: str, operation: str) -> str:
     """``$aws/events/jobExecution/{jobId}/{operation}`` (succeeded, failed, deleted, ...)."""
     return f"$aws/events/jobExecution/{job_id}/{operation}"
+
+
+def presence(client_id: str, event: str = "+") -> str:
+    """``$aws/events/presence/{connected|disconnected}/{clientId}``: AWS IoT's lifecycle
+    events (a filter for both with the default ``event``)."""
+    return f"$aws/events/presence/{event}/{client_id}"
 
 
 def device_events(thing_name: str) -> str:

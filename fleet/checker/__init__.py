@@ -12,10 +12,10 @@ writes files.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from devicesim.wire.history import Op, bulk
-from fleet.checker import grading, invariants, metrics, timeline
+from fleet.checker import grading, invariants, metrics, timeline, traffic
 from fleet.checker.model import (
     INVARIANTS,
     Budgets,
@@ -34,12 +34,19 @@ __all__ = ["INVARIANTS", "Budgets", "Distribution", "InvariantResult", "Metrics"
 
 
 def check(ops: Sequence[Op], budgets: Budgets | None = None,
-          requirements: Requirements | None = None) -> Verdict:
+          requirements: Requirements | None = None, external: Iterable[str] = ()) -> Verdict:
     """Judge a history: one graded result per invariant (in :data:`INVARIANTS` order) and
-    metrics. ``requirements`` default to those the history's ``start`` marker records."""
+    metrics. ``requirements`` default to those the history's ``start`` marker records.
+    External devices -- those the ``start`` marker names, and ``external`` -- are judged
+    from their traffic alone (:mod:`fleet.checker.traffic`): any device events of theirs
+    in the history are set aside and inferred instead."""
     budgets = budgets or Budgets()
     with bulk():
-        tl = timeline.build(ops)
+        named = timeline.external_things(ops) | frozenset(external)
+        if named:
+            ops = traffic.strip(ops, named)
+            ops = ops + traffic.infer(timeline.build(ops, named), named)
+        tl = timeline.build(ops, named)
         needs = requirements or tl.requirements
         results = [grading.grade(fn(tl, budgets), tl, needs) for _, fn in invariants.ALL]
         return Verdict(results=results, metrics=metrics.compute(tl, budgets),

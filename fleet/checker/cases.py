@@ -26,8 +26,10 @@ from fleet.checker.timeline import (
     CreatedJob,
     DeviceEventRecord,
     DeviceExecution,
+    ExecKey,
     Removal,
     Request,
+    TerminalFact,
     Timeline,
     as_int,
     compatible,
@@ -168,7 +170,7 @@ def recovery_cases(tl: Timeline, b: Budgets) -> list[RecoveryCase]:
     cases = []
     for e in tl.executions:
         lost = e.lost_access
-        if lost is None:
+        if lost is None or e.thing_name in tl.external:
             continue
         events = [ev for ev in tl.events_of(e.thing_name) if ev.time >= lost.time
                   and ev is not lost]
@@ -189,6 +191,55 @@ def recovery_cases(tl: Timeline, b: Budgets) -> list[RecoveryCase]:
                                                   None)
         cases.append(RecoveryCase(e, lost, valid, bad, window, since, deadline))
     return cases
+
+
+@dataclass(frozen=True, slots=True)
+class WireRecoveryCase:
+    """An external device lost ``execution`` while other work was pending for it: from the
+    wire, it recovered if it started work again (``started``) by ``deadline``."""
+
+    execution: DeviceExecution
+    lost: DeviceEventRecord
+    work: frozenset[tuple[str, int]]  # (jobId, incarnation) pending for it
+    since: float  # lost_access, or when the pending work was created, if later
+    deadline: float
+    started: DeviceEventRecord | None
+
+    @property
+    def time(self) -> float | None:
+        return None if self.started is None else max(0.0, self.started.time - self.since)
+
+
+def wire_recovery_cases(tl: Timeline, b: Budgets) -> tuple[list[WireRecoveryCase], list[str]]:
+    """``recover`` for external devices, whose flash the wire does not show: every
+    ``lost_access`` (inferred) while work was pending for the device (:func:`pending_work`,
+    less what the controller withdrew or the service removed), and its first
+    ``job_started`` after it;
+    the clock starts at the lost access, or when the first pending work was created if that
+    is later, once the device is reachable (:func:`clock_start`). Returns the cases and the
+    external devices that lost an execution with nothing pending (nothing to show a recovery
+    by)."""
+    cases, idle = [], []
+    for e in tl.executions:
+        lost = e.lost_access
+        if lost is None or e.thing_name not in tl.external:
+            continue
+        work = {(job_id, n) for job_id, n in pending_work(tl, e, lost, tl.terminal)
+                if not tl.removals_of((e.thing_name, job_id, n), None)
+                and not tl.job_withdrawn(job_id, n, e.thing_name)}
+        if not work:
+            idle.append(e.thing_name)
+            continue
+        created = [c.time for c in tl.creates_by_thing.get(e.thing_name, [])
+                   if (c.job_id, c.incarnation) in work]
+        available = max(lost.time, min(created, default=lost.time))
+        since = clock_start(tl, e.thing_name, available, b.recover_seconds)
+        deadline = inf if since is None else since + b.recover_seconds
+        started = next((ev for ev in tl.events_of(e.thing_name) if ev.kind == "job_started"
+                        and ev.time > lost.time and ev.time <= deadline), None)
+        cases.append(WireRecoveryCase(e, lost, frozenset(work),
+                                      available if since is None else since, deadline, started))
+    return cases, idle
 
 
 def _claims(ev: DeviceEventRecord, e: DeviceExecution) -> bool:
@@ -292,3 +343,38 @@ def work_digest(tl: Timeline, ev: DeviceEventRecord) -> str | None:
         if any(x is ev for x in e.events):
             return work_digest(tl, e.started) if e.started is not ev else None
     return None
+
+
+def pending_work(tl: Timeline, e: DeviceExecution, lost: DeviceEventRecord,
+                 terminal: Mapping[ExecKey, list[TerminalFact]]) -> set[tuple[str, int]]:
+    """Work pending for the device when it lost ``e``: executions created for it before and
+    neither started, withdrawn nor finished, or the job the last ``notify-next`` before (or
+    the first after) named."""
+    work: set[tuple[str, int]] = set()
+    mine = (e.job_id, e.incarnation)
+    for c in tl.creates_by_thing.get(e.thing_name, []):
+        if c.time > lost.time or (c.job_id, c.incarnation) == mine:
+            continue
+        started = any(o.incarnation == c.incarnation and o.started.time <= lost.time
+                      for o in tl.executions_of(e.thing_name, c.job_id))
+        if not started and not withdrawn(tl, e.thing_name, (c.job_id, c.incarnation),
+                                          terminal):
+            work.add((c.job_id, c.incarnation))
+    pushes = [p for p in tl.notify_next.get(e.thing_name, []) if p.time <= lost.time]
+    later = [p for p in tl.notify_next.get(e.thing_name, []) if p.time > lost.time]
+    for push in pushes[-1:] + later[:1]:
+        head = push.value.get("payload", {}).get("execution") or {}
+        job_id = head.get("jobId") if isinstance(head, dict) else None
+        if isinstance(job_id, str) and (job_id, tl.incarnation(job_id, push.time)) != mine:
+            work.add((job_id, tl.incarnation(job_id, push.time)))
+    return work
+
+
+def withdrawn(tl: Timeline, thing: str, work: tuple[str, int],
+              terminal: Mapping[ExecKey, list[TerminalFact]]) -> bool:
+    """Was this pending work removed, withdrawn by the controller or finished (at any time
+    in the history)?"""
+    job_id, incarnation = work
+    key = (thing, job_id, incarnation)
+    return bool(tl.removals_of(key, None)) or tl.job_withdrawn(job_id, incarnation, thing) or \
+        bool(terminal.get(key))

@@ -83,7 +83,8 @@ def compute(tl: Timeline, budgets: Budgets) -> Metrics:
         () if semantics == "aws" else AWS_SEMANTICS,
         secure=bool(tl.markers["start"].value.get("secure")) if "start" in tl.markers
         else False,
-        target=tl.markers["start"].value.get("target") if "start" in tl.markers else None)
+        target=tl.markers["start"].value.get("target") if "start" in tl.markers else None,
+        external=sorted(tl.external))
 
 
 def _code(value: dict[str, object]) -> str:

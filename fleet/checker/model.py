@@ -66,14 +66,19 @@ class Budgets:
     ``recover_seconds``: ``lost_access`` -> the device reports a valid state.
     ``reply_timeout_seconds``: how long a device waits for a reply; also the grace given for
     messages already in flight when the service removed an execution.
+    ``in_flight_seconds``: for external devices (judged from their traffic), how long after
+    a rejection told a device its execution was gone an update of it may still be one the
+    device sent before the rejection reached it.
     """
 
     notice_seconds: float = 5.0
     recover_seconds: float = 10.0
     reply_timeout_seconds: float = 10.0
+    in_flight_seconds: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("notice_seconds", "recover_seconds", "reply_timeout_seconds"):
+        for name in ("notice_seconds", "recover_seconds", "reply_timeout_seconds",
+                     "in_flight_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
 
@@ -150,6 +155,9 @@ class InvariantResult:
     notes: tuple[str, ...] = ()
     cases_by_behaviour: Mapping[str, int] = field(default_factory=dict)
     status: Status = Status.PASS
+    #: the cases about each external device (judged from its traffic alone), so that each
+    #: gets its own verdict rows
+    cases_by_external: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,6 +202,8 @@ class Metrics:
     secure: bool = False
     #: the drill ran against a target (``aws``) instead of a local broker and service
     target: str | None = None
+    #: devices judged from their traffic alone (external firmware), sorted
+    external: list[str] = field(default_factory=list)
 
 
 #: what the devicesim_aws broker plugin adds to Mosquitto (docs/broker.md)
@@ -223,3 +233,31 @@ class Verdict:
     @property
     def failed(self) -> list[str]:
         return [r.name for r in self.results if r.status is Status.FAIL]
+
+    @property
+    def external(self) -> list[str]:
+        """The external devices judged (from their traffic alone)."""
+        return self.metrics.external
+
+    def rows_for(self, thing: str) -> list[DeviceRow]:
+        """One external device's own verdict rows, one per invariant: FAIL if a violation
+        names it, PASS if it had cases, else NO-CASES -- or INCONCLUSIVE for ``notice``,
+        which every device under test must show (it was never caught mid-step)."""
+        rows = []
+        for r in self.results:
+            mine = tuple(v for v in r.violations if v.thing_name == thing)
+            cases = r.cases_by_external.get(thing, 0)
+            status = Status.FAIL if mine else Status.PASS if cases else \
+                Status.INCONCLUSIVE if r.name == "notice" else Status.NO_CASES
+            rows.append(DeviceRow(name=r.name, status=status, checked=cases, violations=mine))
+        return rows
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceRow:
+    """One invariant as it stands for one external device."""
+
+    name: str
+    status: Status
+    checked: int
+    violations: tuple[Violation, ...] = ()

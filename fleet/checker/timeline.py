@@ -324,6 +324,13 @@ class Timeline:
     duplicate_replies: int = 0
     #: ``failure`` markers: a component of the run failed (``{where, error}``).
     failures: list[Op] = field(default_factory=list)
+    #: Devices judged from their traffic alone (the ``start`` marker's ``external``, and
+    #: any named to the checker): their device events are inferred
+    #: (:mod:`fleet.checker.traffic`).
+    external: frozenset[str] = frozenset()
+    #: AWS IoT lifecycle events (``presence:connected`` / ``presence:disconnected``) per
+    #: client id.
+    presence: dict[str, list[Op]] = field(default_factory=dict)
 
     # --- lookups shared by the invariants ---------------------------------------------
 
@@ -456,11 +463,23 @@ class Timeline:
 # --- building ---------------------------------------------------------------------------
 
 
-def build(ops: Sequence[Op]) -> Timeline:
+def external_things(ops: Sequence[Op]) -> frozenset[str]:
+    """The devices the history's ``start`` marker names as external."""
+    for op in ops:
+        if op.process == "drill" and op.f == "start":
+            named = op.value.get("external")
+            return frozenset(str(t) for t in named) if isinstance(named, list) else frozenset()
+    return frozenset()
+
+
+def build(ops: Sequence[Op], external: frozenset[str] = frozenset()) -> Timeline:
+    """The timeline of a history; ``external``: devices judged from their traffic (their
+    device events, if any, are inferred ones)."""
     ordered, duplicates = device_order(ops)
     start = min((op.time for op in ordered), default=0.0)
     end = max((op.time for op in ordered), default=0.0)
-    tl = Timeline(ops=ordered, start=start, end=end, duplicate_device_events=duplicates)
+    tl = Timeline(ops=ordered, start=start, end=end, duplicate_device_events=duplicates,
+                  external=external)
     for op in ordered:
         if op.process == "drill" and op.f == "start":
             behaviours = op.value.get("behaviours")
@@ -490,6 +509,8 @@ def build(ops: Sequence[Op]) -> Timeline:
             deleting[job_id] = tl.incarnation(job_id, op.time)
         elif op.f in ("notify", "notify-next"):
             _push(tl, op)
+        elif op.f.startswith("presence:"):
+            tl.presence.setdefault(op.process, []).append(op)
         elif op.process == "drill" or op.f in _OUTAGE_MARKERS:
             _marker(tl, op)
         elif op.process.startswith("controller") or op.process == "service":

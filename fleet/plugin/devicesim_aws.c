@@ -30,6 +30,17 @@
  *    SHA-256 of its DER encoding. The file (lines "<id> <status> <thing>[,<thing>...]") is
  *    read again whenever it changed.
  *
+ * 5. Lifecycle events (plugin_opt_presence true), as AWS IoT publishes them: when a device
+ *    (any client but the privileged one) connects, $aws/events/presence/connected/<client
+ *    id>; when it goes, $aws/events/presence/disconnected/<client id>, each with AWS's JSON
+ *    payload (clientId, timestamp in ms, eventType, ipAddress, versionNumber; not
+ *    clientInitiatedDisconnect nor disconnectReason: Mosquitto 2.0.11 gives the plugin the
+ *    same reason for a clean DISCONNECT and a lost connection). Mosquitto 2.0 has no
+ *    connect event: a connect is announced when authentication lets it through (this
+ *    plugin accepts it, or defers to the listener's own rule: the embedded broker allows
+ *    anonymous devices in the plain profile, so a deferred connect is an accepted one).
+ *    Only the privileged identity may subscribe to them (rule 2).
+ *
  * Built by the project's set-up (make plugin): gcc -shared -fPIC with Debian's
  * mosquitto-dev, libmosquitto-dev and libssl-dev headers, linked with libcrypto; loaded
  * with "plugin <path>" in the config.
@@ -40,6 +51,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include <openssl/evp.h>
 #include <openssl/x509.h>
@@ -56,6 +68,7 @@
 static mosquitto_plugin_id_t *plugin_id;
 static char privileged_user[128] = "devicesim";
 static char secret[256];
+static bool presence;
 
 /* The secure profile's principals: sorted by certificate id for bsearch. */
 struct principal {
@@ -215,13 +228,58 @@ static bool own_topic(const char *id, const char *topic)
 	return false;
 }
 
+/* AWS's lifecycle event for a device that connected or went. */
+static void announce(struct mosquitto *client, bool connected)
+{
+	const char *id = mosquitto_client_id(client);
+	const char *address = mosquitto_client_address(client);
+	if(!presence || !id || strpbrk(id, "+#/\"") || is_privileged(client)){
+		return;
+	}
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	long long ms = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+	char topic[512], payload[768];
+	snprintf(topic, sizeof(topic), "$aws/events/presence/%s/%s",
+			connected ? "connected" : "disconnected", id);
+	int n = snprintf(payload, sizeof(payload), "{\"clientId\":\"%s\",\"timestamp\":%lld,"
+			"\"eventType\":\"%s\",\"ipAddress\":\"%s\",\"versionNumber\":0}", id, ms,
+			connected ? "connected" : "disconnected", address ? address : "");
+	if(n < 0 || (size_t)n >= sizeof(payload)){
+		return;
+	}
+	int rc = mosquitto_broker_publish_copy(NULL, topic, n, payload, 1, false, NULL);
+	if(rc != MOSQ_ERR_SUCCESS){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "devicesim_aws: lifecycle event %s failed: %d",
+				topic, rc);
+	}
+}
+
+static int device_auth(struct mosquitto *client)
+{
+	int rc = principals_path[0] ? check_certificate(client) : MOSQ_ERR_PLUGIN_DEFER;
+	if(rc == MOSQ_ERR_SUCCESS || rc == MOSQ_ERR_PLUGIN_DEFER){
+		announce(client, true);
+	}
+	return rc;
+}
+
+static int on_disconnect(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_disconnect *ed = event_data;
+	(void)event;
+	(void)userdata;
+	announce(ed->client, false);
+	return MOSQ_ERR_SUCCESS;
+}
+
 static int on_basic_auth(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_basic_auth *ed = event_data;
 	(void)event;
 	(void)userdata;
 	if(!ed->username || strcmp(ed->username, privileged_user)){
-		return principals_path[0] ? check_certificate(ed->client) : MOSQ_ERR_PLUGIN_DEFER;
+		return device_auth(ed->client);
 	}
 	if(secret[0] && ed->password && !strcmp(ed->password, secret)){
 		return MOSQ_ERR_SUCCESS;
@@ -321,6 +379,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 			snprintf(secret, sizeof(secret), "%s", options[i].value);
 		}else if(!strcmp(options[i].key, "username")){
 			snprintf(privileged_user, sizeof(privileged_user), "%s", options[i].value);
+		}else if(!strcmp(options[i].key, "presence")){
+			presence = !strcmp(options[i].value, "true");
 		}else if(!strcmp(options[i].key, "principals")){
 			snprintf(principals_path, sizeof(principals_path), "%s", options[i].value);
 		}
@@ -333,6 +393,10 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 	}
 	if(!rc){
 		rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL, NULL);
+	}
+	if(!rc && presence){
+		rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL,
+				NULL);
 	}
 	mosquitto_log_printf(MOSQ_LOG_INFO, "devicesim_aws: loaded (privileged user %s%s%s%s)",
 			privileged_user, secret[0] ? "" : ", no secret: it cannot be claimed",
@@ -348,6 +412,9 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL);
+	if(presence){
+		mosquitto_callback_unregister(plugin_id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL);
+	}
 	free_principals();
 	return MOSQ_ERR_SUCCESS;
 }

@@ -26,9 +26,12 @@ def result(tl: Timeline, name: str, violations: list[Violation], cases: Iterable
     a case about no device), so the cases can be counted per behaviour."""
     subjects = list(cases)
     by_behaviour = Counter(tl.behaviour_of(thing) for thing in subjects if thing is not None)
+    external = Counter(thing for thing in subjects if thing in tl.external) \
+        if tl.external else Counter()
     return InvariantResult(name=name, passed=not violations, violations=tuple(violations),
                            checked=len(subjects), notes=tuple(dict.fromkeys(notes)),
-                           cases_by_behaviour=dict(sorted(by_behaviour.items())))
+                           cases_by_behaviour=dict(sorted(by_behaviour.items())),
+                           cases_by_external=dict(sorted(external.items())))
 
 
 def quote(*ops: Op | None) -> tuple[dict[str, Any], ...]:

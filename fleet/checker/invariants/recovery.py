@@ -11,6 +11,7 @@ from fleet.checker.cases import (
     recovery_cases,
     removed_executions,
     unjudged_notice_cases,
+    wire_recovery_cases,
 )
 from fleet.checker.invariants._common import (
     MAX_EVIDENCE,
@@ -22,10 +23,13 @@ from fleet.checker.invariants._common import (
 )
 from fleet.checker.model import Budgets, InvariantResult, Violation
 from fleet.checker.timeline import (
+    DeviceExecution,
+    Removal,
     Timeline,
     as_int,
     compatible,
 )
+from fleet.checker.traffic import told_at
 
 
 def notice(tl: Timeline, b: Budgets) -> InvariantResult:
@@ -41,7 +45,8 @@ def notice(tl: Timeline, b: Budgets) -> InvariantResult:
     and a deadline past the end of an unsettled history are not judged, and not counted as
     cases; in a settled history (the drill reached its end with no timeout, stall or
     interrupt: every device idle) a device that has not noticed by the end never will, and
-    fails.
+    fails. An external device's ``lost_access`` is inferred from its traffic
+    (:mod:`fleet.checker.traffic`: the first sign of moving on after its last update).
     Detection latency = ``lost_access`` time - that start of the clock (at least 0)."""
     violations, notes = [], []
     cases = notice_cases(tl, b)
@@ -63,10 +68,13 @@ def notice(tl: Timeline, b: Budgets) -> InvariantResult:
         judged.append(e.thing_name)
         if lost is not None and lost.time <= c.deadline:
             continue
-        what = ("never recorded lost_access" + (" before the drill ended, settled"
-                                                 if c.deadline > tl.end else "")) \
+        external = e.thing_name in tl.external
+        what = ((("never moved on from it (it went on updating it, or fell silent without "
+                  "being told)") if external else "never recorded lost_access")
+                + (" before the drill ended, settled" if c.deadline > tl.end else "")) \
             if lost is None else \
-            f"recorded lost_access {lost.time - c.since:.3f}s after"
+            f"{'moved on from it' if external else 'recorded lost_access'} " \
+            f"{lost.time - c.since:.3f}s after"
         violations.append(Violation(
             invariant="notice", thing_name=e.thing_name, job_id=e.job_id, time=c.deadline,
             message=f"{e.thing_name} was executing {label(e.job_id, e.execution_number)} when "
@@ -85,15 +93,24 @@ def recover(tl: Timeline, b: Budgets) -> InvariantResult:
     power before it recovered and before the deadline, the clock starts again at its
     power-on; a device never powered on again is not judged. A deadline past the end of a
     history that has a ``final-state`` (the drill settled) is judged by the device's final
-    NVM; without one it is not judged (neither counts as a case)."""
-    violations, notes = [], []
+    NVM; without one it is not judged (neither counts as a case).
+
+    External devices (judged from their traffic) show no NVM: image integrity cannot be seen
+    from the wire. Their form: a device that lost an execution while other work was pending
+    for it starts work again (an inferred ``job_started``) within ``recover_seconds`` of the
+    lost access, or of the pending work's creation if later
+    (:func:`~fleet.checker.cases.wire_recovery_cases`); with nothing pending there is nothing
+    to show, and it is not a case."""
+    violations: list[Violation] = []
+    notes: list[str] = []
+    judged: list[str | None] = []
+    _recover_from_wire(tl, b, violations, notes, judged)
     cases = recovery_cases(tl, b)
     off = powered_off_for_good(tl, (c.execution.thing_name for c in cases
                                      if c.valid is None and c.deadline == float("inf")))
     if off:
         notes.append(f"devices never powered on again are not judged for recover after their "
                      f"power-off: {off}")
-    judged: list[str | None] = []
     final = tl.final_state
     for c in cases:
         e = c.execution
@@ -145,27 +162,77 @@ def recover(tl: Timeline, b: Budgets) -> InvariantResult:
     return result(tl, "recover", violations, judged, notes)
 
 
+def _recover_from_wire(tl: Timeline, b: Budgets, violations: list[Violation],
+                       notes: list[str], judged: list[str | None]) -> None:
+    cases, idle = wire_recovery_cases(tl, b)
+    if tl.external:
+        notes.append("external devices: image integrity cannot be seen from the wire; judged "
+                     "by whether they started pending work again in budget")
+    if idle:
+        notes.append(f"external devices that lost an execution with no other work pending "
+                     f"are not judged for recover: {', '.join(sorted(set(idle)))}")
+    for c in cases:
+        e = c.execution
+        if c.started is None and c.deadline > tl.end and not settled(tl):
+            notes.append("some recovery deadlines fall after the end of the history: those "
+                         "cases are not judged (nor counted)")
+            continue
+        if c.deadline == float("inf"):
+            continue
+        judged.append(e.thing_name)
+        if c.started is not None:
+            continue
+        names = ", ".join(sorted({j for j, _ in c.work}))
+        violations.append(Violation(
+            invariant="recover", thing_name=e.thing_name, job_id=e.job_id, time=c.deadline,
+            message=f"{e.thing_name} did not start pending work ({names}) within "
+                    f"{b.recover_seconds}s of losing {label(e.job_id, e.execution_number)}",
+            evidence=quote(e.started.op, c.lost.op)))
+
+
+def _zombie_cutoff(tl: Timeline, b: Budgets, e: DeviceExecution, r: Removal) -> tuple[float, str]:
+    """After when an update of ``e`` is a zombie, and what that moment is."""
+    if e.lost_access is not None and e.thing_name not in tl.external:
+        return e.lost_access.time, "lost_access"
+    late = clock(tl, e.thing_name, r.time, b.reply_timeout_seconds) + b.reply_timeout_seconds
+    if e.thing_name in tl.external:
+        told = told_at(tl, e.thing_name, e.job_id, r.time)
+        if told is not None and told.time + b.in_flight_seconds < late:
+            return told.time + b.in_flight_seconds, \
+                f"a {told.value.get('code') or told.f} rejection told it so"
+    return late, "removal + reply timeout"
+
+
 def no_zombie(tl: Timeline, b: Budgets) -> InvariantResult:
     """no-zombie: after a device's ``lost_access`` for a removed execution (or, if it never
     noticed, after the removal -- or its next reachable moment, :meth:`Timeline.reachable_from`,
     or its power-on if the drill cut its power within the grace, :func:`clock_start` -- plus
     ``reply_timeout_seconds``) the device publishes no
     ``UpdateJobExecution`` for that jobId, until it starts a new execution of the jobId; an
-    update whose payload names a different ``executionNumber`` is not for that execution."""
+    update whose payload names a different ``executionNumber`` is not for that execution.
+
+    External devices (judged from their traffic): from the first rejection, with
+    ResourceNotFound, InvalidStateTransition or TerminalStateReached, of one of its requests
+    about the job after the removal, plus ``in_flight_seconds`` (an update sent before the
+    rejection arrived), or removal + reply timeout if that is sooner. A ``notify-next`` does
+    not count: nothing on the wire shows the device subscribed to it, and AWS does not
+    promise its delivery."""
     violations = []
     pairs = removed_executions(tl, b)
     for e, r in pairs:
-        cutoff = e.lost_access.time if e.lost_access else \
-            clock(tl, e.thing_name, r.time, b.reply_timeout_seconds) + b.reply_timeout_seconds
+        cutoff, after = _zombie_cutoff(tl, b, e, r)
+        # until it starts the jobId again (an external device's update after moving on is
+        # inferred as a start: only a later incarnation's counts)
         horizon = min((o.started.time for o in tl.executions_of(e.thing_name, e.job_id)
-                       if o is not e and o.started.time > cutoff), default=float("inf"))
+                       if o is not e and o.started.time > cutoff and (
+                           e.thing_name not in tl.external or o.incarnation > e.incarnation)),
+                      default=float("inf"))
         zombies = [q for q in tl.requests_by_thing.get(e.thing_name, [])
                    if q.f == Operation.UPDATE and q.job_id == e.job_id
                    and cutoff < q.time < horizon
                    and compatible(as_int(q.payload.get("executionNumber")), e.execution_number)]
         if not zombies:
             continue
-        after = "lost_access" if e.lost_access else "removal + reply timeout"
         violations.append(Violation(
             invariant="no-zombie", thing_name=e.thing_name, job_id=e.job_id, time=zombies[0].time,
             message=f"{e.thing_name} sent {len(zombies)} UpdateJobExecution for "

@@ -10,7 +10,9 @@ from devicesim.wire.history import Op
 from fleet.checker.cases import (
     label,
     nvm_problem,
+    pending_work,
     stale_document_updates,
+    withdrawn,
 )
 from fleet.checker.invariants._common import (
     CLEARING_KINDS,
@@ -23,9 +25,7 @@ from fleet.checker.model import Budgets, InvariantResult, Violation
 from fleet.checker.timeline import (
     DEVICE_TERMINAL,
     DeviceEventRecord,
-    DeviceExecution,
     ExecKey,
-    TerminalFact,
     Timeline,
     as_int,
     compatible,
@@ -41,14 +41,20 @@ def valid_end(tl: Timeline, b: Budgets) -> InvariantResult:
     (a journal whose document digest is an earlier incarnation's names a deleted execution
     that happens to share its jobId and execution number). The journal of a device powered
     off to the end is not judged (it never got the chance to clear it: notice judges whether
-    it should have before its power-off); its image is."""
+    it should have before its power-off); its image is. External devices (judged from their
+    traffic) are not judged: the wire does not show their flash."""
     violations, notes = [], []
     final = tl.final_state
     if final is None:
         notes.append("no final-state marker: judged from each device's last event")
     things = sorted(set(tl.device_events) | set(final.devices if final else ()))
     cases: list[str | None] = []
+    if tl.external:
+        notes.append("external devices are not judged: their flash (image, journal) cannot "
+                     "be seen from the wire (consistent judges what they end executing)")
     for thing in things:
+        if thing in tl.external:
+            continue
         nvm: Mapping[str, Any] | None = None
         source: Op | None = None
         if final is not None and thing in final.devices:
@@ -251,7 +257,7 @@ def progress(tl: Timeline, b: Budgets) -> InvariantResult:
         lost = e.lost_access
         if lost is None:
             continue
-        work = _pending_work(tl, e, lost, terminal)
+        work = pending_work(tl, e, lost, terminal)
         if not work:
             continue
         if final is None and lost.time + b.recover_seconds + b.reply_timeout_seconds > tl.end:
@@ -261,7 +267,7 @@ def progress(tl: Timeline, b: Budgets) -> InvariantResult:
         if any(ev.kind == "job_started" and ev.time > lost.time for ev in tl.events_of(
                 e.thing_name)):
             continue
-        still = [w for w in work if not _withdrawn(tl, e.thing_name, w, terminal)]
+        still = [w for w in work if not withdrawn(tl, e.thing_name, w, terminal)]
         if not still:
             continue
         names = ", ".join(sorted({j for j, _ in still}))
@@ -271,35 +277,3 @@ def progress(tl: Timeline, b: Budgets) -> InvariantResult:
                     f"started pending work afterwards ({names})",
             evidence=quote(lost.op)))
     return result(tl, "progress", violations, cases, notes)
-
-
-def _pending_work(tl: Timeline, e: DeviceExecution, lost: DeviceEventRecord,
-                  terminal: Mapping[ExecKey, list[TerminalFact]]) -> set[tuple[str, int]]:
-    work: set[tuple[str, int]] = set()
-    mine = (e.job_id, e.incarnation)
-    for c in tl.creates_by_thing.get(e.thing_name, []):
-        if c.time > lost.time or (c.job_id, c.incarnation) == mine:
-            continue
-        started = any(o.incarnation == c.incarnation and o.started.time <= lost.time
-                      for o in tl.executions_of(e.thing_name, c.job_id))
-        if not started and not _withdrawn(tl, e.thing_name, (c.job_id, c.incarnation),
-                                          terminal):
-            work.add((c.job_id, c.incarnation))
-    pushes = [p for p in tl.notify_next.get(e.thing_name, []) if p.time <= lost.time]
-    later = [p for p in tl.notify_next.get(e.thing_name, []) if p.time > lost.time]
-    for push in pushes[-1:] + later[:1]:
-        head = push.value.get("payload", {}).get("execution") or {}
-        job_id = head.get("jobId") if isinstance(head, dict) else None
-        if isinstance(job_id, str) and (job_id, tl.incarnation(job_id, push.time)) != mine:
-            work.add((job_id, tl.incarnation(job_id, push.time)))
-    return work
-
-
-def _withdrawn(tl: Timeline, thing: str, work: tuple[str, int],
-               terminal: Mapping[ExecKey, list[TerminalFact]]) -> bool:
-    """Was this pending work removed, withdrawn by the controller or finished (at any time
-    in the history)?"""
-    job_id, incarnation = work
-    key = (thing, job_id, incarnation)
-    return bool(tl.removals_of(key, None)) or tl.job_withdrawn(job_id, incarnation, thing) or \
-        bool(terminal.get(key))
