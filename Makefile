@@ -7,9 +7,9 @@ PYTHON ?= python3
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test drill bench mosquitto plugin
+.PHONY: setup test drill bench mosquitto plugin agent
 
-setup: $(STAMP) mosquitto plugin
+setup: $(STAMP) mosquitto plugin agent
 
 $(STAMP): pyproject.toml
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,30 @@ $(PLUGIN): fleet/plugin/devicesim_aws.c
 	else \
 		echo "devicesim_aws plugin NOT built (no gcc or Mosquitto headers): the embedded" \
 		     "broker runs with plain Mosquitto semantics"; \
+	fi
+
+# The external C device agent (examples/external-device/agent.c: AWS IoT Jobs sample style,
+# libmosquitto + cJSON), built with gcc and Debian's libmosquitto and cJSON headers, installed
+# with apt-get when missing. Without them setup goes on without it.
+AGENT := examples/external-device/agent
+
+agent: $(AGENT)
+
+$(AGENT): examples/external-device/agent.c
+	@if ! command -v gcc >/dev/null 2>&1 || [ ! -f /usr/include/mosquitto.h ] \
+	    || [ ! -f /usr/include/cjson/cJSON.h ]; then \
+		echo "installing gcc and the libmosquitto and cJSON headers"; \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y gcc libc6-dev \
+			libmosquitto-dev libcjson-dev || true; \
+	fi
+	@if command -v gcc >/dev/null 2>&1 && [ -f /usr/include/mosquitto.h ] \
+	    && [ -f /usr/include/cjson/cJSON.h ]; then \
+		gcc -O2 -Wall -Wextra -Werror -std=gnu11 -o $@ $< -lmosquitto -lcjson; \
+		echo "built $@"; \
+	else \
+		echo "external device agent NOT built (no gcc or libmosquitto / cJSON headers):" \
+		     "examples/external-device cannot be run"; \
 	fi
 
 test: setup

@@ -2,8 +2,9 @@
 
 A rule that no case broke has passed only if it was tested: ``notice`` needs the drill's
 :class:`~fleet.checker.model.Requirements` (a share of the targeted devices, and cases for
-every behaviour among them); any other invariant that saw no case at all is ``NO-CASES``
-(the drill does not exercise it), which never makes a verdict PASS on its own account.
+every behaviour among them and every external device the drill ran); any other invariant
+that saw no case at all is ``NO-CASES`` (the drill does not exercise it), which never makes
+a verdict PASS on its own account.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 from collections.abc import Sequence
 
 from fleet.checker.model import InvariantResult, Requirements, Status
-from fleet.checker.timeline import Timeline
+from fleet.checker.timeline import EXTERNAL, Timeline
 
 
 def grade(r: InvariantResult, tl: Timeline, needs: Requirements) -> InvariantResult:
@@ -48,6 +49,13 @@ def notice_shortfalls(r: InvariantResult, tl: Timeline, needs: Requirements) -> 
                 out.append(f"INCONCLUSIVE for {behaviour}: {got} notice cases among its "
                            f"devices (needs {needs.notice_per_behaviour}): nothing shows how "
                            f"{behaviour} devices react to losing an execution")
+        # each external device is a device under test of its own (a board in a rack)
+        for thing in sorted(t for t in tl.external & targeted
+                            if tl.behaviour_of(t) == EXTERNAL):
+            if r.cases_by_external.get(thing, 0) < needs.notice_per_behaviour:
+                out.append(f"INCONCLUSIVE for external device {thing}: it was never caught "
+                           f"mid-step when its execution was removed, so nothing shows how "
+                           f"it reacts")
     return out
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 from devicesim.wire.history import OpType
 from devicesim.wire.topics import Operation
-from fleet.checker.cases import notice_cases, recovery_cases
+from fleet.checker.cases import notice_cases, recovery_cases, wire_recovery_cases
 from fleet.checker.model import AWS_SEMANTICS, Budgets, Distribution, Metrics
 from fleet.checker.timeline import Timeline, is_terminal
 
@@ -41,7 +41,8 @@ def distribution(seconds: Iterable[float]) -> Distribution:
 def compute(tl: Timeline, budgets: Budgets) -> Metrics:
     held = notice_cases(tl, budgets)
     detection = [c.latency for c in held]
-    recovery = [c.time for c in recovery_cases(tl, budgets)]
+    recovery = [c.time for c in recovery_cases(tl, budgets)] + \
+        [c.time for c in wire_recovery_cases(tl, budgets)[0]]
     round_trips = []
     terminal_updates = 0
     replies = accepted = 0

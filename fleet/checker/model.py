@@ -74,7 +74,7 @@ class Budgets:
     notice_seconds: float = 5.0
     recover_seconds: float = 10.0
     reply_timeout_seconds: float = 10.0
-    in_flight_seconds: float = 0.5
+    in_flight_seconds: float = 0.2
 
     def __post_init__(self) -> None:
         for name in ("notice_seconds", "recover_seconds", "reply_timeout_seconds",
@@ -176,7 +176,8 @@ class Metrics:
     """Figures of the drill, computed from the same history as the verdict.
 
     ``detection_latency``: removal -> ``lost_access``. ``recovery_time``: ``lost_access`` ->
-    first valid state. ``round_trip``: device request -> its reply (same thing, operation and
+    first valid state (an external device: -> its next ``job_started``, when work was
+    pending). ``round_trip``: device request -> its reply (same thing, operation and
     clientToken). ``executions_per_second``: accepted terminal device updates divided by
     ``duration_seconds`` (drill ``start`` to ``end`` markers, else first to last op).
     """

@@ -66,6 +66,7 @@ def terminal(verdict: Verdict) -> str:
         if r.status is Status.INCONCLUSIVE:
             lines.extend(f"  {r.name}: {n}" for n in r.notes if n.startswith("INCONCLUSIVE"))
         lines.extend(f"  {r.name}: {n}" for n in r.notes if n.startswith("not checked"))
+    lines += _external_table(verdict)
     m = verdict.metrics
     codes = ", ".join(f"{k}={v}" for k, v in m.rejections_by_code.items()) or "none"
     lines += [
@@ -91,6 +92,28 @@ def terminal(verdict: Verdict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _external_table(verdict: Verdict) -> list[str]:
+    """Each external device's own rows: one line per device, one column per invariant
+    (its status and cases), then its violations."""
+    if not verdict.external:
+        return []
+    names = [r.name for r in verdict.results if r.name != "complete"]
+    rows = [("external device", *names)]
+    details: list[str] = []
+    for thing in verdict.external:
+        cells = {row.name: row for row in verdict.rows_for(thing)}
+        rows.append((thing, *(f"{cells[n].status.value}({cells[n].checked})"
+                              if cells[n].checked else cells[n].status.value for n in names)))
+        for row in cells.values():
+            details.extend(f"  {thing} {row.name}: {v.message}" for v in row.violations[:3])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    table = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    table.insert(1, "  ".join("-" * w for w in widths))
+    return ["", "judged from their traffic alone (image integrity cannot be seen from the "
+                "wire; docs/checker.md):", *table, *details]
+
+
 def broker_line(missing: tuple[str, ...]) -> str:
     if not missing:
         return "AWS IoT Core semantics (devicesim_aws plugin)"
@@ -107,6 +130,11 @@ def to_json(verdict: Verdict) -> dict[str, Any]:
         "inconclusive": verdict.inconclusive,
         "results": [dataclasses.asdict(r) for r in verdict.results],
         "metrics": dataclasses.asdict(verdict.metrics),
+        "external": {thing: [{"name": row.name, "status": row.status.value,
+                              "checked": row.checked,
+                              "violations": [dataclasses.asdict(v) for v in row.violations]}
+                             for row in verdict.rows_for(thing)]
+                     for thing in verdict.external},
     }
 
 
@@ -131,7 +159,8 @@ def _violation_text(v: Violation) -> str:
 def junit_xml(verdict: Verdict, suite_name: str) -> str:
     """JUnit XML: one testcase per invariant; a failure lists the devices and the events; an
     INCONCLUSIVE invariant is an ``error`` (it could not be judged: CI must not read it as a
-    pass); one with no cases (and none required) is ``skipped``."""
+    pass); one with no cases (and none required) is ``skipped``. Then one testsuite per
+    external device, with its own rows (:meth:`Verdict.rows_for`)."""
     failures = sum(r.status is Status.FAIL for r in verdict.results)
     errors = sum(r.status is Status.INCONCLUSIVE for r in verdict.results)
     skipped = sum(r.status is Status.NO_CASES for r in verdict.results)
@@ -159,6 +188,29 @@ def junit_xml(verdict: Verdict, suite_name: str) -> str:
             failure.text = _failure_text(r)
         out = ET.SubElement(case, "system-out")
         out.text = "\n".join([f"checked={r.checked} {_by_behaviour(r)}".rstrip(), *r.notes])
+    for thing in verdict.external:
+        rows = verdict.rows_for(thing)
+        name = f"external device {thing}"
+        device = ET.SubElement(suites, "testsuite", name=name, tests=str(len(rows)),
+                               failures=str(sum(r.status is Status.FAIL for r in rows)),
+                               errors=str(sum(r.status is Status.INCONCLUSIVE for r in rows)),
+                               skipped=str(sum(r.status is Status.NO_CASES for r in rows)))
+        for row in rows:
+            case = ET.SubElement(device, "testcase", classname=name, name=row.name)
+            if row.status is Status.FAIL:
+                failure = ET.SubElement(case, "failure", type="InvariantViolation",
+                                        message=f"{len(row.violations)} violation(s)")
+                failure.text = "\n\n".join(_violation_text(v) for v in row.violations)
+            elif row.status is Status.INCONCLUSIVE:
+                ET.SubElement(case, "error", type="Inconclusive",
+                              message=f"INCONCLUSIVE: {thing} was never caught mid-step: "
+                                      f"nothing shows how it reacts to losing an execution")
+            elif row.status is Status.NO_CASES:
+                ET.SubElement(case, "skipped", message="no cases for this device")
+            ET.SubElement(case, "system-out").text = f"checked={row.checked}"
+    suites.set("tests", str(sum(int(s.get("tests", "0")) for s in suites)))
+    for key in ("failures", "errors", "skipped"):
+        suites.set(key, str(sum(int(s.get(key, "0")) for s in suites)))
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 

@@ -71,6 +71,9 @@ _NEVER = float("inf")
 ExecKey = tuple[str, str, int]  # thing_name, job_id, incarnation
 
 
+#: The behaviour a drill's ``start`` marker gives its external devices.
+EXTERNAL = "external"
+
 #: Terminal statuses only a device sets (the others are set by the service).
 DEVICE_TERMINAL = ("SUCCEEDED", "FAILED", "REJECTED")
 

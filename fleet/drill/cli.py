@@ -65,6 +65,18 @@ def register(sub: Any) -> None:
     p.add_argument("--join-timeout", type=float, default=300.0, metavar="S",
                    help="with --shards: how long to wait for every shard to join (default "
                         "300); the drill's clock starts once they have")
+    e = p.add_argument_group("external devices (real firmware devicesim does not run)")
+    e.add_argument("--external", metavar="THING[,THING...]",
+                   help="things whose devices you run yourself (a board, a Linux port of your "
+                        "firmware): every job targets them, the drill says how each connects "
+                        "and waits for them, and they are judged from their traffic alone "
+                        "(with --devices 0: no simulated devices)")
+    e.add_argument("--ready-file", type=Path, metavar="PATH",
+                   help="with external devices: JSON of how each connects (host, port, client "
+                        "id, certificates), written once the drill waits for them")
+    e.add_argument("--external-timeout", type=float, metavar="S",
+                   help="how long to wait for the external devices to connect (default: the "
+                        "drill's, 300); the drill's clock starts once they have")
     p.add_argument("--secure", action="store_true",
                    help="the secure profile: the drill's things are provisioned (certificates, "
                         "policy) and its devices connect with mutual TLS; anonymous clients "
@@ -95,6 +107,13 @@ def register(sub: Any) -> None:
     c.add_argument("--recover-seconds", type=float, default=Budgets().recover_seconds)
     c.add_argument("--reply-timeout-seconds", type=float,
                    default=Budgets().reply_timeout_seconds)
+    c.add_argument("--in-flight-seconds", type=float, default=Budgets().in_flight_seconds,
+                   help="external devices: how long after a rejection told a device its "
+                        "execution was gone an update may still have been in flight")
+    c.add_argument("--external", metavar="THING[,THING...]|all",
+                   help="judge these devices from their traffic alone, as if they were "
+                        "external (all: every device of the drill); devices the history "
+                        "names as external always are")
     c.add_argument("--report-dir", type=Path, help="also write report.json and junit.xml")
     c.set_defaults(run=run_check)
 
@@ -110,9 +129,25 @@ def _drill_from(args: argparse.Namespace) -> spec.Drill:
 
     drill = spec.load(args.drill)
     changes: dict[str, Any] = {}
+    external = drill.external
+    if args.external is not None:
+        things = tuple(t.strip() for t in args.external.split(",") if t.strip())
+        if not things:
+            raise ValueError("--external: name at least one thing")
+        try:
+            external = dataclasses.replace(external, things=spec.check_external(things))
+        except ValueError as e:
+            raise ValueError(f"--external: {e}") from None
+    if args.external_timeout is not None:
+        if args.external_timeout <= 0:
+            raise ValueError("--external-timeout: must be positive")
+        external = dataclasses.replace(external, connect_seconds=args.external_timeout)
+    changes["external"] = external
+    if args.ready_file is not None and not external.things:
+        raise ValueError("--ready-file: goes with external devices (--external)")
     if args.devices is not None:
-        if args.devices < 1:
-            raise ValueError("--devices: must be at least 1")
+        if args.devices < (0 if external.things else 1):
+            raise ValueError("--devices: must be at least 1 (0 only with --external)")
         changes["devices"] = args.devices
     if args.behaviour:
         changes.update(behaviour=args.behaviour, mix={})
@@ -142,8 +177,11 @@ def _drill_from(args: argparse.Namespace) -> spec.Drill:
             raise ValueError(f"--shards: must be between 1 and the fleet's {devices} devices")
         if args.join_timeout <= 0:
             raise ValueError("--join-timeout: must be positive")
-    elif args.workers > devices:
+    elif args.workers > max(1, devices):
         raise ValueError(f"--workers: at most the fleet's {devices} devices")
+    if external.things and (args.broker or args.shards or args.target):
+        raise ValueError("--external: the drill's embedded broker (not --broker, --shards or "
+                         "--target): its plugin tells the drill when they connect")
     if args.session is not None:
         check_session(args.session)
     if args.broker is not None and args.broker.startswith("mqtts://"):
@@ -201,7 +239,9 @@ def run_drill(args: argparse.Namespace) -> int:
     report_dir = args.report_dir or Path("reports") / drill.name
     mix = drill.mix or {drill.behaviour: 1.0}
     print(f"drill {drill.name}: {drill.devices} devices "
-          f"({', '.join(f'{k}={v:g}' for k, v in mix.items())}), seed {drill.seed}"
+          f"({', '.join(f'{k}={v:g}' for k, v in mix.items())})"
+          + (f" and {len(drill.external.things)} external ({', '.join(drill.external.things)})"
+             if drill.external.things else "") + f", seed {drill.seed}"
           + (f"; durations x{drill.pace:g} (paced for {drill.paced_for} devices)"
              if drill.pace > 1 else ""), flush=True)
     began = time.monotonic()
@@ -214,7 +254,7 @@ def run_drill(args: argparse.Namespace) -> int:
         result = run_main(_run_interruptible(drill, RunOptions(
             broker_url=args.broker, workers=args.workers, shards=args.shards,
             session=args.session, join_seconds=args.join_timeout, secure=args.secure,
-            target=_target(args), report_dir=report_dir,
+            target=_target(args), report_dir=report_dir, ready_file=args.ready_file,
             status=status, interrupt=interrupt)))
     except asyncio.CancelledError:  # a second signal: cleanup cut short, nothing written
         reason = interrupt.reason or "SIGINT"
@@ -267,8 +307,19 @@ async def _run_interruptible(drill: spec.Drill, options: RunOptions) -> DrillRes
 def run_check(args: argparse.Namespace) -> int:
     ops = history.read(args.history)
     budgets = Budgets(notice_seconds=args.notice_seconds, recover_seconds=args.recover_seconds,
-                      reply_timeout_seconds=args.reply_timeout_seconds)
-    verdict = check(ops, budgets)
+                      reply_timeout_seconds=args.reply_timeout_seconds,
+                      in_flight_seconds=args.in_flight_seconds)
+    external: list[str] = []
+    if args.external is not None:
+        start = next((op for op in ops if op.process == "drill" and op.f == "start"), None)
+        devices = sorted(start.value.get("behaviours") or {}) if start is not None else []
+        external = devices if args.external == "all" else \
+            [t.strip() for t in args.external.split(",") if t.strip()]
+        unknown = sorted(set(external) - set(devices)) if devices else []
+        if not external or unknown:
+            raise ValueError(f"--external: {unknown[0] if unknown else 'nothing'}: not a "
+                             f"device of this drill")
+    verdict = check(ops, budgets, external=external)
     print(terminal(verdict))
     if args.report_dir:
         write_reports(verdict, args.report_dir, args.history)

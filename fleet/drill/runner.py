@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
@@ -43,12 +44,13 @@ from devicesim.documents import stretched
 from devicesim.engine import Fleet, FleetConfig, assign_behaviours
 from devicesim.mqtt import SECRET_ENV
 from devicesim.recording import in_device_history
-from devicesim.wire import history
+from devicesim.wire import history, topics
 from devicesim.wire.history import Op, OpType
 from devicesim.wire.joining import Invitation
 from fleet import certs
-from fleet.broker import BrokerAddress, EmbeddedBroker, probe
+from fleet.broker import BrokerAddress, BrokerError, EmbeddedBroker, probe
 from fleet.checker import Verdict, check
+from fleet.checker.timeline import EXTERNAL
 from fleet.drill.controller import Controller, ControllerError, iot_client
 from fleet.drill.progress import Progress
 from fleet.drill.recorder import Recorder
@@ -57,6 +59,7 @@ from fleet.drill.spec import Drill, Step, When
 from fleet.provision import provision
 from fleet.service.settings import ServiceSettings
 from fleet.service.shell import JobsService, ServiceConfig
+from fleet.service.up import ready_info
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +107,9 @@ class RunOptions:
     secure: bool = False
     #: run against an AWS-compatible target instead of a local broker and service
     target: Target | None = None
+    #: where to write, once the drill is ready for its external devices, how each connects
+    #: (JSON, the shape of ``fleet up``'s ready file plus ``external``)
+    ready_file: Path | None = None
     report_dir: Path | None = None
     status: Callable[[str], None] | None = None
     #: set (to the signal's name) to stop the drill early: the schedule is cancelled, the
@@ -180,8 +186,16 @@ class _Run:
         self.unanswered = 0
         self.targets: dict[str, list[str]] = {}
         self.powered_off: list[str] = []
-        self.things = FleetConfig(host="", port=0, prefix=drill.prefix,
-                                  count=drill.devices).thing_names()
+        #: the simulated devices, then the external ones (the drill's things)
+        self.simulated = FleetConfig(host="", port=0, prefix=drill.prefix,
+                                     count=drill.devices).thing_names()
+        self.external = list(drill.external.things)
+        clash = sorted(set(self.external) & set(self.simulated))
+        if clash:
+            raise ValueError(f"external device {clash[0]} has the name of a simulated device "
+                             f"(prefix {drill.prefix!r}): rename it or change the prefix")
+        self.things = self.simulated + self.external
+        self.progress.external = frozenset(self.external)
         self.certs: certs.CertDir | None = None
         #: ops the live view saw (device events, progress batches)
         self.seen = 0
@@ -259,6 +273,9 @@ class _Run:
             await self.start_on_target(self.options.target)
             return
         drill, options = self.drill, self.options
+        if options.broker_url and self.external:
+            raise ValueError("external devices need the embedded broker (its plugin tells the "
+                             "drill when they connect and go)")
         if options.broker_url:
             self.address = BrokerAddress.parse(options.broker_url).privileged()
             if await asyncio.to_thread(probe, self.address) != 0:
@@ -266,11 +283,18 @@ class _Run:
         else:
             self.certs = None if not options.secure else \
                 await asyncio.to_thread(certs.ensure, self.workdir / "certs")
-            self.broker = EmbeddedBroker(work_dir=self.workdir / "broker", secure=self.certs)
+            try:
+                self.broker = EmbeddedBroker(work_dir=self.workdir / "broker",
+                                             secure=self.certs, presence=bool(self.external))
+            except BrokerError as e:
+                raise ValueError(f"external devices: {e}") from None
             self.address = await asyncio.to_thread(self.broker.start)
             if self.broker.tls_address is not None:  # every client speaks TLS there
                 self.address = self.broker.tls_address
-        recorder = Recorder(self.address, listener=self.on_op, on_failure=self.fail, filters=[])
+        # what no process of ours records: the external devices' connects and disconnects
+        # (their requests: the service records them as it receives them)
+        recorder = Recorder(self.address, listener=self.on_op, on_failure=self.fail,
+                            filters=[topics.presence(t) for t in self.external])
         self.recorder = recorder
         for op in self._early:
             recorder.record(op)
@@ -281,7 +305,7 @@ class _Run:
             https=None if self.certs is None else (self.certs.server, self.certs.server_key),
             # (certs are made only for the embedded broker's secure profile)
             principals=None if self.certs is None or self.broker is None
-            else self.broker.principals_path),
+            else self.broker.principals_path, record_requests_of=frozenset(self.external)),
             on_failure=self.fail, record=self.record)
         await self.service.start()
         await recorder.start()
@@ -298,15 +322,19 @@ class _Run:
                               secure=self.certs is not None)
         self.control_endpoint = self.service.endpoint
         await self.start_fleet(mix)
+        if self.external:
+            self.invite_external()
 
     def mark_start(self, **where: Any) -> dict[str, float]:
         """The ``start`` marker (the drill, its fleet, its requirements, and ``where``);
         the behaviour mix."""
         drill = self.drill
         mix = drill.mix or {drill.behaviour: 1.0}
+        behaviours = assign_behaviours(self.simulated, mix, drill.seed)
+        behaviours.update({t: EXTERNAL for t in self.external})
         self.mark("start", drill=drill.name, seed=drill.seed, devices=drill.devices, mix=mix,
-                  behaviours=assign_behaviours(self.things, mix, drill.seed),
-                  requirements=drill.checks.to_json(), pace=drill.pace, **where)
+                  behaviours=behaviours, requirements=drill.checks.to_json(), pace=drill.pace,
+                  **({"external": self.external} if self.external else {}), **where)
         return mix
 
     async def start_on_target(self, target: Target) -> None:
@@ -315,6 +343,9 @@ class _Run:
         drill = self.drill
         if self.options.workers > 1 or self.options.shards:
             raise ValueError("--target: the devices run in the drill's process")
+        if self.external:
+            raise ValueError("--target: external devices take part in local drills only "
+                             "(point them at AWS yourself)")
         missing = [t for t in self.things if not (target.cert_dir / f"{t}.crt").exists()]
         if missing:
             raise ValueError(f"--target: no certificate for {len(missing)} things in "
@@ -344,20 +375,73 @@ class _Run:
     async def joined(self) -> None:
         """With ``shards``: until every shard joined, bounded by ``join_seconds`` (a
         :class:`Stalled` then); the drill's clock starts after."""
-        hub, began = self.hub, time.time()
+        hub = self.hub
         if hub is None or not self.options.shards:
             return
-        limit = time.monotonic() + self.options.join_seconds
-        while len(hub.joined) < hub.shards:
-            self.waiting_for = (f"{hub.shards - len(hub.joined)} of {hub.shards} shards to join "
-                                f"(devicesim run --join {hub.session} --shard i/{hub.shards}) "
-                                f"within {self.options.join_seconds:g} s")
+        seconds = self.options.join_seconds
+        await self.hold_clock(lambda: len(hub.joined) >= hub.shards, seconds, lambda: (
+            f"{hub.shards - len(hub.joined)} of {hub.shards} shards to join (devicesim run "
+            f"--join {hub.session} --shard i/{hub.shards}) within {seconds:g} s"),
+            lambda: f"not every shard joined within {seconds:g} s")
+
+    def invite_external(self) -> None:
+        """Say how each external device connects (and write it to the ready file)."""
+        assert self.broker is not None
+        assert self.service is not None
+        where = self.broker.tls_address or self.broker.address
+        devices = self.workdir / "devices"
+        info = ready_info(self.broker.address, self.service.endpoint, self.workdir,
+                          tls=self.broker.tls_address, certs=self.certs)
+        info["drill"] = {"name": self.drill.name, "pid": os.getpid()}
+        info["external"] = {}
+        for thing in self.external:
+            how: dict[str, Any] = {"clientId": thing, "host": where.host, "port": where.port,
+                                   "url": where.url}
+            if self.certs is not None:
+                how.update(ca=str(self.certs.ca), cert=str(devices / f"{thing}.crt"),
+                           key=str(devices / f"{thing}.key"))
+            info["external"][thing] = how
+            tls = f", CA {how['ca']}, certificate {how['cert']}, key {how['key']}" \
+                if self.certs is not None else ""
+            self.status(f"external device {thing}: connect to {where.url} as client id "
+                        f"{thing}{tls}")
+        self.status(f"waiting up to {self.drill.external.connect_seconds:g} s for "
+                    f"{len(self.external)} external device(s) to connect (replies reach a "
+                    f"device unasked, as on AWS IoT)")
+        if self.options.ready_file is not None:
+            path = self.options.ready_file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            certs.write_file(path, json.dumps(info, indent=2).encode(), secret=True)
+
+    async def connected(self) -> None:
+        """Until every external device connected, bounded by the drill's
+        ``external.connect_seconds`` (a :class:`Stalled` then); the drill's clock starts
+        after."""
+        if not self.external:
+            return
+        seconds = self.drill.external.connect_seconds
+
+        def missing() -> list[str]:
+            return [t for t in self.external if t not in self.progress.connected]
+
+        await self.hold_clock(lambda: not missing(), seconds, lambda: (
+            f"external device(s) {', '.join(missing())} to connect within {seconds:g} s"),
+            lambda: f"external device(s) {', '.join(missing())} did not connect within "
+                    f"{seconds:g} s")
+
+    async def hold_clock(self, condition: Callable[[], bool], seconds: float,
+                         waiting: Callable[[], str], late: Callable[[], str]) -> None:
+        """Until ``condition`` holds, bounded by ``seconds`` (:class:`Stalled` with ``late``
+        then); the drill's clock (its ``at`` times and timeout) does not run meanwhile."""
+        began = time.time()
+        limit = time.monotonic() + seconds
+        while not condition():
+            self.waiting_for = waiting()
             if self.failed:
                 raise Aborted
             left = limit - time.monotonic()
             if left <= 0:
-                raise Stalled(f"not every shard joined within "
-                              f"{self.options.join_seconds:g} s")
+                raise Stalled(late())
             self.changed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(left):
@@ -371,6 +455,7 @@ class _Run:
     async def ready(self) -> None:
         """Until every device is connected and idle."""
         await self.joined()
+        await self.connected()
         self.waiting_for = "every device to connect and report idle"
         await self.until(lambda: self.progress.idle(self.things))
         self.mark("fleet-ready", seconds=round(time.time() - self.started, 3))
@@ -387,6 +472,8 @@ class _Run:
         devices = tls or self.address  # where devices connect: TLS in the secure profile
         tls_ca = None if tls is None or self.certs is None else self.certs.ca
         cert_dir = None if tls_ca is None else self.workdir / "devices"
+        if not drill.devices:
+            return  # external devices only
         if shards == 1:
             self.fleet = Fleet(FleetConfig(host=devices.host, port=devices.port,
                                            prefix=drill.prefix, count=drill.devices, mix=mix,
@@ -573,7 +660,8 @@ class _Run:
         if action == "create-job":
             assert job is not None
             assert step.document is not None
-            targets = self.sample(self.things, step.targets)
+            # every job targets the external devices: they are the ones under test
+            targets = self.sample(self.simulated, step.targets) + self.external
             self.targets[job] = targets
             self.progress.expect(job, len(targets))
             extra: dict[str, Any] = {}
@@ -604,7 +692,7 @@ class _Run:
                 raise ValueError(f"{action}: needs the devices in this process (--workers 1)")
             if action == "power-off":
                 assert job is not None
-                running = sorted(self.progress.running(job))
+                running = sorted(self.progress.running(job) - set(self.external))
                 self.powered_off = self.sample(running, step.fraction)
                 await asyncio.gather(*(self.fleet.devices[t].power_off()
                                        for t in self.powered_off))
@@ -644,7 +732,7 @@ class _Run:
 
     @property
     def needs_quiet(self) -> bool:
-        return self.fleet is None or self.service is None
+        return self.fleet is None or self.service is None or bool(self.external)
 
     async def quiet(self, seconds: float = QUIET_SECONDS) -> bool:
         """When the drill cannot know everything at once (devices in other processes, a

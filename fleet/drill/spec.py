@@ -23,6 +23,10 @@ the broker. See docs/drills.md ("Drill files") for the full format; in short::
     [service]                          # jobs service settings (fleet up flags)
     deletion_seconds_per_execution = 0.01
 
+    [external]                         # devices devicesim does not run (real firmware)
+    things = ["board-1", "board-2"]    # targeted by every job, judged from their traffic
+    connect_seconds = 300              # how long to wait for them to connect
+
     [[steps]]
     action = "create-job"
     job = "rollout-1"
@@ -44,6 +48,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from devicesim.wire.topics import THING_NAME_RE
 from fleet.checker import Budgets, Requirements
 from fleet.service.settings import ServiceSettings
 
@@ -99,6 +104,19 @@ class Step:
 
 
 DEFAULT_DEVICES = 100
+#: how long a drill waits for its external devices to connect, by default
+CONNECT_SECONDS = 300.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class External:
+    """Devices devicesim does not run -- real firmware, a board, any MQTT client -- that
+    take part in the drill as things: every job targets them, and they are judged from
+    their protocol traffic alone (:mod:`fleet.checker.traffic`)."""
+
+    things: tuple[str, ...] = ()
+    #: how long the drill waits for every one of them to connect (its clock starts after)
+    connect_seconds: float = CONNECT_SECONDS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,6 +140,7 @@ class Drill:
     #: devices be caught mid-step (built-in drills reach about half)
     checks: Requirements = field(default_factory=lambda: Requirements(notice_fraction=0.2))
     service: ServiceSettings = field(default_factory=ServiceSettings)
+    external: External = field(default_factory=External)
     steps: tuple[Step, ...] = ()
 
     @property
@@ -131,7 +150,18 @@ class Drill:
         the drill was paced for, else 1. The devices then send their requests over a
         proportionally longer time: the service sees the request rate the drill was written
         for, and the same share of the fleet is mid-step at a removal, whatever the size."""
-        return max(1.0, self.devices / (self.paced_for or self.devices))
+        return max(1.0, self.devices / (self.paced_for or self.devices or 1))
+
+
+def check_external(things: tuple[str, ...]) -> tuple[str, ...]:
+    """External thing names, each a valid thing name (and MQTT client id) and given once."""
+    for thing in things:
+        if not THING_NAME_RE.fullmatch(thing):
+            raise ValueError(f"{thing!r} is not a thing name (1-128 of a-z A-Z 0-9 : _ -)")
+    repeated = sorted({t for t in things if things.count(t) > 1})
+    if repeated:
+        raise ValueError(f"{repeated[0]} is named twice")
+    return things
 
 
 def builtin_names() -> list[str]:
@@ -189,15 +219,18 @@ class _Parser:
     def drill(self, raw: dict[str, Any]) -> Drill:
         self.pick(raw, "", {"name", "description", "devices", "behaviour", "mix", "seed",
                             "prefix", "timeout", "paced_for", "stall_seconds", "budgets",
-                            "checks", "service", "steps"})
+                            "checks", "service", "external", "steps"})
         kwargs: dict[str, Any] = {"name": self.typed(raw.get("name", self.source), str, "name")}
         for key, kind in (("description", str), ("behaviour", str), ("prefix", str),
                           ("devices", int), ("seed", int), ("timeout", float),
                           ("paced_for", int), ("stall_seconds", float)):
             if key in raw:
                 kwargs[key] = self.typed(raw[key], kind, key)
-        if kwargs.get("devices", 1) < 1:
-            raise self.fail("devices", "expected at least 1")
+        if "external" in raw:
+            kwargs["external"] = self.external(raw["external"])
+        if kwargs.get("devices", 1) < (0 if "external" in kwargs and
+                                       kwargs["external"].things else 1):
+            raise self.fail("devices", "expected at least 1 (0 only with external devices)")
         if kwargs.get("paced_for", 1) < 1:
             raise self.fail("paced_for", "expected at least 1")
         kwargs.setdefault("paced_for", kwargs.get("devices", DEFAULT_DEVICES))
@@ -234,6 +267,21 @@ class _Parser:
         steps = self.typed(raw.get("steps", []), list, "steps")
         kwargs["steps"] = tuple(self.step(s, f"steps[{i}]") for i, s in enumerate(steps))
         return Drill(**kwargs)
+
+    def external(self, raw: Any) -> External:
+        raw = self.typed(raw, dict, "external")
+        self.pick(raw, "external.", {"things", "connect_seconds"})
+        things = tuple(self.typed(t, str, "external.things")
+                       for t in self.typed(raw.get("things", []), list, "external.things"))
+        try:
+            things = check_external(things)
+        except ValueError as e:
+            raise self.fail("external.things", str(e)) from None
+        seconds = self.typed(raw.get("connect_seconds", CONNECT_SECONDS), float,
+                             "external.connect_seconds")
+        if seconds <= 0:
+            raise self.fail("external.connect_seconds", "expected a positive number of seconds")
+        return External(things=things, connect_seconds=seconds)
 
     def step(self, raw: Any, where: str) -> Step:
         raw = self.typed(raw, dict, where)

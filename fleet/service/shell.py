@@ -61,6 +61,9 @@ class ServiceConfig:
     principals: Path | None = None
     #: the control plane over HTTPS with this certificate and key (secure profile)
     https: tuple[Path, Path] | None = None
+    #: things whose requests the service records as it receives them, before it answers
+    #: (devices that record nothing themselves: a drill's external devices)
+    record_requests_of: frozenset[str] = frozenset()
 
 
 class JobsService:
@@ -70,7 +73,8 @@ class JobsService:
                  on_failure: OnFailure | None = None,
                  record: Callable[[Op], None] | None = None) -> None:
         """``record``: the service records what it publishes -- replies, pushes, jobs
-        events -- in the order it publishes them (its part of a drill's history)."""
+        events -- in the order it publishes them (its part of a drill's history), and the
+        requests of ``config.record_requests_of`` as it receives them."""
         self.config = config
         self._now = now
         self._record = record
@@ -160,6 +164,8 @@ class JobsService:
         try:
             with self.store.batch():
                 for topic, payload, requester in inbox:
+                    if self.config.record_requests_of and self._record is not None:
+                        self._record_request(topic, payload)
                     try:
                         effects = self.dataplane.handle(topic, payload)
                     except Exception as e:  # one bad request must not cost the batch
@@ -177,6 +183,12 @@ class JobsService:
             self._pump.report("jobs service batch", e)
             return
         self._publish(out, reply_to)
+
+    def _record_request(self, topic: str, payload: bytes) -> None:
+        assert self._record is not None
+        parsed = topics.parse_jobs_topic(topic)
+        if parsed is not None and parsed.thing_name in self.config.record_requests_of:
+            self._record(classify(topic, payload, self._now()))
 
     def _publish(self, effects: list[Publish], reply_to: dict[int, str] | None = None
                  ) -> None:

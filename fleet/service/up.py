@@ -164,9 +164,11 @@ async def _serve(args: argparse.Namespace, settings: ServiceSettings,
     return 0
 
 
-def write_ready_file(path: Path, address: BrokerAddress, endpoint: str | None,
-                     state: Path, *, tls: BrokerAddress | None = None,
-                     certs: CertDir | None = None) -> None:
+def ready_info(address: BrokerAddress, endpoint: str | None, state: Path, *,
+               tls: BrokerAddress | None = None, certs: CertDir | None = None) -> dict[str, Any]:
+    """What a ready file says: where MQTT (and, in the secure profile, MQTTS with its CA)
+    and the control plane are, the state, this process; the privileged identity's secret
+    (so the file is written 0600)."""
     info: dict[str, Any] = {
         "mqtt": {"host": address.host, "port": address.port, "url": address.url,
                  "awsSemantics": address.aws_semantics},
@@ -180,6 +182,13 @@ def write_ready_file(path: Path, address: BrokerAddress, endpoint: str | None,
         info["mqtts"] = {"host": tls.host, "port": tls.port, "url": tls.url}
     if certs is not None:
         info["certs"] = {"dir": str(certs.path), "ca": str(certs.ca)}
+    return info
+
+
+def write_ready_file(path: Path, address: BrokerAddress, endpoint: str | None,
+                     state: Path, *, tls: BrokerAddress | None = None,
+                     certs: CertDir | None = None) -> None:
+    info = ready_info(address, endpoint, state, tls=tls, certs=certs)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_file(path, json.dumps(info, indent=2).encode(), secret=True)  # it holds the secret
 
