@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.checker import Status
+from fleet.checker import Status, check
 from fleet.drill import spec
 from fleet.drill.runner import DrillResult, RunOptions, run
 
@@ -29,6 +29,19 @@ def failed(result: DrillResult) -> set[str]:
     return {r.name for r in result.verdict.results if not r.passed}
 
 
+def failed_on_the_wire(result: DrillResult) -> dict[str, set[str]]:
+    """The same history judged as if every device were external (from its traffic alone,
+    its own events set aside): the invariants each behaviour fails there."""
+    start = next(op for op in result.ops if op.f == "start")
+    behaviours = start.value["behaviours"]
+    verdict = check(result.ops, external=list(behaviours))
+    out: dict[str, set[str]] = {}
+    for r in verdict.results:
+        for v in r.violations:
+            out.setdefault(behaviours.get(v.thing_name, "-"), set()).add(r.name)
+    return out
+
+
 @pytest.mark.parametrize("name", spec.builtin_names())
 async def test_builtin_drill_passes_with_reference_devices(name: str, tmp_path: Path) -> None:
     result = await drill_result(name, tmp_path)
@@ -39,6 +52,11 @@ async def test_builtin_drill_passes_with_reference_devices(name: str, tmp_path: 
     assert result.verdict.status is Status.PASS, [
         n for r in result.verdict.results for n in r.notes if n.startswith("INCONCLUSIVE")]
     assert (tmp_path / "history.jsonl").stat().st_size > 0
+    # from the wire alone, the same -- except that the AWS IoT Device Client's progress
+    # updates after a rejection are zombies there (docs/external-devices.md)
+    wire = failed_on_the_wire(result)
+    assert set(wire) <= {"device-client"}, wire
+    assert wire.get("device-client", {"no-zombie"}) == {"no-zombie"}, wire
 
 
 async def test_force_delete_drill_with_sdk_devices(tmp_path: Path) -> None:
@@ -55,18 +73,21 @@ async def test_force_delete_drill_measures_detection(tmp_path: Path) -> None:
     assert result.verdict.metrics.detection_latency.count == notice.checked
 
 
-@pytest.mark.parametrize(("behaviour", "drill", "catches"), [
-    ("stuck", "force-delete", {"notice"}),
-    ("no-rollback", "force-delete", {"valid-end"}),
-    ("zombie", "force-delete", {"no-zombie"}),
-    ("reuse-confused", "jobid-reuse", {"reuse"}),
+@pytest.mark.parametrize(("behaviour", "drill", "catches", "on_the_wire"), [
+    ("stuck", "force-delete", {"notice"}, {"recover", "progress"}),
+    ("no-rollback", "force-delete", {"valid-end"}, set()),
+    ("zombie", "force-delete", {"no-zombie"}, {"no-zombie"}),
+    ("reuse-confused", "jobid-reuse", {"reuse"}, {"reuse"}),
 ])
-async def test_faulty_behaviour_fails_its_drill(behaviour: str, drill: str,
-                                                catches: set[str], tmp_path: Path) -> None:
+async def test_faulty_behaviour_fails_its_drill(behaviour: str, drill: str, catches: set[str],
+                                                on_the_wire: set[str], tmp_path: Path) -> None:
     # a faulty fleet never settles: a short timeout keeps the test quick
     result = await drill_result(drill, tmp_path, behaviour=behaviour, mix={}, timeout=15.0)
     assert not result.verdict.passed
     assert catches <= failed(result), failed(result)
+    # from the wire alone (docs/external-devices.md): a frozen device looks idle, but never takes up
+    # the follow-up job; a half-written image cannot be seen at all
+    assert on_the_wire <= failed_on_the_wire(result).get(behaviour, set())
 
 
 async def test_force_delete_drill_with_devices_in_worker_processes(tmp_path: Path) -> None:

@@ -236,7 +236,7 @@ def wire_recovery_cases(tl: Timeline, b: Budgets) -> tuple[list[WireRecoveryCase
         since = clock_start(tl, e.thing_name, available, b.recover_seconds)
         deadline = inf if since is None else since + b.recover_seconds
         started = next((ev for ev in tl.events_of(e.thing_name) if ev.kind == "job_started"
-                        and ev.time > lost.time and ev.time <= deadline), None)
+                        and lost.time <= ev.time <= deadline and ev is not e.started), None)
         cases.append(WireRecoveryCase(e, lost, frozenset(work),
                                       available if since is None else since, deadline, started))
     return cases, idle

@@ -111,7 +111,7 @@ def _external_table(verdict: Verdict) -> list[str]:
              for row in rows]
     table.insert(1, "  ".join("-" * w for w in widths))
     return ["", "judged from their traffic alone (image integrity cannot be seen from the "
-                "wire; docs/checker.md):", *table, *details]
+                "wire; docs/external-devices.md):", *table, *details]
 
 
 def broker_line(missing: tuple[str, ...]) -> str:

@@ -8,7 +8,7 @@ pushes to it (recorded by the service as it sends them) and its connects and dis
 device events the invariants read, each marked ``"inferred"`` with what it was inferred
 from. Nothing is asked of the device.
 
-The rules (docs/checker.md has them side by side with the simulated devices'):
+The rules (docs/external-devices.md has them side by side with the simulated devices'):
 
 - ``connected`` / ``disconnected``: its lifecycle events (``presence:*`` ops).
 - ``job_started``: it began an execution: a ``StartNextPendingJobExecution`` whose accepted
@@ -96,8 +96,12 @@ class _Execution:
     job_id: str
     number: int | None
     last_update: float
+    digest: str | None  # the document it works on (the last one offered for the jobId)
     signs: list[Sign] = field(default_factory=list)
     done: bool = False
+
+    def told_since_update(self) -> bool:
+        return any(s.told is not None and s.time >= self.last_update for s in self.signs)
 
 
 @dataclass(slots=True)
@@ -133,10 +137,12 @@ class _Device:
                   executionNumber=e.number, toldBy=told or "nothing")
 
     def start(self, time: float, job_id: str, number: int | None, how: str) -> None:
+        self.sign(Sign(time, f"started {job_id}", None))  # it moved on to another one
         self.close()
-        self.current = _Execution(job_id, number, time)
+        digest = self.documents.get(job_id)
+        self.current = _Execution(job_id, number, time, digest)
         self.emit(time, "job_started", how, jobId=job_id, executionNumber=number,
-                  documentDigest=self.documents.get(job_id))
+                  documentDigest=digest)
 
     def offered(self, execution: Mapping[str, Any]) -> None:
         job_id = execution.get("jobId")
@@ -240,7 +246,10 @@ def _reply(d: _Device, q: Request, reply: Op, about: _Execution | None) -> None:
         number = as_int(execution.get("executionNumber"))
         if isinstance(job_id, str) and job_id:
             offered = True
-            if not _open(e, job_id, number):
+            # the same jobId again is another execution if its document differs (a reused
+            # jobId) or the service had told the device its execution was gone
+            if not _open(e, job_id, number) or e is not None and (
+                    e.digest != d.documents.get(job_id) or e.told_since_update()):
                 d.start(reply.time, job_id, number, "start-next accepted")
             elif e is not None and e.number is None:
                 e.number = number
@@ -261,6 +270,17 @@ def strip(ops: Sequence[Op], things: Iterable[str]) -> list[Op]:
     if they were external: from their traffic alone)."""
     names = frozenset(things)
     return [op for op in ops if not (op.f.startswith("device:") and op.process in names)]
+
+
+def moved_on_at(tl: Timeline, thing: str, job_id: str, since: float) -> Request | None:
+    """The device's first request at or after ``since`` by which it went on to other work:
+    a start-next, or an update of another job. (MQTT keeps one client's messages in order,
+    so whatever it sent after this, it sent after moving on.)"""
+    for q in tl.requests_by_thing.get(thing, []):
+        if q.time >= since and (q.f == Operation.START_NEXT or (
+                q.f == Operation.UPDATE and q.job_id is not None and q.job_id != job_id)):
+            return q
+    return None
 
 
 def told_at(tl: Timeline, thing: str, job_id: str, since: float) -> Op | None:

@@ -29,7 +29,7 @@ from fleet.checker.timeline import (
     as_int,
     compatible,
 )
-from fleet.checker.traffic import told_at
+from fleet.checker.traffic import moved_on_at, told_at
 
 
 def notice(tl: Timeline, b: Budgets) -> InvariantResult:
@@ -194,13 +194,33 @@ def _zombie_cutoff(tl: Timeline, b: Budgets, e: DeviceExecution, r: Removal) -> 
     """After when an update of ``e`` is a zombie, and what that moment is."""
     if e.lost_access is not None and e.thing_name not in tl.external:
         return e.lost_access.time, "lost_access"
-    late = clock(tl, e.thing_name, r.time, b.reply_timeout_seconds) + b.reply_timeout_seconds
+    cutoff = clock(tl, e.thing_name, r.time, b.reply_timeout_seconds) + b.reply_timeout_seconds
+    why = "removal + reply timeout"
     if e.thing_name in tl.external:
         told = told_at(tl, e.thing_name, e.job_id, r.time)
-        if told is not None and told.time + b.in_flight_seconds < late:
-            return told.time + b.in_flight_seconds, \
-                f"a {told.value.get('code') or told.f} rejection told it so"
-    return late, "removal + reply timeout"
+        if told is not None and told.time + b.in_flight_seconds < cutoff:
+            cutoff = told.time + b.in_flight_seconds
+            why = f"a {told.value.get('code')} rejection told it so"
+        moved = moved_on_at(tl, e.thing_name, e.job_id, r.time)
+        if moved is not None and moved.time < cutoff:
+            cutoff = moved.time
+            why = f"it moved on ({moved.f}{' of ' + moved.job_id if moved.job_id else ''})"
+    return cutoff, why
+
+
+def _restarted(tl: Timeline, e: DeviceExecution, o: DeviceExecution) -> bool:
+    """Is ``o`` a new execution of ``e``'s jobId the device started? For an external
+    device, whose starts are inferred (an update after moving on is one), only one of a
+    later incarnation whose document the device had been given (an update of the new
+    execution carrying on with the old document is the old execution's zombie)."""
+    if e.thing_name not in tl.external:
+        return True
+    if o.incarnation <= e.incarnation:
+        return False
+    created = next((c for c in tl.creates if c.job_id == o.job_id
+                    and c.incarnation == o.incarnation), None)
+    given = o.started.document_digest
+    return created is None or created.digest is None or given is None or given == created.digest
 
 
 def no_zombie(tl: Timeline, b: Budgets) -> InvariantResult:
@@ -211,21 +231,19 @@ def no_zombie(tl: Timeline, b: Budgets) -> InvariantResult:
     ``UpdateJobExecution`` for that jobId, until it starts a new execution of the jobId; an
     update whose payload names a different ``executionNumber`` is not for that execution.
 
-    External devices (judged from their traffic): from the first rejection, with
-    ResourceNotFound, InvalidStateTransition or TerminalStateReached, of one of its requests
-    about the job after the removal, plus ``in_flight_seconds`` (an update sent before the
-    rejection arrived), or removal + reply timeout if that is sooner. A ``notify-next`` does
-    not count: nothing on the wire shows the device subscribed to it, and AWS does not
-    promise its delivery."""
+    External devices (judged from their traffic): from whichever comes first after the
+    removal -- the first rejection, with ResourceNotFound, InvalidStateTransition or
+    TerminalStateReached, of one of its requests about the job, plus ``in_flight_seconds``
+    (an update sent before the rejection arrived); the device's own first request that went
+    on to other work (a start-next, an update of another job: MQTT keeps its messages in
+    order, so no grace); removal + reply timeout. A ``notify-next`` does not count: nothing
+    on the wire shows the device subscribed to it, and AWS does not promise its delivery."""
     violations = []
     pairs = removed_executions(tl, b)
     for e, r in pairs:
         cutoff, after = _zombie_cutoff(tl, b, e, r)
-        # until it starts the jobId again (an external device's update after moving on is
-        # inferred as a start: only a later incarnation's counts)
         horizon = min((o.started.time for o in tl.executions_of(e.thing_name, e.job_id)
-                       if o is not e and o.started.time > cutoff and (
-                           e.thing_name not in tl.external or o.incarnation > e.incarnation)),
+                       if o is not e and o.started.time > cutoff and _restarted(tl, e, o)),
                       default=float("inf"))
         zombies = [q for q in tl.requests_by_thing.get(e.thing_name, [])
                    if q.f == Operation.UPDATE and q.job_id == e.job_id
