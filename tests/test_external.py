@@ -211,11 +211,13 @@ def test_fleet_check_external_all_rejudges_a_history(tmp_path: Path) -> None:
     path = HISTORIES / "reuse-confused.jsonl"
     assert main(["check", str(path), "--external", "all", "--report-dir", str(tmp_path)]) == 1
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["metrics"]["external"] and "dev-0000" in report["external"]
+    assert report["metrics"]["external"]
+    assert "dev-0000" in report["external"]
     # every device that applied the old document to the new execution fails reuse on its own row
     failed = {thing for thing, rows in report["external"].items()
               for r in rows if r["name"] == "reuse" and r["status"] == "FAIL"}
-    assert failed and failed == {v["thing_name"] for r in report["results"]
+    assert failed
+    assert failed == {v["thing_name"] for r in report["results"]
                                  if r["name"] == "reuse" for v in r["violations"]}
     assert main(["check", str(path), "--external", "nobody"]) == 2
 
