@@ -363,3 +363,28 @@ def test_fleet_drill_external_usage_errors(args: list[str], message: str,
     err = capsys.readouterr().err
     assert message in err, err
     assert err.count("\n") == 1
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_the_example_drill_script(tmp_path: Path, agent: Path) -> None:
+    """examples/external-device/drill.sh, as the README runs it."""
+    import os
+    import sys
+
+    if agent != AGENT_SOURCE.with_suffix(""):
+        pytest.skip("drill.sh runs the agent make setup built")
+    env = {**os.environ, "FLEET": str(Path(sys.executable).with_name("fleet"))}
+    done = subprocess.run([str(AGENT_SOURCE.with_name("drill.sh")), "force-cancel",
+                           "--devices", "4"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    print(done.stdout, done.stderr)
+    assert done.returncode == 1  # FAIL: the naive board
+    report = json.loads((tmp_path / "reports" / "force-cancel-external" / "report.json")
+                        .read_text())
+    statuses = {thing: {r["name"]: r["status"] for r in rows}
+                for thing, rows in report["external"].items()}
+    assert "FAIL" not in statuses["board-1"].values()
+    assert statuses["board-2"]["no-zombie"] == "FAIL"
+    assert "aborting rollout-2" in (tmp_path / "reports" / "force-cancel-external" /
+                                    "board-1.log").read_text()
