@@ -234,3 +234,35 @@ def test_a_report_names_the_aws_semantics_its_broker_lacked(semantics: str | Non
         assert broker_line(missing).startswith(
             "plain Mosquitto, without AWS IoT Core's Jobs replies reach their requester only "
             "and per-thing authorization")
+
+
+async def test_lifecycle_events_for_devices_only(tmp_path: Path) -> None:
+    """With ``presence``, the plugin publishes AWS IoT's lifecycle events when a device
+    connects and goes, and none for the privileged identity (one that connected first would
+    have been announced first: the broker sends its own messages to a subscriber in order)."""
+    with EmbeddedBroker(work_dir=tmp_path, presence=True) as broker:
+        address = broker.address
+        privileged = {"username": address.username, "password": address.secret}
+        seen: list[tuple[str, dict[str, Any]]] = []
+        async with aiomqtt.Client(address.host, address.port, identifier="watcher",
+                                  **privileged) as watcher:
+            await watcher.subscribe(topics.presence("+"), qos=1)
+            async with aiomqtt.Client(address.host, address.port, identifier="tool",
+                                      **privileged):
+                pass
+            async with aiomqtt.Client(address.host, address.port, identifier="board-1"):
+                pass  # connects, then disconnects cleanly
+            async with asyncio.timeout(WITHIN):
+                async for message in watcher.messages:
+                    seen.append((str(message.topic), json.loads(message.payload)))
+                    if len(seen) == 2:
+                        break
+    assert [t for t, _ in seen] == ["$aws/events/presence/connected/board-1",
+                                    "$aws/events/presence/disconnected/board-1"]
+    connected = seen[0][1]
+    assert connected["clientId"] == "board-1"
+    assert connected["eventType"] == "connected"
+    assert connected["ipAddress"] == "127.0.0.1"
+    assert isinstance(connected["timestamp"], int)
+    assert seen[1][1]["eventType"] == "disconnected"
+    assert seen[1][1]["timestamp"] >= connected["timestamp"]
