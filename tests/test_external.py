@@ -292,7 +292,7 @@ async def drill_with_agents(name: str, tmp_path: Path, agent: Path, *, secure: b
 
 
 def rows(result: DrillResult, thing: str) -> dict[str, Status]:
-    return {row.name: row.status for row in result.verdict.rows_for(thing)}
+    return rows_of(result.verdict, thing)
 
 
 @pytest.mark.broker
@@ -388,3 +388,36 @@ def test_the_example_drill_script(tmp_path: Path, agent: Path) -> None:
     assert statuses["board-2"]["no-zombie"] == "FAIL"
     assert "aborting rollout-2" in (tmp_path / "reports" / "force-cancel-external" /
                                     "board-1.log").read_text()
+
+
+def test_an_external_device_never_caught_mid_step_is_inconclusive() -> None:
+    """A drill's external device (behaviour ``external``) that was never mid-step when its
+    execution was removed has not been tested: its notice row, and the verdict, say so."""
+    ops = history.read(HISTORIES / "force-delete-10.jsonl")
+    mid_step = {c.execution.thing_name for c in _notice_cases(ops)}
+    idle = sorted({f"dev-{i:04d}" for i in range(10)} - mid_step)
+    assert mid_step
+    assert idle
+    external = [sorted(mid_step)[0], idle[0]]
+    start = next(op for op in ops if op.f == "start")
+    behaviours = {**start.value["behaviours"], **{t: "external" for t in external}}
+    marked = [dataclasses.replace(op, value={**op.value, "behaviours": behaviours,
+                                             "external": external}) if op is start else op
+              for op in ops]
+    verdict = check(marked)
+    assert verdict.status is Status.INCONCLUSIVE
+    assert rows_of(verdict, external[0])["notice"] is Status.PASS
+    assert rows_of(verdict, external[1])["notice"] is Status.INCONCLUSIVE
+    assert any(n.startswith(f"INCONCLUSIVE for external device {external[1]}:")
+               for n in verdict.result("notice").notes)
+
+
+def _notice_cases(ops: list[Op]) -> list[Any]:
+    from fleet.checker.cases import notice_cases
+    from fleet.checker.model import Budgets
+
+    return notice_cases(timeline.build(ops), Budgets())
+
+
+def rows_of(verdict: Any, thing: str) -> dict[str, Status]:
+    return {row.name: row.status for row in verdict.rows_for(thing)}

@@ -214,11 +214,10 @@ def wire_recovery_cases(tl: Timeline, b: Budgets) -> tuple[list[WireRecoveryCase
     """``recover`` for external devices, whose flash the wire does not show: every
     ``lost_access`` (inferred) while work was pending for the device (:func:`pending_work`,
     less what the controller withdrew or the service removed), and its first
-    ``job_started`` after it;
-    the clock starts at the lost access, or when the first pending work was created if that
-    is later, once the device is reachable (:func:`clock_start`). Returns the cases and the
-    external devices that lost an execution with nothing pending (nothing to show a recovery
-    by)."""
+    ``job_started`` after it. The clock starts at the lost access, or when the first pending
+    work was created if that is later, once the device is reachable (:func:`clock_start`).
+    Returns the cases and the external devices that lost an execution with nothing pending
+    (nothing to show a recovery by)."""
     cases, idle = [], []
     for e in tl.executions:
         lost = e.lost_access

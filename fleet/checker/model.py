@@ -242,15 +242,20 @@ class Verdict:
 
     def rows_for(self, thing: str) -> list[DeviceRow]:
         """One external device's own verdict rows, one per invariant: FAIL if a violation
-        names it, PASS if it had cases, else NO-CASES -- or INCONCLUSIVE for ``notice``,
-        which every device under test must show (it was never caught mid-step)."""
+        names it, PASS if it had cases, else NO-CASES -- or INCONCLUSIVE where the grading
+        said the device fell short (``notice``: a drill's external device never caught
+        mid-step; not a simulated device judged as if external)."""
         rows = []
+        short = f"INCONCLUSIVE for external device {thing}:"
         for r in self.results:
             mine = tuple(v for v in r.violations if v.thing_name == thing)
             cases = r.cases_by_external.get(thing, 0)
             status = Status.FAIL if mine else Status.PASS if cases else \
-                Status.INCONCLUSIVE if r.name == "notice" else Status.NO_CASES
-            rows.append(DeviceRow(name=r.name, status=status, checked=cases, violations=mine))
+                Status.INCONCLUSIVE if any(n.startswith(short) for n in r.notes) \
+                else Status.NO_CASES
+            rows.append(DeviceRow(name=r.name, status=status, checked=cases, violations=mine,
+                                  notes=tuple(n for n in r.notes
+                                              if n.startswith(f"{thing} "))))
         return rows
 
 
@@ -262,3 +267,5 @@ class DeviceRow:
     status: Status
     checked: int
     violations: tuple[Violation, ...] = ()
+    #: what the invariant noted about this device (e.g. how it noticed, for ``notice``)
+    notes: tuple[str, ...] = ()

@@ -14,6 +14,9 @@ from fleet.checker.model import Distribution, InvariantResult, Status, Verdict, 
 
 #: How many violations a JUnit failure or the terminal lists per invariant.
 MAX_LISTED = 50
+#: Beyond this many external devices, the terminal shows only those with a FAIL or
+#: INCONCLUSIVE row.
+MAX_EXTERNAL_ROWS = 20
 
 
 def _when(t: float | None) -> str:
@@ -100,16 +103,25 @@ def _external_table(verdict: Verdict) -> list[str]:
     names = [r.name for r in verdict.results if r.name != "complete"]
     rows = [("external device", *names)]
     details: list[str] = []
+    hidden = 0
     for thing in verdict.external:
         cells = {row.name: row for row in verdict.rows_for(thing)}
+        if len(verdict.external) > MAX_EXTERNAL_ROWS and not any(
+                row.status in (Status.FAIL, Status.INCONCLUSIVE) for row in cells.values()):
+            hidden += 1
+            continue
         rows.append((thing, *(f"{cells[n].status.value}({cells[n].checked})"
                               if cells[n].checked else cells[n].status.value for n in names)))
         for row in cells.values():
+            details.extend(f"  {row.name}: {n}" for n in row.notes)
             details.extend(f"  {thing} {row.name}: {v.message}" for v in row.violations[:3])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     table = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
              for row in rows]
     table.insert(1, "  ".join("-" * w for w in widths))
+    if hidden:
+        table.append(f"... and {hidden} more external devices with no FAIL or INCONCLUSIVE row "
+                     f"(report.json and junit.xml have every row)")
     return ["", "judged from their traffic alone (image integrity cannot be seen from the "
                 "wire; docs/external-devices.md):", *table, *details]
 
@@ -131,7 +143,7 @@ def to_json(verdict: Verdict) -> dict[str, Any]:
         "results": [dataclasses.asdict(r) for r in verdict.results],
         "metrics": dataclasses.asdict(verdict.metrics),
         "external": {thing: [{"name": row.name, "status": row.status.value,
-                              "checked": row.checked,
+                              "checked": row.checked, "notes": list(row.notes),
                               "violations": [dataclasses.asdict(v) for v in row.violations]}
                              for row in verdict.rows_for(thing)]
                      for thing in verdict.external},
@@ -207,7 +219,8 @@ def junit_xml(verdict: Verdict, suite_name: str) -> str:
                                       f"nothing shows how it reacts to losing an execution")
             elif row.status is Status.NO_CASES:
                 ET.SubElement(case, "skipped", message="no cases for this device")
-            ET.SubElement(case, "system-out").text = f"checked={row.checked}"
+            ET.SubElement(case, "system-out").text = "\n".join([f"checked={row.checked}",
+                                                                 *row.notes])
     suites.set("tests", str(sum(int(s.get("tests", "0")) for s in suites)))
     for key in ("failures", "errors", "skipped"):
         suites.set(key, str(sum(int(s.get(key, "0")) for s in suites)))

@@ -393,14 +393,19 @@ class _Run:
         info = ready_info(self.broker.address, self.service.endpoint, self.workdir,
                           tls=self.broker.tls_address, certs=self.certs)
         info["drill"] = {"name": self.drill.name, "pid": os.getpid()}
-        info["external"] = {}
+        info["external"] = external = {}
         for thing in self.external:
             how: dict[str, Any] = {"clientId": thing, "host": where.host, "port": where.port,
                                    "url": where.url}
             if self.certs is not None:
                 how.update(ca=str(self.certs.ca), cert=str(devices / f"{thing}.crt"),
                            key=str(devices / f"{thing}.key"))
-            info["external"][thing] = how
+            external[thing] = how
+        if self.options.ready_file is not None:  # removed when the drill ends (stop)
+            path = self.options.ready_file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            certs.write_file(path, json.dumps(info, indent=2).encode(), secret=True)
+        for thing, how in external.items():
             tls = f", CA {how['ca']}, certificate {how['cert']}, key {how['key']}" \
                 if self.certs is not None else ""
             self.status(f"external device {thing}: connect to {where.url} as client id "
@@ -408,10 +413,6 @@ class _Run:
         self.status(f"waiting up to {self.drill.external.connect_seconds:g} s for "
                     f"{len(self.external)} external device(s) to connect (replies reach a "
                     f"device unasked, as on AWS IoT)")
-        if self.options.ready_file is not None:
-            path = self.options.ready_file
-            path.parent.mkdir(parents=True, exist_ok=True)
-            certs.write_file(path, json.dumps(info, indent=2).encode(), secret=True)
 
     async def connected(self) -> None:
         """Until every external device connected, bounded by the drill's
@@ -514,6 +515,8 @@ class _Run:
                 stdin=asyncio.subprocess.DEVNULL, env=env))
 
     async def stop(self) -> None:
+        if self.external and self.options.ready_file is not None:
+            self.options.ready_file.unlink(missing_ok=True)  # nothing to connect to any more
         if self.fleet is not None:
             await self.fleet.stop()
         await self.stop_workers()

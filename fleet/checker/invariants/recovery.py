@@ -66,9 +66,15 @@ def notice(tl: Timeline, b: Budgets) -> InvariantResult:
                          "cases are not judged (nor counted)")
             continue
         judged.append(e.thing_name)
+        external = e.thing_name in tl.external
+        if external and lost is not None:  # how it noticed, as far as the wire shows
+            v = lost.op.value
+            notes.append(f"{e.thing_name} moved on from {label(e.job_id, e.execution_number)} "
+                         f"{(lost.time - c.since) * 1000:.0f} ms after it was "
+                         f"{c.removal.operation}: {v.get('inferred')} (told by "
+                         f"{v.get('toldBy')})")
         if lost is not None and lost.time <= c.deadline:
             continue
-        external = e.thing_name in tl.external
         what = ((("never moved on from it (it went on updating it, or fell silent without "
                   "being told)") if external else "never recorded lost_access")
                 + (" before the drill ended, settled" if c.deadline > tl.end else "")) \
@@ -200,7 +206,7 @@ def _zombie_cutoff(tl: Timeline, b: Budgets, e: DeviceExecution, r: Removal) -> 
         told = told_at(tl, e.thing_name, e.job_id, r.time)
         if told is not None and told.time + b.in_flight_seconds < cutoff:
             cutoff = told.time + b.in_flight_seconds
-            why = f"a {told.value.get('code')} rejection told it so"
+            why = f"a rejection ({told.value.get('code')}) told it so"
         moved = moved_on_at(tl, e.thing_name, e.job_id, r.time)
         if moved is not None and moved.time < cutoff:
             cutoff = moved.time
