@@ -241,7 +241,7 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 async def drill_with_agents(name: str, tmp_path: Path, agent: Path, *, secure: bool = False,
-                            devices: int = 4) -> DrillResult:
+                            devices: int = 4, pace: float = 2.0) -> DrillResult:
     """Run a built-in drill with two external devices, ``ext-good`` (the example agent) and
     ``ext-naive`` (its ``--naive`` variant), started once the drill says how to connect."""
     drill = dataclasses.replace(spec.load(name), devices=devices, timeout=40.0,
@@ -275,7 +275,8 @@ async def drill_with_agents(name: str, tmp_path: Path, agent: Path, *, secure: b
             with (tmp_path / f"{thing}.log").open("w") as log:  # the agent writes it
                 agents.append(await asyncio.create_subprocess_exec(
                     str(agent), "--host", how["host"], "--port", str(how["port"]), "--thing",
-                    thing, "--pace", "2", *tls, *extra, stdout=log, stderr=subprocess.STDOUT))
+                    thing, "--pace", str(pace), *tls, *extra, stdout=log,
+                    stderr=subprocess.STDOUT))
         async with asyncio.timeout(90):
             result = await task
     finally:
@@ -334,6 +335,22 @@ async def test_external_devices_over_mutual_tls(tmp_path: Path, agent: Path) -> 
     assert result.verdict.metrics.secure
     assert Status.FAIL not in rows(result, "ext-good").values()
     assert rows(result, "ext-naive")["no-zombie"] is Status.FAIL
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+async def test_external_devices_alone(tmp_path: Path, agent: Path) -> None:
+    """No simulated device at all: device-under-test catches each board mid-job twice (a
+    force-delete, then a force-cancel); the naive one takes its job to the end, seconds past
+    the notice budget."""
+    result = await drill_with_agents("device-under-test", tmp_path, agent, devices=0,
+                                     pace=1.0)
+    assert result.verdict.metrics.targeted == 2
+    good, naive = rows(result, "ext-good"), rows(result, "ext-naive")
+    assert Status.FAIL not in good.values(), good
+    assert result.verdict.result("notice").cases_by_external == {"ext-good": 2, "ext-naive": 2}
+    assert naive["notice"] is Status.FAIL
+    assert naive["no-zombie"] is Status.FAIL
 
 
 @pytest.mark.broker
