@@ -4,7 +4,8 @@
 invariant of DESIGN.md over it (:mod:`fleet.checker.invariants`, one function each), grades
 each result against the drill's case requirements (:mod:`fleet.checker.grading`: a pass
 over too few cases is INCONCLUSIVE) and computes the drill's figures
-(:mod:`fleet.checker.metrics`). It imports nothing from ``fleet`` but the history format and
+(:mod:`fleet.checker.metrics`); :func:`analyse` gives the timeline too (the report page
+draws from it). It imports nothing from ``fleet`` but the history format and
 nothing from ``devicesim`` but the wire contract: it must never check the emulator against
 itself. Reports are rendered by :mod:`fleet.checker.report`, the only module here that
 writes files.
@@ -30,11 +31,19 @@ from fleet.checker.model import (
 )
 
 __all__ = ["INVARIANTS", "Budgets", "Distribution", "InvariantResult", "Metrics",
-           "Requirements", "Status", "Verdict", "Violation", "check", "document_digest"]
+           "Requirements", "Status", "Verdict", "Violation", "analyse", "check",
+           "document_digest"]
 
 
 def check(ops: Sequence[Op], budgets: Budgets | None = None,
           requirements: Requirements | None = None, external: Iterable[str] = ()) -> Verdict:
+    """:func:`analyse`'s verdict."""
+    return analyse(ops, budgets, requirements, external)[1]
+
+
+def analyse(ops: Sequence[Op], budgets: Budgets | None = None,
+            requirements: Requirements | None = None,
+            external: Iterable[str] = ()) -> tuple[timeline.Timeline, Verdict]:
     """Judge a history: one graded result per invariant (in :data:`INVARIANTS` order) and
     metrics. ``requirements`` default to those the history's ``start`` marker records.
     External devices -- those the ``start`` marker names, and ``external`` -- are judged
@@ -49,5 +58,5 @@ def check(ops: Sequence[Op], budgets: Budgets | None = None,
         tl = timeline.build(ops, named)
         needs = requirements or tl.requirements
         results = [grading.grade(fn(tl, budgets), tl, needs) for _, fn in invariants.ALL]
-        return Verdict(results=results, metrics=metrics.compute(tl, budgets),
-                       status=grading.overall(results))
+        return tl, Verdict(results=results, metrics=metrics.compute(tl, budgets),
+                           status=grading.overall(results))

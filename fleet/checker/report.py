@@ -10,7 +10,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fleet.checker.model import Distribution, InvariantResult, Status, Verdict, Violation
+from fleet.checker.model import (
+    Budgets,
+    Distribution,
+    InvariantResult,
+    Status,
+    Verdict,
+    Violation,
+)
+from fleet.checker.timeline import Timeline
 
 #: How many violations a JUnit failure or the terminal lists per invariant.
 MAX_LISTED = 50
@@ -228,8 +236,12 @@ def junit_xml(verdict: Verdict, suite_name: str) -> str:
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 
 
-def write_reports(verdict: Verdict, report_dir: Path, history_path: Path) -> list[Path]:
-    """Write ``report.json`` and ``junit.xml`` into ``report_dir``; return their paths."""
+def write_reports(verdict: Verdict, report_dir: Path, history_path: Path,
+                  timeline: Timeline | None = None, budgets: Budgets | None = None
+                  ) -> list[Path]:
+    """Write ``report.json`` and ``junit.xml`` into ``report_dir`` -- and, given the
+    timeline the verdict was judged on, ``report.html`` (:mod:`fleet.checker.html`); return
+    their paths."""
     report_dir.mkdir(parents=True, exist_ok=True)
     data = {"history": str(history_path), **to_json(verdict)}
     json_path = report_dir / "report.json"
@@ -237,4 +249,22 @@ def write_reports(verdict: Verdict, report_dir: Path, history_path: Path) -> lis
     xml_path = report_dir / "junit.xml"
     xml_path.write_text(junit_xml(verdict, suite_name=f"drill {history_path.stem}"),
                         encoding="utf-8")
-    return [json_path, xml_path]
+    paths = [json_path, xml_path]
+    if timeline is not None:
+        paths.append(write_html(verdict, timeline, budgets or Budgets(),
+                                report_dir / "report.html", history_path))
+    return paths
+
+
+def write_html(verdict: Verdict, timeline: Timeline, budgets: Budgets, path: Path,
+               history_path: Path) -> Path:
+    """Write the report page (matplotlib is imported only here, when a page is drawn)."""
+    from fleet.checker import html
+
+    start = timeline.markers.get("start")
+    name = start.value.get("drill") if start is not None else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(html.render(timeline, verdict, budgets, title=f"devicesim drill "
+                                f"{name or history_path.stem}", history=str(history_path)),
+                    encoding="utf-8")
+    return path

@@ -24,8 +24,8 @@ from devicesim.loop import run_main
 from devicesim.wire import history
 from devicesim.wire.joining import check_session
 from fleet.broker import BrokerAddress, BrokerError, find_mosquitto
-from fleet.checker import Budgets, Status, check
-from fleet.checker.report import terminal, verdict_line, write_reports
+from fleet.checker import Budgets, Status, analyse
+from fleet.checker.report import terminal, verdict_line, write_html, write_reports
 from fleet.drill import spec
 from fleet.drill.controller import iot_client
 from fleet.drill.runner import DrillResult, Interrupt, RunOptions, Target, run
@@ -114,8 +114,16 @@ def register(sub: Any) -> None:
                    help="judge these devices from their traffic alone, as if they were "
                         "external (all: every device of the drill); devices the history "
                         "names as external always are")
-    c.add_argument("--report-dir", type=Path, help="also write report.json and junit.xml")
+    c.add_argument("--report-dir", type=Path,
+                   help="also write report.json, junit.xml and report.html")
     c.set_defaults(run=run_check)
+
+    r = sub.add_parser("report", help="draw the report page (report.html) of a recorded "
+                       "history")
+    r.add_argument("history", type=Path, help="history.jsonl of a drill")
+    r.add_argument("-o", "--output", type=Path,
+                   help="the page to write (default: report.html beside the history)")
+    r.set_defaults(run=run_report)
 
 
 def list_drills() -> str:
@@ -261,7 +269,8 @@ def run_drill(args: argparse.Namespace) -> int:
         print(f"drill: interrupted twice by {reason}: stopped without a history or report",
               file=sys.stderr)
         return 128 + signal.Signals[reason].value
-    paths = write_reports(result.verdict, report_dir, result.history_path)
+    paths = write_reports(result.verdict, report_dir, result.history_path, result.timeline,
+                          drill.budgets)
     print()
     print(terminal(result.verdict))
     if result.timed_out:
@@ -319,9 +328,22 @@ def run_check(args: argparse.Namespace) -> int:
         if not external or unknown:
             raise ValueError(f"--external: {unknown[0] if unknown else 'nothing'}: not a "
                              f"device of this drill")
-    verdict = check(ops, budgets, external=external)
+    timeline, verdict = analyse(ops, budgets, external=external)
     print(terminal(verdict))
     if args.report_dir:
-        write_reports(verdict, args.report_dir, args.history)
+        write_reports(verdict, args.report_dir, args.history, timeline, budgets)
     print(f"\nverdict: {verdict_line(verdict)}")
     return EXIT[verdict.status]
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """``fleet report``: the page of any recorded history, judged as ``fleet check`` does."""
+    ops = history.read(args.history)
+    budgets = Budgets()
+    timeline, verdict = analyse(ops, budgets)
+    out = args.output or args.history.with_name("report.html")
+    write_html(verdict, timeline, budgets, out, args.history)
+    print(f"{out} ({out.stat().st_size // 1024} KiB): verdict {verdict_line(verdict)}; open "
+          f"it in a browser (it needs no network)")
+    return 0
+

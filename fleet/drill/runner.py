@@ -49,8 +49,8 @@ from devicesim.wire.history import Op, OpType
 from devicesim.wire.joining import Invitation
 from fleet import certs
 from fleet.broker import BrokerAddress, BrokerError, EmbeddedBroker, probe
-from fleet.checker import Verdict, check
-from fleet.checker.timeline import EXTERNAL
+from fleet.checker import Verdict, analyse
+from fleet.checker.timeline import EXTERNAL, Timeline
 from fleet.drill.controller import Controller, ControllerError, iot_client
 from fleet.drill.progress import Progress
 from fleet.drill.recorder import Recorder
@@ -142,6 +142,8 @@ class DrillResult:
     ops: list[Op]
     timed_out: bool
     interrupted: str | None = None
+    #: what the verdict was judged on (the report page draws from it)
+    timeline: Timeline | None = None
 
 
 class Aborted(Exception):
@@ -881,6 +883,6 @@ async def run(drill: Drill, options: RunOptions) -> DrillResult:
             history_path = report_dir / "history.jsonl"
             with history_path.open("w", encoding="utf-8") as out:
                 history.write(ops, out)
-            verdict = check(ops, drill.budgets)
+            timeline, verdict = analyse(ops, drill.budgets)
         return DrillResult(verdict=verdict, history_path=history_path, ops=ops,
-                           timed_out=timed_out, interrupted=interrupted)
+                           timed_out=timed_out, interrupted=interrupted, timeline=timeline)
