@@ -7,9 +7,9 @@ PYTHON ?= python3
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test drill bench mosquitto plugin agent
+.PHONY: setup test drill bench mosquitto plugin agent browser
 
-setup: $(STAMP) mosquitto plugin agent
+setup: $(STAMP) mosquitto plugin agent browser
 
 $(STAMP): pyproject.toml
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
@@ -74,6 +74,15 @@ $(AGENT): examples/external-device/agent.c
 	else \
 		echo "external device agent NOT built (no gcc or libmosquitto / cJSON headers):" \
 		     "examples/external-device cannot be run"; \
+	fi
+
+# Headless Chromium (Debian's chromium), for the report page's browser test
+# (tests/test_report.py). Without it that test is skipped, saying why.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		echo "installing chromium (headless, for the report page's test)"; \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium || true; \
 	fi
 
 test: setup
