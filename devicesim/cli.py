@@ -36,7 +36,7 @@ import tempfile
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from devicesim.behaviours import resolve
 from devicesim.engine import Fleet, FleetConfig, FleetStartError, describe, worker_ranges
 from devicesim.joining import DrillLink
 from devicesim.loop import run_main
+from devicesim.metrics import LiveMetrics
 from devicesim.mqtt import SECRET_ENV, MqttError
 from devicesim.recording import HistoryPart, ProgressFeed
 from devicesim.wire.history import Op
@@ -144,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "the devicesim_aws plugin, replies reach their requester unasked "
                           "(default: subscribe to the reply topics, as a plain broker needs)")
     run.add_argument("--quiet", action="store_true", help="no status line")
+    run.add_argument("--metrics-port", type=int, metavar="PORT",
+                     help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: a free port, "
+                          "printed): requests, replies by code, round trips, devices by state "
+                          "and connected, lost-access detections (docs/metrics.md); one "
+                          "process (without --workers)")
     run.add_argument("--log-level", default="WARNING",
                      help="DEBUG, INFO, WARNING (default), ERROR or CRITICAL")
     return parser
@@ -230,6 +236,8 @@ def _config(args: argparse.Namespace) -> tuple[FleetConfig, int]:
         raise ValueError("--workers must be >= 1")
     if workers > 1 and args.history is not None:
         raise ValueError("--history: one process (without --workers)")
+    if workers > 1 and args.metrics_port is not None:
+        raise ValueError("--metrics-port: one process (without --workers)")
     _check_paths(args)
     return FleetConfig(host=host, port=port, prefix="dev-" if args.prefix is None else
                        args.prefix, count=count, start=start, total=total, mix=mix,
@@ -385,8 +393,10 @@ async def reach_broker(host: str, port: int, patience: float, stop: asyncio.Even
 async def _run(config: FleetConfig, args: argparse.Namespace) -> int:
     stop = _stop_on_signals()
     part = HistoryPart(args.history) if args.history is not None else None
-    fleet = Fleet(config, record=part.record if part is not None else None)
-    failures = await _run_fleet(fleet, args, stop, stop)
+    metrics = LiveMetrics() if args.metrics_port is not None else None
+    fleet = Fleet(config, record=_recorders(part.record if part is not None else None,
+                                            metrics))
+    failures = await _run_fleet(fleet, args, stop, stop, metrics)
     summary = fleet.summary()
     if part is not None:
         part.close()
@@ -438,16 +448,20 @@ async def _run_joined(args: argparse.Namespace, session: str, shard: int, shards
             part = HistoryPart(Path(tmp) / "history.jsonl")
             feed = ProgressFeed(str(shard), link.progress, run=invitation.run)
 
+            metrics = LiveMetrics() if args.metrics_port is not None else None
+
             def record(op: Op) -> None:
                 part.record(op)
                 feed.record(op)
+                if metrics is not None:
+                    metrics.observe(op)
 
             fleet = Fleet(config, record=record)
             feed.start()
             until = asyncio.Event()
             ended = asyncio.ensure_future(_either(stop, link.stopped, until))
             try:
-                failures = await _run_fleet(fleet, args, stop, until)
+                failures = await _run_fleet(fleet, args, stop, until, metrics)
             finally:
                 ended.cancel()
             await feed.close()
@@ -497,10 +511,25 @@ async def _first(coro: Any, stop: asyncio.Event) -> Any:
     return task.result() if not task.cancelled() else None
 
 
+def _recorders(record: Callable[[Op], None] | None, metrics: LiveMetrics | None
+               ) -> Callable[[Op], None] | None:
+    """The fleet's ``record``: the history part's, and the live metrics'."""
+    if metrics is None:
+        return record
+    if record is None:
+        return metrics.observe
+
+    def both(op: Op) -> None:
+        record(op)
+        metrics.observe(op)
+
+    return both
+
+
 async def _run_fleet(fleet: Fleet, args: argparse.Namespace, stop: asyncio.Event,
-                     until: asyncio.Event) -> list[str]:
+                     until: asyncio.Event, metrics: LiveMetrics | None = None) -> list[str]:
     """Reach the broker, start the fleet, run it until ``until`` is set (or ``--duration``),
-    stop it; the failures, one line each."""
+    stop it; the failures, one line each. With ``metrics``, serve them meanwhile."""
     config, quiet = fleet.config, args.quiet
     began = time.monotonic()
     unreachable = await reach_broker(config.host, config.port, args.connect_timeout, stop)
@@ -515,8 +544,14 @@ async def _run_fleet(fleet: Fleet, args: argparse.Namespace, stop: asyncio.Event
         if not quiet:
             print(f"devicesim: {config.count} devices connected in {connect_seconds:.2f} s"
                   f" (pid {os.getpid()})", flush=True)
-        await _wait(fleet, until, args.duration, quiet, began)
+        if metrics is not None:
+            metrics.set_device_states(fleet.states())
+            port = metrics.serve(args.metrics_port)
+            print(f"devicesim: metrics http://127.0.0.1:{port}/metrics", flush=True)
+        await _wait(fleet, until, args.duration, quiet, began, metrics)
     finally:
+        if metrics is not None:
+            metrics.close()
         await fleet.stop()
     if not quiet:
         events = sum(d.events for d in fleet.devices.values())
@@ -540,11 +575,14 @@ def _finish(summary: dict[str, Any] | None, failures: list[str], path: Path | No
 
 
 async def _wait(fleet: Fleet, stop: asyncio.Event, duration: float | None, quiet: bool,
-                began: float) -> None:
-    """Until ``stop`` is set or ``duration`` has passed, updating the status line."""
+                began: float, metrics: LiveMetrics | None = None) -> None:
+    """Until ``stop`` is set or ``duration`` has passed, updating the status line (and the
+    devices-by-state gauge) every second."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(duration):
             while not stop.is_set():
+                if metrics is not None:
+                    metrics.set_device_states(fleet.states())
                 if not quiet:
                     states = " ".join(f"{k}={v}" for k, v in sorted(fleet.states().items()))
                     print(f"\r{time.monotonic() - began:7.1f}s {states}\033[K", end="",

@@ -96,6 +96,11 @@ def register(sub: Any) -> None:
                    help="the CA of the endpoint's certificate (AWS: AmazonRootCA1.pem)")
     t.add_argument("--cert-dir", type=Path, metavar="DIR",
                    help="each thing's <thing>.crt / <thing>.key (fleet provision)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics on 127.0.0.1:PORT/metrics while the drill "
+                        "runs (0: a free port, printed): requests and replies by API and "
+                        "code, round trips, executions by status, lost-access detections, "
+                        "devices connected, faults fired (docs/metrics.md)")
     p.add_argument("--report-dir", type=Path,
                    help="where history.jsonl, report.json and junit.xml go "
                         "(default: reports/<drill name>)")
@@ -263,6 +268,7 @@ def run_drill(args: argparse.Namespace) -> int:
             broker_url=args.broker, workers=args.workers, shards=args.shards,
             session=args.session, join_seconds=args.join_timeout, secure=args.secure,
             target=_target(args), report_dir=report_dir, ready_file=args.ready_file,
+            metrics_port=args.metrics_port,
             status=status, interrupt=interrupt)))
     except asyncio.CancelledError:  # a second signal: cleanup cut short, nothing written
         reason = interrupt.reason or "SIGINT"

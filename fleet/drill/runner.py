@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from devicesim.documents import stretched
 from devicesim.engine import Fleet, FleetConfig, assign_behaviours
+from devicesim.metrics import LiveMetrics
 from devicesim.mqtt import SECRET_ENV
 from devicesim.recording import in_device_history
 from devicesim.wire import history, topics
@@ -110,6 +112,9 @@ class RunOptions:
     #: where to write, once the drill is ready for its external devices, how each connects
     #: (JSON, the shape of ``fleet up``'s ready file plus ``external``)
     ready_file: Path | None = None
+    #: serve Prometheus metrics on 127.0.0.1 at this port while the drill runs (0: a free
+    #: one, said through ``status``)
+    metrics_port: int | None = None
     report_dir: Path | None = None
     status: Callable[[str], None] | None = None
     #: set (to the signal's name) to stop the drill early: the schedule is cancelled, the
@@ -203,11 +208,14 @@ class _Run:
         self.seen = 0
         #: the control plane's URL (None: AWS's own)
         self.control_endpoint: str | None = None
+        self.metrics = LiveMetrics() if options.metrics_port is not None else None
 
     # -- recording -----------------------------------------------------------------------
 
     def mark(self, f: str, **value: Any) -> None:
         op = Op(time=time.time(), process="drill", type=OpType.INFO, f=f, value=value)
+        if self.metrics is not None:
+            self.metrics.observe(op)
         if self.recorder is None:
             self._early.append(op)
         else:
@@ -238,7 +246,16 @@ class _Run:
             self.recorder.record(op)
         self.on_op(op)
 
+    def record_call(self, op: Op) -> None:
+        """A controller call: history and metrics."""
+        assert self.recorder is not None
+        self.recorder.record(op)
+        if self.metrics is not None:
+            self.metrics.observe(op)
+
     def on_op(self, op: Op) -> None:
+        if self.metrics is not None:
+            self.metrics.observe(op)
         self.seen += 1
         self.progress.observe(op)
         self.last_op = time.monotonic()
@@ -515,6 +532,16 @@ class _Run:
                 sys.executable, "-m", "devicesim.cli", "run", "--broker", link.url,
                 "--join", session, "--shard", f"{w}/{shards}", "--quiet",
                 stdin=asyncio.subprocess.DEVNULL, env=env))
+
+    async def sample_metrics(self, every: float = 1.0) -> None:
+        """The metrics' states, every second: the service's executions by status, the
+        devices by their last event."""
+        assert self.metrics is not None
+        while True:
+            if self.service is not None:
+                self.metrics.set_executions(self.service.store.status_counts())
+            self.metrics.set_device_states(Counter(self.progress.last_kind.values()))
+            await asyncio.sleep(every)
 
     async def stop(self) -> None:
         if self.external and self.options.ready_file is not None:
@@ -855,13 +882,18 @@ async def run(drill: Drill, options: RunOptions) -> DrillResult:
         run_ = _Run(drill, options, Path(tmp))
         timed_out = False
         interrupted: str | None = None
+        sampler: asyncio.Task[None] | None = None
         try:
             await run_.start()
             assert run_.recorder is not None
             target = options.target
             client, region, account = await _control_plane(run_, target)
-            controller = Controller(client, run_.recorder.record, region=region,
+            controller = Controller(client, run_.record_call, region=region,
                                     account_id=account)
+            if run_.metrics is not None and options.metrics_port is not None:
+                port = run_.metrics.serve(options.metrics_port)
+                run_.status(f"metrics http://127.0.0.1:{port}/metrics")
+                sampler = asyncio.create_task(run_.sample_metrics())
             outcome = await run_.schedule(controller, options.interrupt)
             timed_out = outcome == "timeout"
             if outcome not in ("done", "timeout"):
@@ -873,6 +905,10 @@ async def run(drill: Drill, options: RunOptions) -> DrillResult:
                 end["interrupted"] = interrupted
             run_.mark("end", **end)
         finally:
+            if sampler is not None:
+                await _cancel(sampler)
+            if run_.metrics is not None:
+                run_.metrics.close()
             if run_.recorder is not None:
                 run_.mark("recorder-stats", **run_.recorder.stats())
             await run_.stop()

@@ -64,6 +64,8 @@ class ServiceConfig:
     #: things whose requests the service records as it receives them, before it answers
     #: (devices that record nothing themselves: a drill's external devices)
     record_requests_of: frozenset[str] = frozenset()
+    #: record every device's requests so (``fleet up --metrics-port``: live metrics)
+    record_all_requests: bool = False
 
 
 class JobsService:
@@ -164,7 +166,8 @@ class JobsService:
         try:
             with self.store.batch():
                 for topic, payload, requester in inbox:
-                    if self.config.record_requests_of and self._record is not None:
+                    if self._record is not None and (self.config.record_requests_of or
+                                                     self.config.record_all_requests):
                         self._record_request(topic, payload)
                     try:
                         effects = self.dataplane.handle(topic, payload)
@@ -187,7 +190,8 @@ class JobsService:
     def _record_request(self, topic: str, payload: bytes) -> None:
         assert self._record is not None
         parsed = topics.parse_jobs_topic(topic)
-        if parsed is not None and parsed.thing_name in self.config.record_requests_of:
+        if parsed is not None and (self.config.record_all_requests or
+                                   parsed.thing_name in self.config.record_requests_of):
             self._record(classify(topic, payload, self._now()))
 
     def _publish(self, effects: list[Publish], reply_to: dict[int, str] | None = None

@@ -603,6 +603,11 @@ class JobsStore:
                                _PENDING).fetchone()
         return int(row[0])
 
+    def status_counts(self) -> dict[str, int]:
+        """How many executions are in each status (statuses with none are left out)."""
+        rows = self._db.execute("SELECT status, count(*) FROM executions GROUP BY status")
+        return {str(status): int(n) for status, n in rows.fetchall()}
+
     def all_executions(self) -> list[Execution]:
         rows = self._db.execute(f"SELECT {_EXECUTION_COLUMNS} FROM executions ORDER BY seq")
         return [self._execution_from(r) for r in rows.fetchall()]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from devicesim.loop import run_main
+from devicesim.metrics import LiveMetrics
 from fleet import certs
 from fleet.broker import BrokerAddress, BrokerError, EmbeddedBroker, probe
 from fleet.certs import CertDir, write_file
@@ -103,6 +104,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="require SigV4-signed control-plane requests, signed with a key "
                              "of this AWS-style credentials file (every profile's "
                              "aws_access_key_id / aws_secret_access_key); others get 403")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: a free "
+                             "port, printed): replies by API and code, the service's "
+                             "executions by status, devices connected (docs/metrics.md)")
     add_settings_arguments(parser)
 
 
@@ -135,13 +140,15 @@ async def _serve(args: argparse.Namespace, settings: ServiceSettings,
     tls = None if embedded is None else embedded.tls_address
     service_address = tls or address  # the secure profile: the service speaks TLS too
     failures = FailureLog()
+    metrics = LiveMetrics() if args.metrics_port is not None else None
     service = JobsService(ServiceConfig(
         broker=service_address, state=state, settings=settings, http_port=args.http_port,
         seed=args.seed, credentials=credentials,
         authority=None if ca is None else certs.Authority.load(ca),
         https=(ca.server, ca.server_key) if ca is not None and args.secure else None,
-        principals=embedded.principals_path if embedded is not None and args.secure else None),
-        on_failure=failures)
+        principals=embedded.principals_path if embedded is not None and args.secure else None,
+        record_all_requests=metrics is not None),
+        on_failure=failures, record=metrics.observe if metrics is not None else None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -152,8 +159,14 @@ async def _serve(args: argparse.Namespace, settings: ServiceSettings,
         devices = f"  devices {tls.url} (mutual TLS, CA {ca.ca})" if tls and ca else ""
         print(f"fleet up: broker {address.url}{devices}  control plane {service.endpoint}  "
               f"state {state}  (Ctrl-C to stop)", flush=True)
+        if metrics is not None:
+            port = metrics.serve(args.metrics_port)
+            print(f"fleet up: metrics http://127.0.0.1:{port}/metrics", flush=True)
+            await sample_executions(metrics, service, stop)  # until stopped
         await stop.wait()
     finally:
+        if metrics is not None:
+            metrics.close()
         await service.stop()
         if failures.failures:
             log.error("fleet up stopped failures=%d", failures.failures)
@@ -227,3 +240,15 @@ def default_endpoint() -> str:
     if not endpoint:
         raise FileNotFoundError("the running `fleet up` has no control plane endpoint")
     return str(endpoint)
+
+
+async def sample_executions(metrics: LiveMetrics, service: JobsService, stop: asyncio.Event,
+                            every: float = 1.0) -> None:
+    """Set the executions-by-status gauge from the store every ``every`` seconds (from this
+    event loop: the store is not the metrics thread's to read) until ``stop``."""
+    while not stop.is_set():
+        metrics.set_executions(service.store.status_counts())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(every):
+                await stop.wait()
+
