@@ -44,6 +44,7 @@ from devicesim import __version__
 from devicesim.behaviours import resolve
 from devicesim.engine import Fleet, FleetConfig, FleetStartError, describe, worker_ranges
 from devicesim.joining import DrillLink
+from devicesim.live import LiveView
 from devicesim.loop import run_main
 from devicesim.metrics import LiveMetrics
 from devicesim.mqtt import SECRET_ENV, MqttError
@@ -548,7 +549,8 @@ async def _run_fleet(fleet: Fleet, args: argparse.Namespace, stop: asyncio.Event
             metrics.set_device_states(fleet.states())
             port = metrics.serve(args.metrics_port)
             print(f"devicesim: metrics http://127.0.0.1:{port}/metrics", flush=True)
-        await _wait(fleet, until, args.duration, quiet, began, metrics)
+        with LiveView(f"devicesim: {config.count} devices", quiet=quiet) as view:
+            await _wait(fleet, until, args.duration, view, began, metrics)
     finally:
         if metrics is not None:
             metrics.close()
@@ -556,7 +558,7 @@ async def _run_fleet(fleet: Fleet, args: argparse.Namespace, stop: asyncio.Event
     if not quiet:
         events = sum(d.events for d in fleet.devices.values())
         states = " ".join(f"{k}={v}" for k, v in sorted(fleet.states().items()))
-        print(f"\ndevicesim: ran {time.monotonic() - began:.1f} s; {len(fleet.devices)} "
+        print(f"devicesim: ran {time.monotonic() - began:.1f} s; {len(fleet.devices)} "
               f"devices; {events} device events; final states: {states}", flush=True)
     return []
 
@@ -574,19 +576,19 @@ def _finish(summary: dict[str, Any] | None, failures: list[str], path: Path | No
     return 1 if failures else 0
 
 
-async def _wait(fleet: Fleet, stop: asyncio.Event, duration: float | None, quiet: bool,
+async def _wait(fleet: Fleet, stop: asyncio.Event, duration: float | None, view: LiveView,
                 began: float, metrics: LiveMetrics | None = None) -> None:
-    """Until ``stop`` is set or ``duration`` has passed, updating the status line (and the
+    """Until ``stop`` is set or ``duration`` has passed, updating the live view (and the
     devices-by-state gauge) every second."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(duration):
             while not stop.is_set():
+                states = fleet.states()
                 if metrics is not None:
-                    metrics.set_device_states(fleet.states())
-                if not quiet:
-                    states = " ".join(f"{k}={v}" for k, v in sorted(fleet.states().items()))
-                    print(f"\r{time.monotonic() - began:7.1f}s {states}\033[K", end="",
-                          flush=True)
+                    metrics.set_device_states(states)
+                view.update({"elapsed": f"{time.monotonic() - began:.0f} s",
+                             "devices": " ".join(f"{k} {v}" for k, v in sorted(states.items())),
+                             "events": str(sum(d.events for d in fleet.devices.values()))})
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await stop.wait()

@@ -1,5 +1,6 @@
 """Live metrics (``--metrics-port``): the op -> metric mapping on hand-written ops, and
-``/metrics`` scraped during a real drill and a real ``devicesim run``, its counters moving."""
+``/metrics`` scraped during a real drill (and its live view's figures) and a real
+``devicesim run``, their counters moving."""
 
 from __future__ import annotations
 
@@ -104,8 +105,9 @@ async def test_metrics_move_during_a_drill(tmp_path: Path) -> None:
         if "force-delete-job" in text:
             deleting.set()
 
+    snapshots: list[dict[str, str]] = []
     task = asyncio.create_task(run(drill, RunOptions(report_dir=tmp_path, metrics_port=0,
-                                                     status=status)))
+                                                     status=status, live=snapshots.append)))
     try:
         async with asyncio.timeout(WITHIN):
             endpoint = await url
@@ -131,6 +133,11 @@ async def test_metrics_move_during_a_drill(tmp_path: Path) -> None:
     assert value(later, "devicesim_controller_calls_total", api="CreateJob", outcome="ok") >= 1
     assert sum(v for (name, _), v in later.items() if name == "devicesim_executions") > 0
     assert result.verdict.passed
+    # the live view's figures moved the same way
+    assert any(s["devices"] == "12/12 connected" for s in snapshots)
+    assert any(s["faults fired"] == "1" for s in snapshots)
+    assert any(s["lost access"] != "0 noticed, 0 recovered" for s in snapshots)
+    assert any("IN_PROGRESS" in s["executions"] for s in snapshots)
     # the server is gone with the drill
     with pytest.raises(aiohttp.ClientError):
         await scrape(endpoint)

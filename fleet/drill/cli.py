@@ -20,6 +20,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from devicesim.live import LiveView
 from devicesim.loop import run_main
 from devicesim.wire import history
 from devicesim.wire.joining import check_session
@@ -96,6 +97,9 @@ def register(sub: Any) -> None:
                    help="the CA of the endpoint's certificate (AWS: AmazonRootCA1.pem)")
     t.add_argument("--cert-dir", type=Path, metavar="DIR",
                    help="each thing's <thing>.crt / <thing>.key (fleet provision)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no live progress (the schedule's steps and the verdict are still "
+                        "printed)")
     p.add_argument("--metrics-port", type=int, metavar="PORT",
                    help="serve Prometheus metrics on 127.0.0.1:PORT/metrics while the drill "
                         "runs (0: a free port, printed): requests and replies by API and "
@@ -258,18 +262,20 @@ def run_drill(args: argparse.Namespace) -> int:
           + (f"; durations x{drill.pace:g} (paced for {drill.paced_for} devices)"
              if drill.pace > 1 else ""), flush=True)
     began = time.monotonic()
+    view = LiveView(f"drill {drill.name}", quiet=args.quiet)
 
     def status(text: str) -> None:
-        print(f"  {time.monotonic() - began:6.1f}s  {text}", flush=True)
+        view.say(f"  {time.monotonic() - began:6.1f}s  {text}")
 
     interrupt = Interrupt()
     try:
-        result = run_main(_run_interruptible(drill, RunOptions(
-            broker_url=args.broker, workers=args.workers, shards=args.shards,
-            session=args.session, join_seconds=args.join_timeout, secure=args.secure,
-            target=_target(args), report_dir=report_dir, ready_file=args.ready_file,
-            metrics_port=args.metrics_port,
-            status=status, interrupt=interrupt)))
+        with view:
+            result = run_main(_run_interruptible(drill, RunOptions(
+                broker_url=args.broker, workers=args.workers, shards=args.shards,
+                session=args.session, join_seconds=args.join_timeout, secure=args.secure,
+                target=_target(args), report_dir=report_dir, ready_file=args.ready_file,
+                metrics_port=args.metrics_port, live=view.update,
+                status=status, interrupt=interrupt)))
     except asyncio.CancelledError:  # a second signal: cleanup cut short, nothing written
         reason = interrupt.reason or "SIGINT"
         print(f"drill: interrupted twice by {reason}: stopped without a history or report",

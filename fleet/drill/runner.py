@@ -34,7 +34,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ from devicesim.wire.joining import Invitation
 from fleet import certs
 from fleet.broker import BrokerAddress, BrokerError, EmbeddedBroker, probe
 from fleet.checker import Verdict, analyse
-from fleet.checker.timeline import EXTERNAL, Timeline
+from fleet.checker.timeline import EXTERNAL, FORCE_APIS, Timeline
 from fleet.drill.controller import Controller, ControllerError, iot_client
 from fleet.drill.progress import Progress
 from fleet.drill.recorder import Recorder
@@ -115,6 +115,8 @@ class RunOptions:
     #: serve Prometheus metrics on 127.0.0.1 at this port while the drill runs (0: a free
     #: one, said through ``status``)
     metrics_port: int | None = None
+    #: given the drill's live figures (:meth:`_Run.snapshot`) twice a second
+    live: Callable[[dict[str, str]], None] | None = None
     report_dir: Path | None = None
     status: Callable[[str], None] | None = None
     #: set (to the signal's name) to stop the drill early: the schedule is cancelled, the
@@ -209,11 +211,17 @@ class _Run:
         #: the control plane's URL (None: AWS's own)
         self.control_endpoint: str | None = None
         self.metrics = LiveMetrics() if options.metrics_port is not None else None
+        #: for the live view: devices connected now, lost access noticed, recovered, faults
+        self.online: set[str] = set()
+        self.tally: Counter[str] = Counter()
+        self.step = "waiting"
 
     # -- recording -----------------------------------------------------------------------
 
     def mark(self, f: str, **value: Any) -> None:
         op = Op(time=time.time(), process="drill", type=OpType.INFO, f=f, value=value)
+        if f in ("power-off", "power-on", "broker-outage"):
+            self.tally["faults"] += 1
         if self.metrics is not None:
             self.metrics.observe(op)
         if self.recorder is None:
@@ -250,12 +258,22 @@ class _Run:
         """A controller call: history and metrics."""
         assert self.recorder is not None
         self.recorder.record(op)
+        request = op.value.get("request")
+        if op.type is OpType.OK and op.f in FORCE_APIS and isinstance(request, dict) and \
+                request.get("force") in (True, "true"):
+            self.tally["faults"] += 1
         if self.metrics is not None:
             self.metrics.observe(op)
 
     def on_op(self, op: Op) -> None:
         if self.metrics is not None:
             self.metrics.observe(op)
+        if op.f in ("device:connected", "presence:connected"):
+            self.online.add(op.process)
+        elif op.f in ("device:disconnected", "device:rebooted", "presence:disconnected"):
+            self.online.discard(op.process)
+        elif op.f in ("device:lost_access", "device:recovered"):
+            self.tally[op.f] += 1
         self.seen += 1
         self.progress.observe(op)
         self.last_op = time.monotonic()
@@ -533,15 +551,40 @@ class _Run:
                 "--join", session, "--shard", f"{w}/{shards}", "--quiet",
                 stdin=asyncio.subprocess.DEVNULL, env=env))
 
-    async def sample_metrics(self, every: float = 1.0) -> None:
-        """The metrics' states, every second: the service's executions by status, the
-        devices by their last event."""
-        assert self.metrics is not None
+    async def tick(self, every: float = 0.5) -> None:
+        """Twice a second: the metrics' states (the service's executions by status, the
+        devices by their last event) and the live view's figures."""
         while True:
-            if self.service is not None:
-                self.metrics.set_executions(self.service.store.status_counts())
-            self.metrics.set_device_states(Counter(self.progress.last_kind.values()))
+            executions = self.service.store.status_counts() if self.service is not None \
+                else None
+            if self.metrics is not None:
+                if executions is not None:
+                    self.metrics.set_executions(executions)
+                self.metrics.set_device_states(Counter(self.progress.last_kind.values()))
+            if self.options.live is not None:
+                self.options.live(self.snapshot(executions))
             await asyncio.sleep(every)
+
+    def snapshot(self, executions: Mapping[str, int] | None) -> dict[str, str]:
+        """The live figures of the drill: what is known before the checker runs (its
+        violations come with the verdict, at the end)."""
+        now = time.time()
+        fields = {"now": self.step if self.step != "waiting" else
+                  "waiting for " + self.waiting_for,
+                  "devices": f"{len(self.online & set(self.things))}/{len(self.things)} "
+                             f"connected",
+                  "executions": ", ".join(f"{s} {n}" for s, n in sorted(
+                      (executions or {}).items())) or "none yet",
+                  "faults fired": str(self.tally["faults"]),
+                  "lost access": f"{self.tally['device:lost_access']} noticed, "
+                                 f"{self.tally['device:recovered']} recovered",
+                  "elapsed": f"{max(0.0, now - self.started):.0f} s",
+                  "left": f"at most {max(0.0, self.deadline - now):.0f} s (the drill's "
+                          f"timeout)"}
+        if self.external:
+            fields["external"] = f"{len(self.online & set(self.external))}/" \
+                                 f"{len(self.external)} connected"
+        return fields
 
     async def stop(self) -> None:
         if self.external and self.options.ready_file is not None:
@@ -675,9 +718,11 @@ class _Run:
             at = None if when.at is None else self.started + when.at * self.drill.pace
             await self.until(lambda s=step: self.progress.reached(  # type: ignore[misc]
                 s.when, s.job, (time.time() - self.started) / self.drill.pace), at)
-            self.status(f"step {index + 1}/{len(self.drill.steps)}: {step.action} "
-                        f"{step.job or ''}")
+            self.step = f"step {index + 1}/{len(self.drill.steps)}: {step.action} " \
+                        f"{step.job or ''}".rstrip()
+            self.status(self.step)
             await self.act(step, controller)
+            self.step = "waiting"
 
     def status(self, text: str) -> None:
         if self.options.status is not None:
@@ -893,8 +938,12 @@ async def run(drill: Drill, options: RunOptions) -> DrillResult:
             if run_.metrics is not None and options.metrics_port is not None:
                 port = run_.metrics.serve(options.metrics_port)
                 run_.status(f"metrics http://127.0.0.1:{port}/metrics")
-                sampler = asyncio.create_task(run_.sample_metrics())
+            if run_.metrics is not None or options.live is not None:
+                sampler = asyncio.create_task(run_.tick())
             outcome = await run_.schedule(controller, options.interrupt)
+            if options.live is not None:  # the figures as the schedule ended
+                options.live(run_.snapshot(None if run_.service is None else
+                                           run_.service.store.status_counts()))
             timed_out = outcome == "timeout"
             if outcome not in ("done", "timeout"):
                 interrupted = outcome
