@@ -165,3 +165,19 @@ async def test_devicesim_run_serves_metrics(broker: EmbeddedBroker) -> None:
     finally:
         proc.terminate()
         await proc.wait()
+
+
+def test_the_grafana_dashboard_queries_metrics_that_exist() -> None:
+    import json
+
+    dashboard = json.loads((Path(__file__).resolve().parent.parent / "examples" / "grafana" /
+                            "devicesim-dashboard.json").read_text())
+    m = LiveMetrics()
+    m.observe(op(0.0, "dev-1", "UpdateJobExecution", OpType.INVOKE, clientToken="a"))
+    m.observe(op(0.1, "dev-1", "UpdateJobExecution", OpType.OK, clientToken="a"))
+    served = {s.name for family in m.registry.collect() for s in family.samples} | {
+        family.name for family in m.registry.collect()}
+    used = {name for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"devicesim_[a-z_]+", target["expr"])}
+    assert used
+    assert used <= served | {f"{n}_total" for n in served}, used - served

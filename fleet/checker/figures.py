@@ -5,7 +5,8 @@ draws. Aggregates, never one line per device: the page must stay usable at 10,00
 
 - :func:`state_timeline`: how many devices were in each state, sampled at evenly spaced
   moments (a device's state is set by its last event at or before the moment, see
-  :data:`STATE_OF`; a power cut makes it ``offline`` until its power-on);
+  :data:`STATE_OF`; one that finished a job stays ``succeeded`` / ``failed`` while idle,
+  until it starts or loses another; a power cut makes it ``offline`` until its power-on);
 - :func:`markers`: the controller's actions and the drill's faults, for the same time axis;
 - :func:`distribution`: a histogram, the CDF and p50 / p95 / p99 of a set of durations;
 - :func:`round_trips_over_time` and :func:`rates_over_time`: request round-trip percentiles
@@ -118,11 +119,16 @@ def state_timeline(tl: Timeline, samples: int = 200) -> StateTimeline:
     things = set(tl.behaviours) | set(tl.device_events)
     changes: list[tuple[float, str, str]] = []  # time, thing, state
     for thing, events in tl.device_events.items():
+        outcome = None  # a device that finished a job stays "succeeded" / "failed" while idle
         for ev in events:
             state = STATE_OF.get(ev.kind)
             if ev.kind == "job_finished":
                 status = ev.op.value.get("status")
-                state = "succeeded" if status == "SUCCEEDED" else "failed"
+                state = outcome = "succeeded" if status == "SUCCEEDED" else "failed"
+            elif state in ("running", "lost access"):
+                outcome = None
+            elif state == "idle" and outcome is not None:
+                state = outcome
             if state is not None:
                 changes.append((ev.time, thing, state))
     for thing, spells in tl.powered_off.items():
