@@ -67,7 +67,7 @@ def render(tl: Timeline, verdict: Verdict, budgets: Budgets, *, title: str,
     if history:
         parts.append(f"<p class=note>History: <code>{_e(history)}</code> — re-check with "
                      f"<code>fleet check {_e(history)}</code></p>")
-    parts += [_settings(tl, budgets), _verdict_table(verdict), _external(verdict),
+    parts += [_settings(tl, budgets), _verdict_table(verdict, budgets), _external(verdict),
               _figures(verdict), _charts(tl, verdict, budgets), "</body></html>\n"]
     return "".join(parts)
 
@@ -93,9 +93,17 @@ def _plain(value: object) -> str:
     return str(value)
 
 
-def _verdict_table(verdict: Verdict) -> str:
+def _budget(name: str, b: Budgets) -> str:
+    """The budget an invariant judges by (none for most)."""
+    return {"notice": f"{b.notice_seconds:g} s", "recover": f"{b.recover_seconds:g} s",
+            "no-zombie": f"reply timeout {b.reply_timeout_seconds:g} s",
+            "consistent": f"reply timeout {b.reply_timeout_seconds:g} s",
+            "answered": f"reply timeout {b.reply_timeout_seconds:g} s"}.get(name, "")
+
+
+def _verdict_table(verdict: Verdict, b: Budgets) -> str:
     head = ("<tr><th>invariant</th><th>result</th><th>cases</th><th>by behaviour</th>"
-            "<th>violations</th><th>worst case</th></tr>")
+            "<th>budget</th><th>violations</th><th>worst case</th></tr>")
     rows = []
     for r in verdict.results:
         first = r.violations[0].message if r.violations else ""
@@ -105,7 +113,8 @@ def _verdict_table(verdict: Verdict) -> str:
         rows.append(f"<tr id='invariant-{_e(r.name)}'><td>{_e(r.name)}</td>"
                     f"<td class={STATUS_CLASS[r.status]}>{_e(r.status.value)}</td>"
                     f"<td>{r.checked}</td><td class=small>{_e(by)}</td>"
-                    f"<td>{len(r.violations)}</td><td class=small>{_e(first)}{notes}</td></tr>")
+                    f"<td class=small>{_e(_budget(r.name, b))}</td><td>{len(r.violations)}</td>"
+                    f"<td class=small>{_e(first)}{notes}</td></tr>")
     return f"<h2>Invariants</h2><table id=verdict>{head}{''.join(rows)}</table>"
 
 
