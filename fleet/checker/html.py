@@ -16,7 +16,6 @@ import html
 import io
 import re
 from collections.abc import Sequence
-from typing import Any
 
 import matplotlib
 
@@ -26,7 +25,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from fleet.checker import figures  # noqa: E402
 from fleet.checker.model import Budgets, Status, Verdict  # noqa: E402
-from fleet.checker.report import verdict_line  # noqa: E402
+from fleet.checker.report import figure_rows, verdict_line  # noqa: E402
 from fleet.checker.timeline import Timeline  # noqa: E402
 
 plt.rcParams.update({"svg.fonttype": "path", "font.size": 9, "axes.spines.top": False,
@@ -137,27 +136,9 @@ def _external(verdict: Verdict) -> str:
 
 
 def _figures(verdict: Verdict) -> str:
-    m = verdict.metrics
-    rows = [
-        ("mid-step at removal", f"{m.mid_step} of {m.targeted} targeted devices"),
-        ("detection latency", _dist(m.detection_latency)),
-        ("recovery time", _dist(m.recovery_time)),
-        ("request round trip", _dist(m.round_trip)),
-        ("executions/s", f"{m.executions_per_second:.2f} ({m.terminal_updates} terminal "
-                         f"updates in {m.duration_seconds:.1f} s)"),
-        ("requests", f"{m.requests}, replies {m.replies} (accepted {m.accepted}), rejections: "
-                     + (", ".join(f"{k}={v}" for k, v in m.rejections_by_code.items())
-                        or "none")),
-    ]
-    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>"
+                   for k, v in figure_rows(verdict))
     return f"<h2>Figures</h2><table id=figures>{body}</table>"
-
-
-def _dist(d: Any) -> str:
-    if not d.count:
-        return "n=0"
-    return (f"n={d.count} p50={d.p50_ms:.1f} ms p95={d.p95_ms:.1f} ms p99={d.p99_ms:.1f} ms "
-            f"max={d.max_ms:.1f} ms")
 
 
 def _svg(fig: Figure) -> str:

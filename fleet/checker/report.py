@@ -78,29 +78,37 @@ def terminal(verdict: Verdict) -> str:
             lines.extend(f"  {r.name}: {n}" for n in r.notes if n.startswith("INCONCLUSIVE"))
         lines.extend(f"  {r.name}: {n}" for n in r.notes if n.startswith("not checked"))
     lines += _external_table(verdict)
-    m = verdict.metrics
-    codes = ", ".join(f"{k}={v}" for k, v in m.rejections_by_code.items()) or "none"
-    lines += [
-        "",
-        f"mid-step at removal {m.mid_step} of {m.targeted} targeted devices"
-        f" ({m.mid_step / m.targeted:.0%})" if m.targeted else
-        "mid-step at removal 0 (no device targeted)",
-        f"detection latency   {_dist(m.detection_latency)}",
-        f"recovery time       {_dist(m.recovery_time)}",
-        f"request round trip  {_dist(m.round_trip)}",
-        f"executions/s        {m.executions_per_second:.2f} ({m.terminal_updates} terminal "
-        f"updates in {m.duration_seconds:.1f}s)",
-        f"requests            {m.requests}, replies {m.replies} (accepted {m.accepted}), "
-        f"rejections: {codes}",
-    ]
-    if m.target is not None:
-        lines.append(f"broker              the target ({m.target}): devices by certificate "
-                     "over mutual TLS; the service's own view is not ours (see notes)")
-    elif m.missing_semantics is not None:
-        lines.append("broker              " + broker_line(m.missing_semantics) +
-                     ("; devices by certificate over mutual TLS" if m.secure else ""))
+    lines.append("")
+    lines += [(label.ljust(19) if label != "mid-step at removal" else label) + " " + value
+              for label, value in figure_rows(verdict)]
     lines += ["", "VERDICT: " + verdict_line(verdict)]
     return "\n".join(lines) + "\n"
+
+
+def figure_rows(verdict: Verdict) -> list[tuple[str, str]]:
+    """The drill's figures as (label, text): the terminal summary and the report page both
+    show these."""
+    m = verdict.metrics
+    codes = ", ".join(f"{k}={v}" for k, v in m.rejections_by_code.items()) or "none"
+    rows = [
+        ("mid-step at removal", f"{m.mid_step} of {m.targeted} targeted devices"
+                                f" ({m.mid_step / m.targeted:.0%})" if m.targeted else
+                                "0 (no device targeted)"),
+        ("detection latency", _dist(m.detection_latency)),
+        ("recovery time", _dist(m.recovery_time)),
+        ("request round trip", _dist(m.round_trip)),
+        ("executions/s", f"{m.executions_per_second:.2f} ({m.terminal_updates} terminal "
+                         f"updates in {m.duration_seconds:.1f}s)"),
+        ("requests", f"{m.requests}, replies {m.replies} (accepted {m.accepted}), "
+                     f"rejections: {codes}"),
+    ]
+    if m.target is not None:
+        rows.append(("broker", f"the target ({m.target}): devices by certificate over mutual "
+                               "TLS; the service's own view is not ours (see notes)"))
+    elif m.missing_semantics is not None:
+        rows.append(("broker", broker_line(m.missing_semantics) +
+                     ("; devices by certificate over mutual TLS" if m.secure else "")))
+    return rows
 
 
 def _external_table(verdict: Verdict) -> list[str]:
