@@ -12,8 +12,10 @@ The rules (docs/external-devices.md has them side by side with the simulated dev
 
 - ``connected`` / ``disconnected``: its lifecycle events (``presence:*`` ops).
 - ``job_started``: it began an execution: a ``StartNextPendingJobExecution`` whose accepted
-  reply carries an execution other than the one it is on (at the reply), or an
-  ``UpdateJobExecution`` of a job other than the one it is on (at the request). The
+  reply carries an execution other than the one it is on (at the reply; the same jobId is
+  another execution if its document differs -- a reused jobId -- or the service had told
+  the device its execution was gone), or an ``UpdateJobExecution`` of a job other than the
+  one it is on (at the request). The
   document it works on is the last one the service delivered to it for that jobId (a
   ``notify-next``, a start-next or describe reply), so ``documentDigest`` is known as far
   as the wire shows it.
@@ -24,9 +26,10 @@ The rules (docs/external-devices.md has them side by side with the simulated dev
 - ``idle``: a start-next or get-pending reply that offers nothing.
 - ``lost_access``: it moved on from an execution it had not finished. Its *signs* of moving
   on are a request about something else (start-next, get-pending, describe of another job or
-  of ``$next``, an update of another job) and what told it the execution was gone (a
-  rejection of a request about that job with ResourceNotFound, InvalidStateTransition or
-  TerminalStateReached; a ``notify-next`` that no longer names it). It moved on at the
+  of ``$next``, an update of another job, starting another execution) and what told it the
+  execution was gone (a rejection of a request about that job with ResourceNotFound,
+  InvalidStateTransition or TerminalStateReached; a ``notify-next`` that no longer names
+  it). It moved on at the
   first sign after its last update of the execution (so a device that keeps updating after
   a sign had not moved on; one that falls silent after being told did, and idles); with no
   sign after its last update, it never did. ``toldBy`` says what had told it by then
