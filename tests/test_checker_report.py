@@ -68,3 +68,25 @@ def test_write_reports_writes_json_and_junit(tmp_path: Path) -> None:
     assert data["history"] == "drills/smoke.jsonl"
     assert data["passed"] is True
     assert ET.parse(paths[1]).getroot().find("testsuite") is not None
+
+
+def test_every_execution_created_is_accounted_for() -> None:
+    """The executions line: each execution a CreateJob created, by what became of it."""
+    from pathlib import Path
+
+    from devicesim.wire import history
+    from fleet.checker import check
+    from fleet.checker.report import figure_rows
+
+    ops = history.read(Path(__file__).parent / "histories" / "force-delete-10.jsonl")
+    verdict = check(ops)
+    counts = verdict.metrics.executions
+    created = sum(len(set(op.value["request"]["targets"])) for op in ops
+                  if op.f == "CreateJob" and op.type.value == "ok")
+    assert sum(counts.values()) == created == 20
+    assert counts["unaccounted"] == 0
+    assert counts["deleted"] == 7  # the 7 devices mid-step at the force-delete
+    assert verdict.metrics.mid_step == 7
+    assert counts["succeeded"] == verdict.metrics.terminal_updates
+    rows = dict(figure_rows(verdict))
+    assert rows["executions"] == "20 created: succeeded 13, deleted 7, unaccounted 0"

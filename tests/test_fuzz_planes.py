@@ -207,6 +207,16 @@ def test_the_control_plane_answers_anything_with_an_aws_error(
     assert status == 200, content[:300]
 
 
+def test_a_path_with_a_newline_reaches_the_api(served: Served) -> None:
+    """Found by the fuzzer: a %0A in the path once missed the catch-all route (``.*`` stops
+    at a newline) and got aiohttp's own plain 404 instead of an AWS error."""
+    status, headers, content = served.request("GET", "/%0A", {}, b"")
+    assert status == 404
+    assert headers.get("x-amzn-errortype") == "UnknownOperationException", content
+    status, headers, _ = served.request("GET", "/jobs/a%0Ab", {}, b"")
+    assert headers.get("x-amzn-errortype"), status
+
+
 def test_a_request_that_is_not_http_is_refused_at_the_http_layer(served: Served) -> None:
     """A method HTTP does not know is refused by the HTTP parser (a plain 400, before any
     API routing, as a front end does), and the service keeps answering."""

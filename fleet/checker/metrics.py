@@ -70,6 +70,7 @@ def compute(tl: Timeline, budgets: Budgets) -> Metrics:
     end = tl.markers["end"].time if "end" in tl.markers else tl.end
     duration = max(0.0, end - start)
     return Metrics(
+        executions=account(tl),
         detection_latency=distribution(x for x in detection if x is not None),
         recovery_time=distribution(x for x in recovery if x is not None),
         round_trip=distribution(round_trips),
@@ -92,3 +93,42 @@ def _code(value: dict[str, object]) -> str:
     payload = value.get("payload")
     code = value.get("code") or (payload.get("code") if isinstance(payload, dict) else None)
     return str(code) if code else "unknown"
+
+
+#: How executions are accounted for, in report order.
+ACCOUNTS = ("succeeded", "failed", "rejected", "canceled", "deleted", "removed", "timed out",
+            "pending", "unaccounted")
+
+
+def account(tl: Timeline) -> dict[str, int]:
+    """Every execution a successful CreateJob created (thing targets; thing groups cannot be
+    resolved), by what became of it: finished by its device (an accepted terminal update or
+    execution event), taken away by the service (removal events), ended by the service
+    (timed out), still pending in the final state, or -- none of these -- unaccounted (the
+    ``progress`` invariant fails those that were not withdrawn)."""
+    counts = dict.fromkeys(ACCOUNTS, 0)
+    final = tl.final_state
+    for c in tl.creates:
+        for thing in dict.fromkeys(c.targets):
+            key = (thing, c.job_id, c.incarnation)
+            by_device = next((f for f in tl.terminal_of(key) if f.by_device), None)
+            removal = next(iter(tl.removals_of(key, None)), None)
+            by_service = next((f for f in tl.terminal_of(key) if not f.by_device), None)
+            if by_device is not None:
+                counts[by_device.status.lower()] += 1
+            elif removal is not None:
+                counts[removal.operation] += 1
+            elif by_service is not None:
+                counts["timed out" if by_service.status == "TIMED_OUT" else
+                       by_service.status.lower()] += 1
+            elif final is not None and c.incarnation == tl.current_incarnation(c.job_id) and \
+                    (statuses := [str(x.get("status")) for x in final.executions_of(
+                        thing, c.job_id)]):
+                status = statuses[-1]
+                counts["pending" if status in ("QUEUED", "IN_PROGRESS") else
+                       "timed out" if status == "TIMED_OUT" else status.lower()
+                       if status.lower() in counts else "unaccounted"] += 1
+            else:
+                counts["unaccounted"] += 1
+    return counts
+

@@ -182,6 +182,8 @@ class Metrics:
     ``duration_seconds`` (drill ``start`` to ``end`` markers, else first to last op).
     """
 
+    #: every execution created, by what became of it (:func:`fleet.checker.metrics.account`)
+    executions: Mapping[str, int] = field(default_factory=dict)
     detection_latency: Distribution = field(default_factory=Distribution)
     recovery_time: Distribution = field(default_factory=Distribution)
     round_trip: Distribution = field(default_factory=Distribution)

@@ -99,6 +99,8 @@ def figure_rows(verdict: Verdict) -> list[tuple[str, str]]:
         ("request round trip", _dist(m.round_trip)),
         ("executions/s", f"{m.executions_per_second:.2f} ({m.terminal_updates} terminal "
                          f"updates in {m.duration_seconds:.1f}s)"),
+        ("executions", f"{sum(m.executions.values())} created: " + ", ".join(
+            f"{k} {v}" for k, v in m.executions.items() if v or k == "unaccounted")),
         ("requests", f"{m.requests}, replies {m.replies} (accepted {m.accepted}), "
                      f"rejections: {codes}"),
     ]

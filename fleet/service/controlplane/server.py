@@ -138,7 +138,8 @@ def make_app(store: JobsStore, on_change: OnChange, *,
     dispatcher = _Dispatcher(Context(store, now or store.now, registry, endpoint_address),
                              on_change, verifier)
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", dispatcher.handle)
+    # every path, newlines included (``.*`` stops at one: %0A in a path got aiohttp's own 404)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", dispatcher.handle)
     return app
 
 
