@@ -44,7 +44,7 @@ _NOT_DEVICES = ("controller", "drill", "service")
 #: controller APIs that are faults when forced
 _FORCE_APIS = ("DeleteJob", "CancelJob", "CancelJobExecution", "DeleteJobExecution")
 #: drill markers that are faults
-_FAULT_MARKERS = ("power-off", "power-on", "broker-outage")
+_FAULT_MARKERS = ("power-off", "power-on", "broker-outage", "notify-drop")
 #: requests awaiting their reply, at most (the oldest are forgotten first)
 _MAX_PENDING = 200_000
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -118,6 +118,8 @@ class LiveMetrics:
             self._online_change(process, f == "presence:connected")
         elif f in ("notify", "notify-next"):
             self.pushes.labels(kind=f).inc()
+        elif f.startswith("dropped:"):
+            self.faults.labels(kind=f).inc()
         elif process not in _NOT_DEVICES and op.type is OpType.INVOKE:
             self._request(op)
         elif op.type in (OpType.OK, OpType.FAIL) and process not in _NOT_DEVICES:

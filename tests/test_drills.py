@@ -99,3 +99,25 @@ async def test_force_delete_drill_with_devices_in_worker_processes(tmp_path: Pat
     assert result.verdict.result("notice").checked > 0
     things = {op.process for op in result.ops if op.f == "device:job_started"}
     assert len(things) == DEVICES  # every device, from both `devicesim run` children
+
+
+async def test_lossy_notify_drops_the_pushes_and_devices_notice_otherwise(
+        tmp_path: Path) -> None:
+    """The fault takes effect (the history shows each dropped push, and no push reached the
+    chosen devices until the heal), and reference devices notice by another way."""
+    result = await drill_result("lossy-notify", tmp_path)
+    ops = result.ops
+    drop = next(op for op in ops if op.f == "notify-drop")
+    heal = next(op for op in ops if op.f == "notify-heal")
+    chosen = set(drop.value["things"])
+    assert len(chosen) == DEVICES // 2
+    dropped = {op.process for op in ops if op.f == "dropped:notify-next"}
+    assert dropped
+    assert dropped <= chosen
+    assert not [op for op in ops if op.f in ("notify", "notify-next") and op.process in chosen
+                and drop.time <= op.time < heal.time]
+    noticed = {op.value.get("reason") for op in ops if op.f == "device:lost_access"
+               and op.process in chosen and op.time < heal.time}
+    assert noticed
+    assert "notify-next" not in noticed
+    assert result.verdict.status is Status.PASS, failed(result)

@@ -43,8 +43,8 @@ STATE_OF = {"idle": "idle", "connected": "idle", "job_started": "running", "step
 #: Controller APIs drawn on the timeline.
 ACTIONS = ("CreateJob", *FORCE_APIS)
 #: Drill markers drawn on the timeline as faults or outcomes.
-FAULT_MARKERS = ("power-off", "power-on", "broker-outage", "timeout", "stalled",
-                 "interrupted", "failure")
+FAULT_MARKERS = ("power-off", "power-on", "broker-outage", "notify-drop", "notify-heal",
+                 "timeout", "stalled", "interrupted", "failure")
 #: Who takes part in a sequence diagram, left to right.
 LIFELINES = ("device", "jobs service", "controller")
 

@@ -220,7 +220,7 @@ class _Run:
 
     def mark(self, f: str, **value: Any) -> None:
         op = Op(time=time.time(), process="drill", type=OpType.INFO, f=f, value=value)
-        if f in ("power-off", "power-on", "broker-outage"):
+        if f in ("power-off", "power-on", "broker-outage", "notify-drop"):
             self.tally["faults"] += 1
         if self.metrics is not None:
             self.metrics.observe(op)
@@ -780,6 +780,17 @@ class _Run:
                 self.mark("power-on", things=things, cleanSession=step.clean_session)
                 await asyncio.gather(*(self.fleet.devices[t].power_on(
                     clean_session=step.clean_session) for t in things))
+        elif action in ("drop-notify", "heal-notify"):
+            if self.service is None:
+                raise ValueError(f"{action}: needs the drill's own jobs service")
+            if action == "drop-notify":
+                assert job is not None
+                things = self.sample(self.targets.get(job, []), step.fraction)
+                self.service.drop_pushes(things)
+                self.mark("notify-drop", things=things)
+            else:
+                self.service.heal_pushes()
+                self.mark("notify-heal")
         elif action == "restart-broker":
             await self.restart_broker(kill=step.kill)
         elif action == "settle":

@@ -65,6 +65,10 @@ ACTIONS = {
     "power-off": "cut the power of a fraction of the devices running the job (NVM kept)",
     "power-on": "boot the powered-off devices (clean_session = true: without their MQTT"
                 " session, so they missed what was queued for them)",
+    "drop-notify": "the service stops publishing notify / notify-next to a fraction of the "
+                   "job's targets (AWS does not promise their delivery); each dropped push "
+                   "is recorded",
+    "heal-notify": "the service publishes every push again",
     "settle": "wait until every device is idle and no execution is pending",
 }
 CONDITIONS = {
@@ -310,7 +314,8 @@ class _Parser:
             if len(json.dumps(document)) > 32768:
                 raise self.fail(f"{where}.document", "larger than 32 KB")
             kwargs["document"] = document
-        needs_job = action not in ("restart-broker", "settle", "force-delete-jobs", "power-on")
+        needs_job = action not in ("restart-broker", "settle", "force-delete-jobs", "power-on",
+                                   "heal-notify")
         if needs_job and "job" not in kwargs:
             raise self.fail(f"{where}.job", f"required by action {action}")
         if action == "create-job" and "document" not in kwargs:

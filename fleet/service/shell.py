@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,8 @@ class JobsService:
         self.config = config
         self._now = now
         self._record = record
+        #: things whose notify / notify-next pushes are dropped (a drill's fault)
+        self.dropping: frozenset[str] = frozenset()
         self.store = JobsStore(config.state, config.settings, now=now,
                                rng=random.Random(config.seed))
         self.dataplane = DataPlane(self.store, now)
@@ -203,6 +206,8 @@ class JobsService:
         client = self._client
         assert client is not None
         for i, effect in enumerate(effects):
+            if self.dropping and self._dropped(effect):
+                continue
             try:
                 client.publish(effect.topic, effect.payload, qos=1,
                                reply_to=reply_to.get(i) if reply_to else None)
@@ -212,6 +217,25 @@ class JobsService:
                 log.exception("publish failed topic=%s bytes=%d", effect.topic,
                               len(effect.payload))
                 self._pump.report(f"jobs service publish {effect.topic}", e)
+
+    def drop_pushes(self, things: Iterable[str]) -> None:
+        """A fault for drills: from now on, ``notify`` and ``notify-next`` to ``things`` are
+        not published (AWS does not promise their delivery); each one dropped is recorded,
+        as ``dropped:notify`` / ``dropped:notify-next``. :meth:`heal_pushes` ends it."""
+        self.dropping = frozenset(things)
+
+    def heal_pushes(self) -> None:
+        self.dropping = frozenset()
+
+    def _dropped(self, effect: Publish) -> bool:
+        parsed = topics.parse_jobs_topic(effect.topic)
+        if parsed is None or parsed.kind not in (topics.Kind.NOTIFY, topics.Kind.NOTIFY_NEXT) \
+                or parsed.thing_name not in self.dropping:
+            return False
+        if self._record is not None:
+            op = classify(effect.topic, effect.payload, self._now())
+            self._record(dataclasses.replace(op, f=f"dropped:{op.f}"))
+        return True
 
     def flush(self) -> None:
         """Publish what control-plane calls caused; re-plan the timers."""
