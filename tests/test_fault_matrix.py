@@ -85,8 +85,9 @@ NOT_EXERCISED = {
 }
 #: Cells where another invariant catches the fault: in jobid-reuse the reused jobId's new
 #: firmware overwrites the half-written image a no-rollback device booted, so its end is
-#: valid; ``recover`` catches it, by the ``recovered`` event it sent on that image.
-CATCHES_IN = {("jobid-reuse", "no-rollback"): "recover"}
+#: valid; ``recover`` catches it, by the ``recovered`` event it sent on that image. The same
+#: in ota-cancel, whose last update (ota-3) overwrites it.
+CATCHES_IN = {("jobid-reuse", "no-rollback"): "recover", ("ota-cancel", "no-rollback"): "recover"}
 
 
 @dataclass(frozen=True, slots=True)
