@@ -28,6 +28,7 @@ import dataclasses
 import logging
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -552,11 +553,17 @@ class EmbeddedBroker:
                     f"mosquitto exited with code {proc.returncode} during startup "
                     f"(port {self._port}, log {self.log_path}):\n{self._log_tail(log_offset)}"
                 )
-            try:
-                probe(self.address, timeout=1.0)
-                return
-            except BrokerError as exc:
-                last_error = exc
+            # Our own mosquitto must say it is running (every listener bound): a CONNACK alone
+            # may come from another broker that took the port we picked (two brokers
+            # starting at once), ours then failing with "Address already in use".
+            if not self._says_running(log_offset):
+                last_error = BrokerError("not running yet")
+            else:
+                try:
+                    probe(self.address, timeout=1.0)
+                    return
+                except BrokerError as exc:
+                    last_error = exc
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=0.05)  # a short pause that also notices an early exit
         proc.kill()
@@ -582,6 +589,16 @@ class EmbeddedBroker:
         log.info(
             "broker stopped pid=%d signal=%s returncode=%s", proc.pid, signum.name, proc.returncode
         )
+
+    def _says_running(self, offset: int) -> bool:
+        """Has this broker's log, since ``offset``, the line mosquitto writes once every
+        listener is bound?"""
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(offset)
+                return re.search(rb"mosquitto version \S+ running", f.read()) is not None
+        except OSError:
+            return False
 
     def _log_tail(self, offset: int = 0) -> str:
         try:

@@ -252,3 +252,15 @@ def test_container_broker_says_what_is_missing(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setitem(sys.modules, "testcontainers.core.container", None)
     with pytest.raises(BrokerError, match="testcontainers is not installed"), container_broker():
         pass
+
+
+def test_a_broker_whose_port_another_took_does_not_pass_for_ready(tmp_path: Path) -> None:
+    """Two brokers starting at once can pick the same free port: the one that loses the
+    bind must fail (and, with a port of its own choosing, retry), not take the other's
+    CONNACK for its own readiness (its clients then got 'Not authorized' from a broker
+    with another secret)."""
+    with EmbeddedBroker(work_dir=tmp_path / "a") as first:
+        second = EmbeddedBroker(work_dir=tmp_path / "b", port=first.address.port)
+        with pytest.raises(BrokerError, match="Address already in use"):
+            second.start()
+        assert first.running
