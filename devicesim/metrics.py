@@ -37,14 +37,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from devicesim.wire.enums import JobExecutionStatus
-from devicesim.wire.history import Op, OpType
+from devicesim.wire.history import Op, OpType, fault
 
 #: not devices: who else records ops
 _NOT_DEVICES = ("controller", "drill", "service")
-#: controller APIs that are faults when forced
-_FORCE_APIS = ("DeleteJob", "CancelJob", "CancelJobExecution", "DeleteJobExecution")
-#: drill markers that are faults
-_FAULT_MARKERS = ("power-off", "power-on", "broker-outage", "notify-drop")
 #: requests awaiting their reply, at most (the oldest are forgotten first)
 _MAX_PENDING = 200_000
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -100,17 +96,14 @@ class LiveMetrics:
     def observe(self, op: Op) -> None:
         """Count one op (any recorder's: see the module docstring)."""
         process, f = op.process, op.f
-        if process == "drill":
-            if f in _FAULT_MARKERS:
-                self.faults.labels(kind=f).inc()
+        kind = fault(op)
+        if kind is not None:
+            self.faults.labels(kind=kind).inc()
+        if process == "drill" or f.startswith("dropped:"):
             return
         if process.startswith("controller"):
             if op.type in (OpType.OK, OpType.FAIL):
                 self.calls.labels(api=f, outcome=op.type.value).inc()
-                request = op.value.get("request")
-                if op.type is OpType.OK and f in _FORCE_APIS and isinstance(request, dict) \
-                        and request.get("force") in (True, "true"):
-                    self.faults.labels(kind=f"{f} --force").inc()
             return
         if f.startswith("device:"):
             self._device_event(op, f[len("device:"):])
@@ -118,8 +111,6 @@ class LiveMetrics:
             self._online_change(process, f == "presence:connected")
         elif f in ("notify", "notify-next"):
             self.pushes.labels(kind=f).inc()
-        elif f.startswith("dropped:"):
-            self.faults.labels(kind=f).inc()
         elif process not in _NOT_DEVICES and op.type is OpType.INVOKE:
             self._request(op)
         elif op.type in (OpType.OK, OpType.FAIL) and process not in _NOT_DEVICES:

@@ -120,6 +120,27 @@ def classify(topic: str, payload: bytes, time: float) -> Op:
               value={"topic": topic, "payload": body})
 
 
+#: Control-plane calls that take executions away from devices when forced.
+FORCE_APIS = ("DeleteJob", "CancelJob", "CancelJobExecution", "DeleteJobExecution")
+#: Drill markers that are faults the drill injected.
+FAULT_MARKERS = ("power-off", "power-on", "broker-outage", "notify-drop")
+
+
+def fault(op: Op) -> str | None:
+    """The fault an op records, if it records one (its kind, for counting): a drill fault
+    marker, a forced control-plane call that succeeded (``DeleteJob --force``, ...), or a
+    push a drill's fault dropped (``dropped:notify-next``)."""
+    if op.process == "drill":
+        return op.f if op.f in FAULT_MARKERS else None
+    if op.process.startswith("controller"):
+        request = op.value.get("request")
+        if op.type is OpType.OK and op.f in FORCE_APIS and isinstance(request, dict) and \
+                request.get("force") in (True, "true"):
+            return f"{op.f} --force"
+        return None
+    return op.f if op.f.startswith("dropped:") else None
+
+
 class HistoryError(ValueError):
     """A history file that cannot be read; the message names the line."""
 

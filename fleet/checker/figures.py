@@ -24,12 +24,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from devicesim.wire.history import Op, OpType
+from devicesim.wire.history import FAULT_MARKERS, FORCE_APIS, Op, OpType
 from devicesim.wire.topics import Operation
 from fleet.checker.cases import notice_cases, recovery_cases, wire_recovery_cases
 from fleet.checker.metrics import percentile
 from fleet.checker.model import Budgets, Verdict, Violation
-from fleet.checker.timeline import FORCE_APIS, Timeline, is_terminal
+from fleet.checker.timeline import Timeline, is_terminal
 
 #: The device states of the timeline, bottom to top of the stack.
 STATES = ("idle", "running", "lost access", "rolled back", "recovering", "succeeded",
@@ -42,9 +42,9 @@ STATE_OF = {"idle": "idle", "connected": "idle", "job_started": "running", "step
             "disconnected": "offline", "rebooted": "offline"}
 #: Controller APIs drawn on the timeline.
 ACTIONS = ("CreateJob", *FORCE_APIS)
-#: Drill markers drawn on the timeline as faults or outcomes.
-FAULT_MARKERS = ("power-off", "power-on", "broker-outage", "notify-drop", "notify-heal",
-                 "timeout", "stalled", "interrupted", "failure")
+#: Drill markers drawn on the timeline: the faults, and how the run went.
+DRAWN_MARKERS = (*FAULT_MARKERS, "notify-heal", "timeout", "stalled", "interrupted",
+                 "failure")
 #: Who takes part in a sequence diagram, left to right.
 LIFELINES = ("device", "jobs service", "controller")
 
@@ -165,7 +165,7 @@ def markers(tl: Timeline) -> list[Marker]:
             force = " --force" if c.force else ""
             out.append(Marker(c.time - t0, "action", f"{c.f} {c.job_id or ''}{force}".strip()))
     for op in tl.ops:
-        if op.process == "drill" and op.f in FAULT_MARKERS:
+        if op.process == "drill" and op.f in DRAWN_MARKERS:
             things = op.value.get("things")
             label = op.f + (f" ({len(things)} devices)" if isinstance(things, list) else "")
             out.append(Marker(op.time - t0, "fault", label))

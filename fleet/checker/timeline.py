@@ -54,11 +54,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devicesim.wire.enums import JobExecutionStatus
-from devicesim.wire.history import Op, OpType
+from devicesim.wire.history import FORCE_APIS, Op, OpType
 from devicesim.wire.topics import NEXT, Operation
 from fleet.checker.model import Requirements, document_digest
 
-FORCE_APIS = ("DeleteJob", "CancelJob", "CancelJobExecution", "DeleteJobExecution")
 #: Execution-event operations by which the service takes an execution away from a device.
 REMOVING_OPERATIONS = ("deleted", "canceled", "removed")
 #: Device events that say whether the device is connected (``connected`` ends an offline

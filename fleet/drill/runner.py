@@ -47,12 +47,12 @@ from devicesim.metrics import LiveMetrics
 from devicesim.mqtt import SECRET_ENV
 from devicesim.recording import in_device_history
 from devicesim.wire import history, topics
-from devicesim.wire.history import Op, OpType
+from devicesim.wire.history import Op, OpType, fault
 from devicesim.wire.joining import Invitation
 from fleet import certs
 from fleet.broker import BrokerAddress, BrokerError, EmbeddedBroker, probe
 from fleet.checker import Verdict, analyse
-from fleet.checker.timeline import EXTERNAL, FORCE_APIS, Timeline
+from fleet.checker.timeline import EXTERNAL, Timeline
 from fleet.drill.controller import Controller, ControllerError, iot_client
 from fleet.drill.progress import Progress
 from fleet.drill.recorder import Recorder
@@ -220,10 +220,7 @@ class _Run:
 
     def mark(self, f: str, **value: Any) -> None:
         op = Op(time=time.time(), process="drill", type=OpType.INFO, f=f, value=value)
-        if f in ("power-off", "power-on", "broker-outage", "notify-drop"):
-            self.tally["faults"] += 1
-        if self.metrics is not None:
-            self.metrics.observe(op)
+        self.observe(op)
         if self.recorder is None:
             self._early.append(op)
         else:
@@ -258,16 +255,18 @@ class _Run:
         """A controller call: history and metrics."""
         assert self.recorder is not None
         self.recorder.record(op)
-        request = op.value.get("request")
-        if op.type is OpType.OK and op.f in FORCE_APIS and isinstance(request, dict) and \
-                request.get("force") in (True, "true"):
-            self.tally["faults"] += 1
+        self.observe(op)
+
+    def observe(self, op: Op) -> None:
+        """Count an op for the live view and the metrics (every op the run sees once)."""
         if self.metrics is not None:
             self.metrics.observe(op)
+        kind = fault(op)
+        if kind is not None and not kind.startswith("dropped:"):  # the faults, not each push
+            self.tally["faults"] += 1
 
     def on_op(self, op: Op) -> None:
-        if self.metrics is not None:
-            self.metrics.observe(op)
+        self.observe(op)
         if op.f in ("device:connected", "presence:connected"):
             self.online.add(op.process)
         elif op.f in ("device:disconnected", "device:rebooted", "presence:disconnected"):
