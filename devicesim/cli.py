@@ -438,6 +438,8 @@ async def _run_joined(args: argparse.Namespace, session: str, shard: int, shards
         tls = invitation.tls or {}
         if tls:  # the secure profile: devices connect with mutual TLS
             host, port = parse_broker(tls["url"])
+        elif invitation.devices:  # through the drill's network proxy
+            host, port = parse_broker(invitation.devices)
         config = FleetConfig(host=host, port=port, prefix=invitation.prefix, count=count,
                              start=start, total=invitation.total, mix=invitation.mix,
                              seed=invitation.seed, state_dir=args.state_dir,

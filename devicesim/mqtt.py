@@ -180,6 +180,7 @@ class Client:
         self._closing = False
         self._subscriptions: dict[str, int] = {}
         self._reconnect_task: asyncio.Task[None] | None = None
+        self._backoff = options.reconnect_min_delay
         self._reply_to: dict[str, _ReplyTo] = {}  # requester -> its packed properties
         self.connected = False
         if options.mqtt5:
@@ -335,6 +336,7 @@ class Client:
                 waiter.set_exception(MqttError(f"{self.options.client_id}: CONNACK {reason}"))
             return
         self.connected = True
+        self._backoff = self.options.reconnect_min_delay
         session_present = bool(flags.session_present)
         if waiter is not None and not waiter.done():
             waiter.set_result(session_present)
@@ -381,9 +383,12 @@ class Client:
             self._report(f"on_message {msg.topic}", e)
 
     async def _reconnect(self) -> None:
-        delay = self.options.reconnect_min_delay
+        # the backoff grows with every attempt until a CONNACK accepts one (_connected): a
+        # connection closed before its CONNACK (a proxy or broker refusing it) is a failed
+        # attempt too, not a reason to start again from the shortest delay
         while not self._closing and not self.connected:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(self._backoff)
+            self._backoff = min(self._backoff * 2, self.options.reconnect_max_delay)
             try:
                 self._paho.reconnect()
                 return
@@ -392,7 +397,6 @@ class Client:
             except Exception as e:  # not a network error: a bug; report it and keep trying
                 log.exception("reconnect failed client_id=%s", self.options.client_id)
                 self._report("reconnect", e)
-            delay = min(delay * 2, self.options.reconnect_max_delay)
 
     def _check(self, rc: MQTTErrorCode, what: str) -> None:
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:

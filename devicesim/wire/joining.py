@@ -109,12 +109,16 @@ class Invitation:
     #: the secure profile (workers on the drill's host): where devices connect with mutual
     #: TLS and the files they need, ``{"url": "mqtts://...", "tls_ca": PATH, "cert_dir": DIR}``
     tls: dict[str, str] | None = None
+    #: where the devices connect when not to the broker the worker joined through (a
+    #: drill's network proxy: ``mqtt://127.0.0.1:PORT``)
+    devices: str | None = None
 
     def to_payload(self) -> bytes:
         return orjson.dumps({"run": self.run, "drill": self.drill, "prefix": self.prefix,
                              "total": self.total, "mix": self.mix, "seed": self.seed,
                              "shards": self.shards, "publishEvents": self.publish_events,
-                             "subscribeReplies": self.subscribe_replies, "tls": self.tls})
+                             "subscribeReplies": self.subscribe_replies, "tls": self.tls,
+                             "devices": self.devices})
 
     @classmethod
     def from_payload(cls, payload: bytes) -> Invitation:
@@ -127,7 +131,9 @@ class Invitation:
                              publish_events=bool(data.get("publishEvents", False)),
                              subscribe_replies=bool(data.get("subscribeReplies", True)),
                              tls=None if data.get("tls") is None else
-                             {str(k): str(v) for k, v in dict(data["tls"]).items()})
+                             {str(k): str(v) for k, v in dict(data["tls"]).items()},
+                             devices=None if data.get("devices") is None else
+                             str(data["devices"]))
         except (KeyError, TypeError, ValueError) as e:
             raise JoinError(f"not an invitation: {type(e).__name__}: {e}") from None
         if invitation.total < 1 or invitation.shards < 1:

@@ -65,6 +65,9 @@ REMOVING_OPERATIONS = ("deleted", "canceled", "removed")
 _OFFLINE_KINDS = ("disconnected", "rebooted")
 _OUTAGE_MARKERS = ("broker-outage", "service-outage")
 _POWER_MARKERS = ("power-off", "power-on")
+_NETWORK_MARKERS = ("network-fault", "network-heal")
+#: Network faults after which a device cannot hear from the service until the heal.
+PARTITIONING = ("cut", "blackhole")
 _NEVER = float("inf")
 
 ExecKey = tuple[str, str, int]  # thing_name, job_id, incarnation
@@ -317,6 +320,9 @@ class Timeline:
     #: Per device, spells (power-off, power-on) during which the drill had cut its power,
     #: oldest first; ``power-on`` is ``inf`` if it was never powered on again.
     powered_off: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    #: Per device, spells (fault, heal) during which the drill's network proxy cut or
+    #: black-holed its connections; the heal is ``inf`` if none came.
+    partitioned: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     #: Each device's behaviour, from the ``start`` marker (empty if it names none).
     behaviours: dict[str, str] = field(default_factory=dict)
     requirements: Requirements = field(default_factory=Requirements)
@@ -388,7 +394,8 @@ class Timeline:
         """The first moment at or after ``time`` when the device could hear from the
         service: after any broker/service outage covering ``time``, after the drill powered
         it on again if its power was cut then, and, if the device said it was disconnected
-        (or rebooting) then, once it said ``connected`` again. None if it never did within
+        (or rebooting) then, once it said ``connected`` again, and after the heal if the
+        drill's network proxy cut or black-holed it then. None if it never did within
         the history."""
         moved = True
         while moved:
@@ -397,7 +404,8 @@ class Timeline:
                 if start <= time < end:
                     time, moved = end, True
             for spells in (self.offline.get(thing_name, []),
-                           self.powered_off.get(thing_name, [])):
+                           self.powered_off.get(thing_name, []),
+                           self.partitioned.get(thing_name, [])):
                 for start, end in spells:
                     if start <= time < end:
                         time, moved = end, True
@@ -764,6 +772,8 @@ def _observe_execution(tl: Timeline, thing: str, execution: Mapping[str, Any], o
 def _marker(tl: Timeline, op: Op) -> None:
     if op.f in _POWER_MARKERS:
         _power(tl, op)
+    if op.f in _NETWORK_MARKERS:
+        _network(tl, op)
     if op.f in _OUTAGE_MARKERS:
         start = op.value.get("start", op.time)
         end = op.value.get("end")
@@ -791,6 +801,24 @@ def _power(tl: Timeline, op: Op) -> None:
             tl.powered_off.setdefault(thing, []).append((op.time, _NEVER))
         elif op.f == "power-on" and is_off:
             spells[-1] = (spells[-1][0], op.time)
+
+
+def _network(tl: Timeline, op: Op) -> None:
+    """A ``network-fault`` that cuts or black-holes opens a spell for each device it names
+    (unless one is open); a ``network-heal`` closes every open spell (it heals all)."""
+    if op.f == "network-heal":
+        for spells in tl.partitioned.values():
+            if spells[-1][1] == _NEVER:
+                spells[-1] = (spells[-1][0], op.time)
+        return
+    if op.value.get("kind") not in PARTITIONING:
+        return
+    things = op.value.get("things")
+    for thing in dict.fromkeys(t for t in things if isinstance(t, str) and t) \
+            if isinstance(things, list) else ():
+        spells = tl.partitioned.setdefault(thing, [])
+        if not spells or spells[-1][1] != _NEVER:
+            spells.append((op.time, _NEVER))
 
 
 def _request(tl: Timeline, op: Op, pending: dict[tuple[str, str, str], list[Request]]) -> None:

@@ -52,12 +52,13 @@ from devicesim.wire.joining import Invitation
 from fleet import certs
 from fleet.broker import BrokerAddress, BrokerError, EmbeddedBroker, probe
 from fleet.checker import Verdict, analyse
-from fleet.checker.timeline import EXTERNAL, Timeline
+from fleet.checker.timeline import EXTERNAL, PARTITIONING, Timeline
 from fleet.drill.controller import Controller, ControllerError, iot_client
 from fleet.drill.progress import Progress
+from fleet.drill.proxy import ProxyError, ProxyProcess, capacity
 from fleet.drill.recorder import Recorder
 from fleet.drill.shards import ShardHub
-from fleet.drill.spec import Drill, Step, When
+from fleet.drill.spec import NETWORK_ACTIONS, Drill, Step, When
 from fleet.provision import provision
 from fleet.service.settings import ServiceSettings
 from fleet.service.shell import JobsService, ServiceConfig
@@ -179,6 +180,11 @@ class _Run:
         self.fleet: Fleet | None = None
         self.workers: list[asyncio.subprocess.Process] = []
         self.hub: ShardHub | None = None
+        #: the network proxy the devices connect through (drills with network faults)
+        self.proxy: ProxyProcess | None = None
+        self.proxy_address: BrokerAddress | None = None
+        #: the devices the proxy cuts or black-holes now
+        self.partitioned: set[str] = set()
         self._timeout: asyncio.Timeout | None = None  # the schedule's (moved by joined())
         self.failed = False
         self.waiting_for = "the fleet to connect"
@@ -327,6 +333,8 @@ class _Run:
             self.address = await asyncio.to_thread(self.broker.start)
             if self.broker.tls_address is not None:  # every client speaks TLS there
                 self.address = self.broker.tls_address
+        if drill.network:
+            await self.start_proxy()
         # what no process of ours records: the external devices' connects and disconnects
         # (their requests: the service records them as it receives them)
         recorder = Recorder(self.address, listener=self.on_op, on_failure=self.fail,
@@ -361,6 +369,26 @@ class _Run:
         if self.external:
             self.invite_external()
 
+    async def start_proxy(self) -> None:
+        """The network proxy in front of the broker's plain listener: the devices connect
+        through it (:mod:`fleet.drill.proxy`)."""
+        assert self.address is not None
+        if self.certs is not None or self.address.tls:
+            raise ValueError("network faults: not with --secure or a TLS broker (the proxy "
+                             "reads each device's client id from its MQTT CONNECT, which "
+                             "TLS hides)")
+        if self.options.shards:
+            raise ValueError("network faults: not with --shards (the proxy listens on this "
+                             "host's loopback only)")
+        if len(self.things) > capacity():
+            raise ValueError(f"network faults: at most {capacity()} devices go through the "
+                             f"proxy (open-files limit), not {len(self.things)}")
+        self.proxy = ProxyProcess((self.address.host, self.address.port))
+        port = await self.proxy.start(on_exit=lambda status: self.fail(
+            "network proxy", ProxyError(f"exited with status {status}")))
+        self.proxy_address = BrokerAddress("127.0.0.1", port)
+        self.status(f"network proxy {self.proxy_address.url} in front of {self.address.url}")
+
     def mark_start(self, **where: Any) -> dict[str, float]:
         """The ``start`` marker (the drill, its fleet, its requirements, and ``where``);
         the behaviour mix."""
@@ -382,6 +410,9 @@ class _Run:
         if self.external:
             raise ValueError("--target: external devices take part in local drills only "
                              "(point them at AWS yourself)")
+        if drill.network:
+            raise ValueError("--target: network faults need the drill's proxy in front of a "
+                             "local broker")
         missing = [t for t in self.things if not (target.cert_dir / f"{t}.crt").exists()]
         if missing:
             raise ValueError(f"--target: no certificate for {len(missing)} things in "
@@ -424,7 +455,7 @@ class _Run:
         """Say how each external device connects (and write it to the ready file)."""
         assert self.broker is not None
         assert self.service is not None
-        where = self.broker.tls_address or self.broker.address
+        where = self.proxy_address or self.broker.tls_address or self.broker.address
         devices = self.workdir / "devices"
         info = ready_info(self.broker.address, self.service.endpoint, self.workdir,
                           tls=self.broker.tls_address, certs=self.certs)
@@ -506,7 +537,8 @@ class _Run:
         drill, options = self.drill, self.options
         shards = options.shards or max(1, options.workers)
         tls = None if self.broker is None else self.broker.tls_address
-        devices = tls or self.address  # where devices connect: TLS in the secure profile
+        # where devices connect: TLS in the secure profile, the proxy with network faults
+        devices = tls or self.proxy_address or self.address
         tls_ca = None if tls is None or self.certs is None else self.certs.ca
         cert_dir = None if tls_ca is None else self.workdir / "devices"
         if not drill.devices:
@@ -528,7 +560,8 @@ class _Run:
             run=run, drill=drill.name, prefix=drill.prefix, total=drill.devices, mix=mix,
             seed=drill.seed, shards=shards, subscribe_replies=not self.address.aws_semantics,
             tls=None if tls is None else {"url": tls.url, "tls_ca": str(tls_ca),
-                                          "cert_dir": str(cert_dir)}),
+                                          "cert_dir": str(cert_dir)},
+            devices=None if self.proxy_address is None else self.proxy_address.url),
             listener=self.on_op, on_change=self.changed.set,
             on_joined=lambda shard, info: self.mark("shard-joined", shard=shard, **info),
             on_failure=self.fail)
@@ -593,6 +626,8 @@ class _Run:
         await self.stop_workers()
         if self.hub is not None:
             await self.hub.close()
+        if self.proxy is not None:
+            await self.proxy.close()
         if self.recorder is not None:
             await self.recorder.stop()
         if self.service is not None:
@@ -790,6 +825,8 @@ class _Run:
             else:
                 self.service.heal_pushes()
                 self.mark("notify-heal")
+        elif action in NETWORK_ACTIONS:
+            await self.network(step)
         elif action == "restart-broker":
             await self.restart_broker(kill=step.kill)
         elif action == "settle":
@@ -797,6 +834,39 @@ class _Run:
             await self.until(self.settled)
             while self.needs_quiet and not await self.quiet():
                 await self.until(self.settled)
+
+    async def network(self, step: Step) -> None:
+        """A network fault at the proxy, or the heal of all: recorded once in effect, with
+        the open connections it hit (and, for the heal, the bytes it had held)."""
+        assert self.proxy is not None
+        kind = NETWORK_ACTIONS[step.action]
+        if kind is None:
+            try:
+                answer = await self.proxy.command(heal=None)
+            except ProxyError as e:
+                self.fail("network proxy", e)
+                raise Aborted from None
+            self.partitioned.clear()
+            self.mark("network-heal", released=answer["released"],
+                      connections=answer["connections"])
+            return
+        # a device has one network fault at a time: a later step leaves the cut and the
+        # black-holed ones alone until the heal
+        pool = [t for t in (self.targets.get(step.job, []) if step.job is not None
+                            else self.things) if t not in self.partitioned]
+        things = self.sample(pool, step.fraction)
+        if kind in PARTITIONING:
+            self.partitioned.update(things)
+        try:
+            answer = await self.proxy.command(fault=kind, things=things, seconds=step.seconds,
+                                              rate=step.rate)
+        except ProxyError as e:
+            self.fail("network proxy", e)
+            raise Aborted from None
+        detail = {"seconds": step.seconds} if kind == "delay" else \
+            {"rate": step.rate} if kind == "throttle" else {}
+        self.mark("network-fault", kind=kind, things=things, connections=answer["connections"],
+                  **detail)
 
     async def deleted(self, controller: Controller, before: dict[str, int]) -> None:
         """Until each job's deletion completed: told by its ``deleted`` jobs event when
@@ -968,6 +1038,9 @@ async def run(drill: Drill, options: RunOptions) -> DrillResult:
                 await _cancel(sampler)
             if run_.metrics is not None:
                 run_.metrics.close()
+            if run_.proxy is not None:
+                with contextlib.suppress(ProxyError):
+                    run_.mark("proxy-stats", **(await run_.proxy.command(stats=True))["stats"])
             if run_.recorder is not None:
                 run_.mark("recorder-stats", **run_.recorder.stats())
             await run_.stop()

@@ -69,8 +69,19 @@ ACTIONS = {
                    "job's targets (AWS does not promise their delivery); each dropped push "
                    "is recorded",
     "heal-notify": "the service publishes every push again",
+    "network-cut": "reset the connections of a fraction of the job's targets (of the fleet, "
+                   "without job) at the network proxy and refuse their reconnects",
+    "network-blackhole": "the same devices' connections stay open but nothing moves either "
+                         "way (what was held flows on the heal)",
+    "network-delay": "delay everything to and from those devices by `seconds`",
+    "network-throttle": "at most `rate` bytes per second each way for those devices",
+    "network-heal": "end every network fault",
     "settle": "wait until every device is idle and no execution is pending",
 }
+#: the network actions, and the proxy's fault each one injects (None: the heal)
+NETWORK_ACTIONS = {"network-cut": "cut", "network-blackhole": "blackhole",
+                   "network-delay": "delay", "network-throttle": "throttle",
+                   "network-heal": None}
 CONDITIONS = {
     "at": "seconds after the drill started",
     "started": "fraction of the job's targets that started it",
@@ -103,6 +114,9 @@ class Step:
     fraction: float = 1.0
     kill: bool = False
     clean_session: bool = False
+    #: network-delay: the delay; network-throttle: the rate (bytes per second)
+    seconds: float = 0.0
+    rate: float = 0.0
     timeout_minutes: int | None = None
     when: When = field(default_factory=When)
 
@@ -146,6 +160,12 @@ class Drill:
     service: ServiceSettings = field(default_factory=ServiceSettings)
     external: External = field(default_factory=External)
     steps: tuple[Step, ...] = ()
+
+    @property
+    def network(self) -> bool:
+        """Whether the schedule injects network faults (its devices then connect through
+        the network proxy, :mod:`fleet.drill.proxy`)."""
+        return any(s.action in NETWORK_ACTIONS for s in self.steps)
 
     @property
     def pace(self) -> float:
@@ -306,6 +326,14 @@ class _Parser:
         for key in ("kill", "clean_session"):
             if key in raw:
                 kwargs[key] = self.typed(raw[key], bool, f"{where}.{key}")
+        for key in ("seconds", "rate"):
+            if key in raw:
+                kwargs[key] = self.typed(raw[key], float, f"{where}.{key}")
+                if kwargs[key] <= 0:
+                    raise self.fail(f"{where}.{key}", "expected a positive number")
+        for action_, key in (("network-delay", "seconds"), ("network-throttle", "rate")):
+            if action == action_ and key not in kwargs:
+                raise self.fail(f"{where}.{key}", f"required by action {action}")
         if "timeout_minutes" in raw:
             kwargs["timeout_minutes"] = self.typed(raw["timeout_minutes"], int,
                                                    f"{where}.timeout_minutes")
@@ -315,7 +343,7 @@ class _Parser:
                 raise self.fail(f"{where}.document", "larger than 32 KB")
             kwargs["document"] = document
         needs_job = action not in ("restart-broker", "settle", "force-delete-jobs", "power-on",
-                                   "heal-notify")
+                                   "heal-notify", *NETWORK_ACTIONS)
         if needs_job and "job" not in kwargs:
             raise self.fail(f"{where}.job", f"required by action {action}")
         if action == "create-job" and "document" not in kwargs:

@@ -13,9 +13,10 @@ Each docstring states the rule exactly as checked. Shared vocabulary:
   not name the lost execution.
 - *reachable* (:meth:`~fleet.checker.timeline.Timeline.reachable_from`): not inside a broker
   or service outage, a spell the device began with ``disconnected``/``rebooted`` and ended with
-  ``connected``, or a power cut (from the drill's ``power-off`` marker naming the device to
-  the next ``power-on`` naming it, or to the end of the history). Clocks start when the device
-  is reachable, and a power cut before the budget is spent restarts them at the power-on
+  ``connected``, a power cut (from the drill's ``power-off`` marker naming the device to
+  the next ``power-on`` naming it, or to the end of the history), or a network fault that
+  cut or black-holed it (``network-fault`` to the next ``network-heal``). Clocks start when
+  the device is reachable, and a power cut before the budget is spent restarts them at the power-on
   (:func:`fleet.checker.cases.clock_start`): a device without power has lost its RAM and
   cannot act, so the time it was off never counts against it.
 

@@ -19,9 +19,10 @@ from fleet.checker.timeline import (
 def answered(tl: Timeline, b: Budgets) -> InvariantResult:
     """answered: every device request carrying a clientToken gets a reply (ok or fail, same
     thing, operation and clientToken), and no more replies than it was sent (invokes sharing
-    a token count as one request sent that many times). A request whose
-    reply window (``reply_timeout_seconds``) meets a ``broker-outage`` or ``service-outage``
-    marker may instead be retried: a later request of the same thing, operation and jobId,
+    a token count as one request sent that many times). A request whose reply window
+    (``reply_timeout_seconds``) meets a ``broker-outage`` or ``service-outage`` marker, or a
+    network fault that cut or black-holed its device, may instead be retried: a later
+    request of the same thing, operation and jobId,
     with a new token, that was answered; and it may get more replies than it was sent (a
     broker killed and restored from its last save delivers the request again). A request
     whose device the drill powered off within
@@ -80,7 +81,9 @@ def _answer_violation(q: Request, what: str, ops: list[Op]) -> Violation:
 
 
 def _covered(tl: Timeline, q: Request, timeout: float) -> bool:
-    return any(start <= q.time + timeout and q.time <= end for start, end, _ in tl.outages)
+    spells = [(start, end) for start, end, _ in tl.outages]
+    spells += tl.partitioned.get(q.thing_name, [])
+    return any(start <= q.time + timeout and q.time <= end for start, end in spells)
 
 
 def _retried(tl: Timeline, q: Request) -> bool:
