@@ -9,6 +9,8 @@ only answers questions. Built-in behaviours (:data:`BEHAVIOURS`)::
     device-client   mirrors the AWS IoT Device Client (spec §7.3): ignores an empty
                     notify-next, runs a job to completion locally, gives up on a
                     non-retryable rejection of its final update, waits for notify-next
+    clean-session   reference, but connects with a clean MQTT session every time: what
+                    was queued for it while offline is gone (it describes on reconnect)
     stuck           FAULTY: ignores lost access and freezes; never goes idle
     no-rollback     FAULTY: notices, but boots the half-written update slot
     zombie          FAULTY: notices and recovers, but keeps updating the lost execution
@@ -36,6 +38,8 @@ a behaviour name is accepted (:func:`resolve`). Attributes (class or instance):
 * ``transport`` ("mqtt"): "sdk" runs the device over the AWS IoT Device SDK instead.
 * ``strict_updates`` (True): updates carry ``expectedVersion``, ``executionNumber`` and
   ``includeJobExecutionState``.
+* ``clean_session`` (False): connect (and reconnect) with a clean MQTT session, so the
+  broker keeps nothing for the device while it is offline; it subscribes on every connect.
 
 Methods:
 
@@ -98,6 +102,7 @@ class Behaviour:
     poll_interval: float | None = None
     identifies_work_by_job_id_only: bool = False
     strict_updates: bool = True
+    clean_session: bool = False
     #: "mqtt" (paho, the default) or "sdk" (the AWS IoT Device SDK: awscrt + IotJobsClientV2)
     transport: str = "mqtt"
 
@@ -153,6 +158,11 @@ class DeviceClient(Behaviour):
                                    retry_cap=640.0, max_attempts=None)
 
 
+class CleanSession(Behaviour):
+    name = "clean-session"
+    clean_session = True
+
+
 class Stuck(Behaviour):
     name = "stuck"
 
@@ -181,7 +191,8 @@ class ReuseConfused(Behaviour):
 
 BEHAVIOURS: dict[str, type[Behaviour]] = {
     cls.name: cls
-    for cls in (Reference, Sdk, Poll, DeviceClient, Stuck, NoRollback, Zombie, ReuseConfused)
+    for cls in (Reference, Sdk, Poll, DeviceClient, CleanSession, Stuck, NoRollback, Zombie,
+                ReuseConfused)
 }
 FAULTY = frozenset({"stuck", "no-rollback", "zombie", "reuse-confused"})
 

@@ -200,8 +200,12 @@ class DeviceShell:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._seq = 0
         self._pump = pump
-        self._client = self._make_client(clean_session=False)
+        self._client = self._make_client(clean_session=self._clean)
         self._starting = False
+
+    @property
+    def _clean(self) -> bool:
+        return bool(getattr(self.behaviour, "clean_session", False))
 
     def _make_client(self, *, clean_session: bool) -> Client | SdkTransport:
         config = self._config
@@ -269,7 +273,7 @@ class DeviceShell:
     async def power_on(self, *, clean_session: bool = False) -> None:
         """Boot from the NVM and reconnect; with ``clean_session`` the broker forgets what
         it queued for the device meanwhile (a device that does not keep MQTT sessions)."""
-        self._client = self._make_client(clean_session=clean_session)
+        self._client = self._make_client(clean_session=clean_session or self._clean)
         self.agent = self._default_agent(self._saved)
         self._feed(Rebooted(nvm=self._saved))
         await self.start()

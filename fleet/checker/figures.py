@@ -43,8 +43,8 @@ STATE_OF = {"idle": "idle", "connected": "idle", "job_started": "running", "step
 #: Controller APIs drawn on the timeline.
 ACTIONS = ("CreateJob", *FORCE_APIS)
 #: Drill markers drawn on the timeline: the faults, and how the run went.
-DRAWN_MARKERS = (*FAULT_MARKERS, "notify-heal", "network-heal", "timeout", "stalled", "interrupted",
-                 "failure")
+DRAWN_MARKERS = (*FAULT_MARKERS, "notify-heal", "message-heal", "network-heal", "timeout",
+                 "stalled", "interrupted", "failure")
 #: Who takes part in a sequence diagram, left to right.
 LIFELINES = ("device", "jobs service", "controller")
 

@@ -86,6 +86,16 @@ def evidence(op: Op) -> dict[str, Any]:
             "value": op.value}
 
 
+def decided_at(op: Op) -> float:
+    """When the service decided what a message it published says: its recorded time, less
+    the ``heldSeconds`` a drill's message fault held it back for."""
+    held = op.value.get("heldSeconds")
+    if isinstance(held, int | float) and not isinstance(held, bool) and \
+            0 < held < math.inf:
+        return op.time - float(held)
+    return op.time
+
+
 def is_terminal(status: object) -> bool:
     try:
         return JobExecutionStatus(str(status)).is_terminal

@@ -58,8 +58,9 @@ from fleet.drill.progress import Progress
 from fleet.drill.proxy import ProxyError, ProxyProcess, capacity
 from fleet.drill.recorder import Recorder
 from fleet.drill.shards import ShardHub
-from fleet.drill.spec import NETWORK_ACTIONS, Drill, Step, When
+from fleet.drill.spec import MESSAGE_ACTIONS, NETWORK_ACTIONS, Drill, Step, When
 from fleet.provision import provision
+from fleet.service.faults import MessageFault
 from fleet.service.settings import ServiceSettings
 from fleet.service.shell import JobsService, ServiceConfig
 from fleet.service.up import ready_info
@@ -814,17 +815,8 @@ class _Run:
                 self.mark("power-on", things=things, cleanSession=step.clean_session)
                 await asyncio.gather(*(self.fleet.devices[t].power_on(
                     clean_session=step.clean_session) for t in things))
-        elif action in ("drop-notify", "heal-notify"):
-            if self.service is None:
-                raise ValueError(f"{action}: needs the drill's own jobs service")
-            if action == "drop-notify":
-                assert job is not None
-                things = self.sample(self.targets.get(job, []), step.fraction)
-                self.service.drop_pushes(things)
-                self.mark("notify-drop", things=things)
-            else:
-                self.service.heal_pushes()
-                self.mark("notify-heal")
+        elif action in MESSAGE_ACTIONS:
+            self.fault_messages(step)
         elif action in NETWORK_ACTIONS:
             await self.network(step)
         elif action == "restart-broker":
@@ -834,6 +826,29 @@ class _Run:
             await self.until(self.settled)
             while self.needs_quiet and not await self.quiet():
                 await self.until(self.settled)
+
+    def fault_messages(self, step: Step) -> None:
+        """An MQTT-level fault at the jobs service (drop, duplicate, delay, reorder), or the
+        heal of all, recorded as it takes effect."""
+        if self.service is None:
+            raise ValueError(f"{step.action}: needs the drill's own jobs service")
+        kind = MESSAGE_ACTIONS[step.action]
+        if kind is None:
+            self.service.heal_messages()
+            self.mark("notify-heal" if step.action == "heal-notify" else "message-heal")
+            return
+        assert step.job is not None
+        # a device has one message fault at a time: a later step picks among the others
+        faulted = self.service.message_faults
+        things = self.sample([t for t in self.targets.get(step.job, []) if t not in faulted],
+                             step.fraction)
+        fault = MessageFault(kind, step.messages, step.seconds)
+        self.service.fault_messages(things, fault)
+        if kind == "drop":
+            self.mark("notify-drop", things=things)
+        else:
+            self.mark("message-fault", kind=kind, messages=step.messages, things=things,
+                      **({"seconds": step.seconds} if step.seconds else {}))
 
     async def network(self, step: Step) -> None:
         """A network fault at the proxy, or the heal of all: recorded once in effect, with

@@ -50,6 +50,7 @@ from typing import Any
 
 from devicesim.wire.topics import THING_NAME_RE
 from fleet.checker import Budgets, Requirements
+from fleet.service.faults import MESSAGES
 from fleet.service.settings import ServiceSettings
 
 ACTIONS = {
@@ -68,7 +69,13 @@ ACTIONS = {
     "drop-notify": "the service stops publishing notify / notify-next to a fraction of the "
                    "job's targets (AWS does not promise their delivery); each dropped push "
                    "is recorded",
-    "heal-notify": "the service publishes every push again",
+    "heal-notify": "the service publishes every message as usual again (as heal-messages)",
+    "duplicate-messages": "the service publishes the `messages` (pushes, replies or all) to "
+                          "a fraction of the job's targets twice",
+    "delay-messages": "the service publishes them `seconds` late",
+    "reorder-messages": "the service publishes each of them after a random delay of up to "
+                        "`seconds` (so they may overtake each other)",
+    "heal-messages": "end every message fault (drop-notify's too)",
     "network-cut": "reset the connections of a fraction of the job's targets (of the fleet, "
                    "without job) at the network proxy and refuse their reconnects",
     "network-blackhole": "the same devices' connections stay open but nothing moves either "
@@ -78,6 +85,10 @@ ACTIONS = {
     "network-heal": "end every network fault",
     "settle": "wait until every device is idle and no execution is pending",
 }
+#: the message actions, and the service's fault each one injects (None: the heal)
+MESSAGE_ACTIONS = {"drop-notify": "drop", "duplicate-messages": "duplicate",
+                   "delay-messages": "delay", "reorder-messages": "reorder",
+                   "heal-messages": None, "heal-notify": None}
 #: the network actions, and the proxy's fault each one injects (None: the heal)
 NETWORK_ACTIONS = {"network-cut": "cut", "network-blackhole": "blackhole",
                    "network-delay": "delay", "network-throttle": "throttle",
@@ -114,8 +125,11 @@ class Step:
     fraction: float = 1.0
     kill: bool = False
     clean_session: bool = False
-    #: network-delay: the delay; network-throttle: the rate (bytes per second)
+    #: network-delay, delay- and reorder-messages: the delay; network-throttle: the rate
+    #: (bytes per second)
     seconds: float = 0.0
+    #: the message actions: which messages (pushes, replies, all)
+    messages: str = "pushes"
     rate: float = 0.0
     timeout_minutes: int | None = None
     when: When = field(default_factory=When)
@@ -331,7 +345,12 @@ class _Parser:
                 kwargs[key] = self.typed(raw[key], float, f"{where}.{key}")
                 if kwargs[key] <= 0:
                     raise self.fail(f"{where}.{key}", "expected a positive number")
-        for action_, key in (("network-delay", "seconds"), ("network-throttle", "rate")):
+        if "messages" in raw:
+            kwargs["messages"] = self.typed(raw["messages"], str, f"{where}.messages")
+            if kwargs["messages"] not in MESSAGES:
+                raise self.fail(f"{where}.messages", f"expected one of {', '.join(MESSAGES)}")
+        for action_, key in (("network-delay", "seconds"), ("network-throttle", "rate"),
+                             ("delay-messages", "seconds"), ("reorder-messages", "seconds")):
             if action == action_ and key not in kwargs:
                 raise self.fail(f"{where}.{key}", f"required by action {action}")
         if "timeout_minutes" in raw:
@@ -343,7 +362,7 @@ class _Parser:
                 raise self.fail(f"{where}.document", "larger than 32 KB")
             kwargs["document"] = document
         needs_job = action not in ("restart-broker", "settle", "force-delete-jobs", "power-on",
-                                   "heal-notify", *NETWORK_ACTIONS)
+                                   "heal-notify", "heal-messages", *NETWORK_ACTIONS)
         if needs_job and "job" not in kwargs:
             raise self.fail(f"{where}.job", f"required by action {action}")
         if action == "create-job" and "document" not in kwargs:

@@ -31,6 +31,7 @@ from fleet.certs import Authority
 from fleet.service.controlplane.server import ControlPlane
 from fleet.service.controlplane.sigv4 import Verifier
 from fleet.service.dataplane import DataPlane
+from fleet.service.faults import MessageFault
 from fleet.service.registry import Registry
 from fleet.service.settings import ServiceSettings
 from fleet.service.store import JobsStore, Publish
@@ -81,8 +82,10 @@ class JobsService:
         self.config = config
         self._now = now
         self._record = record
-        #: things whose notify / notify-next pushes are dropped (a drill's fault)
-        self.dropping: frozenset[str] = frozenset()
+        #: MQTT-level faults a drill injected, per thing (:mod:`fleet.service.faults`)
+        self.message_faults: dict[str, MessageFault] = {}
+        self._fault_rng = random.Random(f"{config.seed}:message-faults")
+        self._held: set[asyncio.TimerHandle] = set()  # delayed publishes
         self.store = JobsStore(config.state, config.settings, now=now,
                                rng=random.Random(config.seed))
         self.dataplane = DataPlane(self.store, now)
@@ -132,6 +135,9 @@ class JobsService:
             # without raising: an error the task ended with was reported by _timers_ended,
             # and the rest of the service must still be closed
             await asyncio.wait([self._timer])
+        for handle in self._held:  # the service is going: what it held back is lost
+            handle.cancel()
+        self._held.clear()
         if self._client is not None:
             await self._client.close()
         await self._pump.close()
@@ -199,43 +205,69 @@ class JobsService:
 
     def _publish(self, effects: list[Publish], reply_to: dict[int, str] | None = None
                  ) -> None:
-        """Publish each effect (``reply_to``: by index, the client a reply goes to alone);
-        one that cannot be queued is reported, the rest still go."""
-        if not effects:
-            return
+        """Publish each effect (``reply_to``: by index, the client a reply goes to alone),
+        as the drill's message faults say; one that cannot be queued is reported, the rest
+        still go."""
+        for i, effect in enumerate(effects):
+            requester = reply_to.get(i) if reply_to else None
+            fault = self._fault_of(effect) if self.message_faults else None
+            if fault is None:
+                self._send(effect, requester)
+                continue
+            delays = fault.delays(self._fault_rng)
+            if not delays and self._record is not None:
+                op = classify(effect.topic, effect.payload, self._now())
+                self._record(dataclasses.replace(op, f=f"dropped:{op.f}"))
+            for delay in delays:
+                if delay <= 0:
+                    self._send(effect, requester)
+                else:
+                    self._hold(delay, effect, requester)
+
+    def _send(self, effect: Publish, requester: str | None, held: float = 0.0) -> None:
+        """Publish one effect and record it (``held``: seconds a message fault held it back;
+        the record says so, as ``heldSeconds``, so that the checker knows when the service
+        decided what it says)."""
         client = self._client
         assert client is not None
-        for i, effect in enumerate(effects):
-            if self.dropping and self._dropped(effect):
-                continue
-            try:
-                client.publish(effect.topic, effect.payload, qos=1,
-                               reply_to=reply_to.get(i) if reply_to else None)
-                if self._record is not None:
-                    self._record(classify(effect.topic, effect.payload, self._now()))
-            except Exception as e:  # MqttError, or paho refusing the payload
-                log.exception("publish failed topic=%s bytes=%d", effect.topic,
-                              len(effect.payload))
-                self._pump.report(f"jobs service publish {effect.topic}", e)
+        try:
+            client.publish(effect.topic, effect.payload, qos=1, reply_to=requester)
+            if self._record is not None:
+                op = classify(effect.topic, effect.payload, self._now())
+                if held:
+                    op.value["heldSeconds"] = round(held, 6)
+                self._record(op)
+        except Exception as e:  # MqttError, or paho refusing the payload
+            log.exception("publish failed topic=%s bytes=%d", effect.topic,
+                          len(effect.payload))
+            self._pump.report(f"jobs service publish {effect.topic}", e)
 
-    def drop_pushes(self, things: Iterable[str]) -> None:
-        """A fault for drills: from now on, ``notify`` and ``notify-next`` to ``things`` are
-        not published (AWS does not promise their delivery); each one dropped is recorded,
-        as ``dropped:notify`` / ``dropped:notify-next``. :meth:`heal_pushes` ends it."""
-        self.dropping = frozenset(things)
+    def _hold(self, delay: float, effect: Publish, requester: str | None) -> None:
+        def send() -> None:
+            self._held.discard(handle)
+            self._send(effect, requester, held=delay)
 
-    def heal_pushes(self) -> None:
-        self.dropping = frozenset()
+        handle = asyncio.get_running_loop().call_later(delay, send)
+        self._held.add(handle)
 
-    def _dropped(self, effect: Publish) -> bool:
+    def fault_messages(self, things: Iterable[str], fault: MessageFault) -> None:
+        """A fault for drills: from now on, the messages ``fault`` names to ``things`` are
+        dropped, duplicated, delayed or reordered (:mod:`fleet.service.faults`); each one
+        dropped is recorded, as ``dropped:notify`` / ``dropped:notify-next``, each copy
+        published when it is. :meth:`heal_messages` ends every fault (messages already held
+        back still go out when due)."""
+        for thing in things:
+            self.message_faults[thing] = fault
+
+    def heal_messages(self) -> None:
+        self.message_faults = {}
+
+    def _fault_of(self, effect: Publish) -> MessageFault | None:
         parsed = topics.parse_jobs_topic(effect.topic)
-        if parsed is None or parsed.kind not in (topics.Kind.NOTIFY, topics.Kind.NOTIFY_NEXT) \
-                or parsed.thing_name not in self.dropping:
-            return False
-        if self._record is not None:
-            op = classify(effect.topic, effect.payload, self._now())
-            self._record(dataclasses.replace(op, f=f"dropped:{op.f}"))
-        return True
+        if parsed is None:
+            return None
+        fault = self.message_faults.get(parsed.thing_name)
+        return fault if fault is not None and fault.hits(parsed.kind) else None
 
     def flush(self) -> None:
         """Publish what control-plane calls caused; re-plan the timers."""

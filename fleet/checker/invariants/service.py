@@ -16,6 +16,7 @@ from fleet.checker.model import Budgets, InvariantResult, Violation
 from fleet.checker.timeline import (
     Timeline,
     as_int,
+    decided_at,
 )
 
 #: AWS limit (spec §9): jobs in DELETION_IN_PROGRESS at once.
@@ -33,7 +34,8 @@ def service(tl: Timeline, b: Budgets) -> InvariantResult:
     controller's DescribeJob answering ResourceNotFound after its DeleteJob) and that was not
     created again; (4) the ``versionNumber`` the service publishes for one execution (thing,
     job, incarnation, execution number) never decreases (a removal of it restarts the
-    sequence)."""
+    sequence). A message a drill's fault held back counts when the service decided it
+    (:func:`~fleet.checker.timeline.decided_at`), not when it went out."""
     start = tl.markers.get("start")
     if start is not None and start.value.get("target"):
         # replies and pushes were recorded as devices received them, not in the order the
@@ -74,7 +76,7 @@ def service(tl: Timeline, b: Budgets) -> InvariantResult:
             if number is None:
                 number = tl.known_execution_number(q.thing_name, q.job_id, q.time)
             gone = [r for r in tl.removals_of((q.thing_name, q.job_id, q.incarnation), number)
-                    if r.time < reply.time]
+                    if r.time < decided_at(reply)]
             if gone:
                 violations.append(Violation(
                     invariant="service", thing_name=q.thing_name, job_id=q.job_id,
@@ -106,9 +108,10 @@ def _version_violations(tl: Timeline) -> list[Violation]:
     last: dict[tuple[str, str, int, int | None, int], tuple[int, Op]] = {}
     out: list[Violation] = []
     flagged: set[tuple[str, str, int, int | None]] = set()
-    for v in tl.versions:
+    for v in sorted(tl.versions, key=lambda v: decided_at(v.op)):  # in the service's order
         generation = sum(1 for r in tl.removals_of((v.thing_name, v.job_id, v.incarnation),
-                                                   v.execution_number) if r.time < v.op.time)
+                                                   v.execution_number)
+                         if r.time < decided_at(v.op))
         key = (v.thing_name, v.job_id, v.incarnation, v.execution_number, generation)
         previous = last.get(key)
         if previous is not None and v.version_number < previous[0] and key[:4] not in flagged:
