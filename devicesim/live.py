@@ -8,6 +8,7 @@ prints a line that stays (a step of the schedule), above the panel.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from types import TracebackType
@@ -26,7 +27,7 @@ class LiveView:
         self.title, self.quiet, self.every = title, quiet, every
         self.console = console or Console(highlight=False)
         self._live: Live | None = None
-        self._last_line = 0.0
+        self._last_line = -math.inf  # the first figures are printed at once
         self._fields: dict[str, str] = {}
 
     @property

@@ -235,6 +235,7 @@ NOTICED = {
     # runs the job to completion locally (progress rejections ignored), commits the image,
     # and gives up when its final update is rejected
     "device-client": ("ResourceNotFound", False),
+    "clean-session": ("notify-next", True),  # as reference (connected: the push reaches it)
 }
 
 

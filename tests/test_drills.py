@@ -108,7 +108,7 @@ async def test_lossy_notify_drops_the_pushes_and_devices_notice_otherwise(
     result = await drill_result("lossy-notify", tmp_path)
     ops = result.ops
     drop = next(op for op in ops if op.f == "notify-drop")
-    heal = next(op for op in ops if op.f == "notify-heal")
+    heal = next(op for op in ops if op.f == "message-heal")
     chosen = set(drop.value["things"])
     assert len(chosen) == DEVICES // 2
     dropped = {op.process for op in ops if op.f == "dropped:notify-next"}
@@ -120,4 +120,80 @@ async def test_lossy_notify_drops_the_pushes_and_devices_notice_otherwise(
                and op.process in chosen and op.time < heal.time}
     assert noticed
     assert "notify-next" not in noticed
+    assert result.verdict.status is Status.PASS, failed(result)
+
+
+async def test_lossy_notify_duplicates_and_reorders_messages(tmp_path: Path) -> None:
+    """The other message faults take effect: the duplicated devices get messages twice, the
+    reordered ones get some late (recorded with heldSeconds), and the history says so."""
+    result = await drill_result("lossy-notify", tmp_path)
+    ops = result.ops
+    faults = {op.value["kind"]: op for op in ops if op.f == "message-fault"}
+    assert set(faults) == {"duplicate", "reorder"}
+    doubled = set(faults["duplicate"].value["things"])
+    late = set(faults["reorder"].value["things"])
+    drop = next(op for op in ops if op.f == "notify-drop")
+    assert doubled
+    assert late
+    assert not (doubled & late)
+    assert not (late & set(drop.value["things"]))
+    seen: dict[tuple[str, str, bytes], int] = {}
+    for op in ops:
+        if op.process in doubled and op.f in ("notify-next", "UpdateJobExecution") and \
+                op.type.value != "invoke":
+            key = (op.process, op.f, repr(op.value).encode())
+            seen[key] = seen.get(key, 0) + 1
+    assert max(seen.values()) >= 2  # the same message twice
+    held = [op for op in ops if "heldSeconds" in op.value]
+    assert held
+    assert {op.process for op in held} <= late
+    assert all(0 < op.value["heldSeconds"] <= 0.4 for op in held)
+    assert result.verdict.status is Status.PASS, failed(result)
+
+
+async def test_network_partition_cuts_holds_and_heals(tmp_path: Path) -> None:
+    """The cut devices lose their connection at the fault and get it back only after the
+    heal; the black-holed ones keep theirs (what was held flows on the heal); every device
+    passes."""
+    result = await drill_result("network-partition", tmp_path)
+    ops = result.ops
+    faults = {op.value["kind"]: op for op in ops if op.f == "network-fault"}
+    assert set(faults) == {"delay", "cut", "blackhole"}
+    cut, hole = set(faults["cut"].value["things"]), set(faults["blackhole"].value["things"])
+    assert cut
+    assert hole
+    assert not (cut & hole)
+    assert faults["cut"].value["connections"] >= len(cut)  # each had its connection
+    heal = next(op for op in ops if op.f == "network-heal")
+    assert heal.value["released"] > 0
+    for thing in cut:
+        mine = [op for op in ops if op.process == thing and
+                op.f in ("device:disconnected", "device:connected")]
+        dropped = next(op for op in mine if op.f == "device:disconnected")
+        assert faults["cut"].time <= dropped.time < heal.time
+        back = next(op for op in mine if op.f == "device:connected" and op.time > dropped.time)
+        assert back.time > heal.time  # not before: its reconnects were refused
+    assert not [op for op in ops if op.process in hole and op.f == "device:disconnected"]
+    stats = next(op for op in ops if op.f == "proxy-stats").value
+    assert stats["refused"] > 0
+    assert result.verdict.status is Status.PASS, failed(result)
+
+
+async def test_offline_delete_devices_find_out_with_and_without_their_session(
+        tmp_path: Path) -> None:
+    """Removed while offline: the reference devices hear the queued notify-next on
+    reconnect (their session kept it), the clean-session ones learn it another way."""
+    result = await drill_result("offline-delete", tmp_path)
+    ops = result.ops
+    behaviours = next(op for op in ops if op.f == "start").value["behaviours"]
+    cut = next(op for op in ops if op.f == "network-fault")
+    heal = next(op for op in ops if op.f == "network-heal")
+    offline = set(cut.value["things"])
+    reasons: dict[str, set[str]] = {}
+    for op in ops:
+        if op.f == "device:lost_access" and op.process in offline and op.time > heal.time:
+            reasons.setdefault(behaviours[op.process], set()).add(op.value["reason"])
+    assert set(reasons) == {"reference", "clean-session"}, reasons
+    assert "notify-next" in reasons["reference"]
+    assert "notify-next" not in reasons["clean-session"]
     assert result.verdict.status is Status.PASS, failed(result)
