@@ -78,6 +78,9 @@ class ClientOptions:
     #: (the jobs service subscribes to a wildcard that also covers its own replies)
     no_local: bool = False
     session_expiry: int = 3600
+    #: acknowledge QoS 1 messages only when told (:meth:`Client.ack_received`), e.g. once
+    #: what they asked for is committed: a client that dies before then gets them again
+    manual_ack: bool = False
     #: TLS (``mqtts://``): the CA that signed the broker's certificate, and this client's
     #: certificate and key (mutual TLS, as AWS IoT Core requires of devices)
     tls_ca: str | None = None
@@ -181,14 +184,17 @@ class Client:
         self._subscriptions: dict[str, int] = {}
         self._reconnect_task: asyncio.Task[None] | None = None
         self._backoff = options.reconnect_min_delay
+        self._written = asyncio.Event()  # see flushed()
+        self._unacked: list[tuple[int, int]] = []  # (mid, qos) with manual_ack
         self._reply_to: dict[str, _ReplyTo] = {}  # requester -> its packed properties
         self.connected = False
         if options.mqtt5:
             c = paho.Client(CallbackAPIVersion.VERSION2, client_id=options.client_id,
-                            protocol=paho.MQTTv5)
+                            protocol=paho.MQTTv5, manual_ack=options.manual_ack)
         else:
             c = paho.Client(CallbackAPIVersion.VERSION2, client_id=options.client_id,
-                            clean_session=options.clean_session, protocol=paho.MQTTv311)
+                            clean_session=options.clean_session, protocol=paho.MQTTv311,
+                            manual_ack=options.manual_ack)
         if options.username is not None:
             c.username_pw_set(options.username, options.password)
         if options.tls_ca is not None:
@@ -267,6 +273,24 @@ class Client:
         # let the loop write DISCONNECT and see the socket close
         await asyncio.sleep(0)
 
+    async def flushed(self, seconds: float = 5.0) -> None:
+        """Until everything published so far was handed to the kernel (bounded)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                while self.connected and self._paho.want_write():
+                    self._written.clear()
+                    await self._written.wait()  # set when paho has nothing left to write
+
+    def abort(self) -> None:
+        """Die as a killed process's connection does: no DISCONNECT, no reconnect; what was
+        handed to the kernel still goes out before the FIN (so the broker, seeing no
+        DISCONNECT, treats it as an unexpected loss and keeps the session)."""
+        self._closing = True
+        if self._reconnect_task is not None:
+            self._reconnect_task.cancel()
+        self._pump.discard(self)
+        self.drop()
+
     def drop(self) -> None:
         """Close the socket abruptly (a simulated network cut); the client reconnects."""
         sock = self._paho.socket()
@@ -294,6 +318,7 @@ class Client:
 
     def _unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         self._loop.remove_writer(sock)
+        self._written.set()
 
     def _read(self) -> None:
         try:
@@ -352,6 +377,7 @@ class Client:
                       flags: paho.DisconnectFlags, reason: ReasonCode, properties: object
                       ) -> None:
         was_connected, self.connected = self.connected, False
+        self._unacked.clear()  # their message ids meant something on that connection only
         if self._closing:
             return
         log.info("disconnected client_id=%s reason=%s", self.options.client_id, reason)
@@ -371,7 +397,16 @@ class Client:
         else:
             waiter.set_result(None)
 
+    def ack_received(self) -> None:
+        """With ``manual_ack``: acknowledge every QoS 1 message received so far (on this
+        connection: what a lost connection did not acknowledge, the broker sends again)."""
+        unacked, self._unacked = self._unacked, []
+        for mid, qos in unacked:
+            self._paho.ack(mid, qos)
+
     def _message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        if self.options.manual_ack and msg.qos > 0:
+            self._unacked.append((msg.mid, msg.qos))
         try:
             if self._on_message_from is not None:
                 self._on_message_from(msg.topic, bytes(msg.payload), _requester(msg))

@@ -197,3 +197,24 @@ async def test_offline_delete_devices_find_out_with_and_without_their_session(
     assert "notify-next" in reasons["reference"]
     assert "notify-next" not in reasons["clean-session"]
     assert result.verdict.status is Status.PASS, failed(result)
+
+
+async def test_service_restart_answers_what_was_sent_while_it_was_down(tmp_path: Path) -> None:
+    """Two kills: requests sent during an outage are answered after it (by the service
+    started from the state file), and the deletion under way at the second kill completes
+    after it."""
+    result = await drill_result("service-restart", tmp_path)
+    ops = result.ops
+    outages = [(op.value["start"], op.value["end"]) for op in ops if op.f == "service-outage"]
+    assert len(outages) == 2
+    asked = {(op.process, op.value.get("clientToken")): op.time for op in ops
+             if op.type.value == "invoke" and op.process.startswith(spec.load(
+                 "service-restart").prefix)}
+    late = [op for op in ops if op.type.value in ("ok", "fail")
+            and any(s <= asked.get((op.process, op.value.get("clientToken")), 0) < e <= op.time
+                    for s, e in outages)]
+    assert late  # asked while it was down, answered once it was back
+    deleted = next(op for op in ops if op.f == "job-event" and
+                   op.value.get("operation") == "deleted")
+    assert deleted.time > outages[1][1]  # the sweep it had committed to, finished after
+    assert result.verdict.status is Status.PASS, failed(result)

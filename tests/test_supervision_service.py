@@ -419,3 +419,28 @@ async def test_recorder_records_a_message_it_fails_to_classify(
         assert recorder.stats()["unclassified"] == 1
         await publish_event(device, 2)  # the next one is classified as usual
         await recorded.until(lambda ops: any(op.value.get("seq") == 2 for op in ops))
+
+
+async def test_a_killed_service_comes_back_from_its_state_and_answers_what_it_missed(
+        broker_address: BrokerAddress, tmp_path: Path, device: JobsClient,
+        failures: Failures) -> None:
+    """crash(): what it committed survives in its state file, and a request sent while it
+    was down waits in its MQTT session and is answered by the service started after."""
+    config = ServiceConfig(broker=broker_address, state=tmp_path / "jobs.db", http=False)
+    first = JobsService(config, on_failure=failures)
+    await first.start()
+    job_id = await queued_job(first, device)
+    await first.crash()
+    # while nobody serves: the broker acknowledges it for the service's session
+    await device.client.publish(topics.get_pending(device.thing), b"{}", qos=1)
+    second = JobsService(config, on_failure=failures)
+    await second.start()
+    try:
+        async with asyncio.timeout(WITHIN):
+            reply = await device.untokened.get()
+        assert reply.kind == "accepted"
+        assert [j["jobId"] for j in reply.body["queuedJobs"]] == [job_id]
+        assert [e.job_id for e in second.store.all_executions()] == [job_id]
+    finally:
+        await second.stop()
+    assert not failures.seen

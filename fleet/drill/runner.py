@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ import random
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -177,6 +179,7 @@ class _Run:
         self.broker: EmbeddedBroker | None = None
         self.address: BrokerAddress | None = None
         self.service: JobsService | None = None
+        self.service_config: ServiceConfig | None = None
         self.recorder: Recorder | None = None
         self.fleet: Fleet | None = None
         self.workers: list[asyncio.subprocess.Process] = []
@@ -343,15 +346,16 @@ class _Run:
         self.recorder = recorder
         for op in self._early:
             recorder.record(op)
-        self.service = JobsService(ServiceConfig(
+        self.service_config = ServiceConfig(
             broker=self.address, state=self.workdir / "jobs.db", settings=drill.service,
             seed=drill.seed,
             authority=certs.Authority.load(self.certs) if self.certs is not None else None,
             https=None if self.certs is None else (self.certs.server, self.certs.server_key),
             # (certs are made only for the embedded broker's secure profile)
             principals=None if self.certs is None or self.broker is None
-            else self.broker.principals_path, record_requests_of=frozenset(self.external)),
-            on_failure=self.fail, record=self.record)
+            else self.broker.principals_path, record_requests_of=frozenset(self.external))
+        self.service = JobsService(self.service_config, on_failure=self.fail,
+                                   record=self.record)
         await self.service.start()
         await recorder.start()
         if self.certs is not None:
@@ -787,7 +791,8 @@ class _Run:
             before = {j: self.progress.deletions[j] for j in jobs}
             force = action != "delete-job"
             await asyncio.gather(*(controller.delete_job(j, force=force) for j in before))
-            await self.deleted(controller, before)
+            if step.wait:
+                await self.deleted(controller, before)
         elif action in ("force-cancel-job", "cancel-job"):
             assert job is not None
             await controller.cancel_job(job, force=action == "force-cancel-job")
@@ -821,6 +826,8 @@ class _Run:
             await self.network(step)
         elif action == "restart-broker":
             await self.restart_broker(kill=step.kill)
+        elif action == "restart-service":
+            await self.restart_service(step.seconds)
         elif action == "settle":
             self.waiting_for = "the fleet to settle (every device idle, nothing pending)"
             await self.until(self.settled)
@@ -900,7 +907,9 @@ class _Run:
         idle = self.progress.idle(self.things)
         if self.service is None:
             return idle and not self.progress.unanswered
-        return idle and self.service.store.pending_count() == 0
+        # a device may look idle while it waits for a reply (to its start-next, say)
+        return idle and self.service.store.pending_count() == 0 and \
+            (self.fleet is None or not self.progress.unanswered)
 
     @property
     def needs_quiet(self) -> bool:
@@ -932,6 +941,24 @@ class _Run:
         await asyncio.to_thread(self.broker.kill if kill else self.broker.stop)
         await asyncio.to_thread(self.broker.restart)
         self.mark("broker-outage", start=start, end=time.time(), kill=kill)
+
+    async def restart_service(self, down: float) -> None:
+        """Kill the jobs service (:meth:`JobsService.crash`), keep it down for ``down``
+        seconds, and start a new one from its state file, its control plane on the same
+        port; recorded as a ``service-outage`` marker."""
+        if self.service is None or self.service_config is None:
+            raise ValueError("restart-service: needs the drill's own jobs service")
+        assert self.service.endpoint is not None
+        port = urllib.parse.urlsplit(self.service.endpoint).port
+        start = time.time()
+        await self.service.crash()
+        self.status(f"jobs service killed; restarting in {down:g} s")
+        await asyncio.sleep(down)  # the outage itself
+        self.service = JobsService(dataclasses.replace(self.service_config, http_port=port or 0),
+                                   on_failure=self.fail, record=self.record)
+        end = time.time()  # it is back: what it answers from here on counts after the outage
+        await self.service.start()
+        self.mark("service-outage", start=start, end=end, kill=True)
 
     async def drain(self, seconds: float = DRAIN_SECONDS) -> None:
         """Until the recorder has every event the devices published (their counts: the

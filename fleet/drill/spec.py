@@ -55,7 +55,8 @@ from fleet.service.settings import ServiceSettings
 
 ACTIONS = {
     "create-job": "create a job (document, targets) targeting a fraction of the fleet",
-    "force-delete-job": "DeleteJob --force, then wait until the deletion completed",
+    "force-delete-job": "DeleteJob --force, then wait until the deletion completed (wait = "
+                        "false: go on at once)",
     "delete-job": "DeleteJob without force (the job must be terminal)",
     "force-cancel-job": "CancelJob --force",
     "cancel-job": "CancelJob without force",
@@ -63,6 +64,8 @@ ACTIONS = {
     "force-delete-executions": "DeleteJobExecution --force on a fraction of the job's things",
     "force-delete-jobs": "DeleteJob --force on several jobs at once (deletion limit drill)",
     "restart-broker": "stop the broker (SIGTERM, or SIGKILL with kill = true) and restart it",
+    "restart-service": "kill the jobs service (as SIGKILL would: no DISCONNECT, its memory "
+                       "lost) and start it again from its state file after `seconds`",
     "power-off": "cut the power of a fraction of the devices running the job (NVM kept)",
     "power-on": "boot the powered-off devices (clean_session = true: without their MQTT"
                 " session, so they missed what was queued for them)",
@@ -125,6 +128,8 @@ class Step:
     fraction: float = 1.0
     kill: bool = False
     clean_session: bool = False
+    #: force-delete-job, delete-job, force-delete-jobs: wait until the deletion completed
+    wait: bool = True
     #: network-delay, delay- and reorder-messages: the delay; network-throttle: the rate
     #: (bytes per second)
     seconds: float = 0.0
@@ -337,7 +342,7 @@ class _Parser:
         for key in ("targets", "fraction"):
             if key in raw:
                 kwargs[key] = self.fraction(raw[key], f"{where}.{key}")
-        for key in ("kill", "clean_session"):
+        for key in ("kill", "clean_session", "wait"):
             if key in raw:
                 kwargs[key] = self.typed(raw[key], bool, f"{where}.{key}")
         for key in ("seconds", "rate"):
@@ -361,8 +366,9 @@ class _Parser:
             if len(json.dumps(document)) > 32768:
                 raise self.fail(f"{where}.document", "larger than 32 KB")
             kwargs["document"] = document
-        needs_job = action not in ("restart-broker", "settle", "force-delete-jobs", "power-on",
-                                   "heal-notify", "heal-messages", *NETWORK_ACTIONS)
+        needs_job = action not in ("restart-broker", "restart-service", "settle",
+                                   "force-delete-jobs", "power-on", "heal-notify",
+                                   "heal-messages", *NETWORK_ACTIONS)
         if needs_job and "job" not in kwargs:
             raise self.fail(f"{where}.job", f"required by action {action}")
         if action == "create-job" and "document" not in kwargs:

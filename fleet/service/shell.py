@@ -105,7 +105,7 @@ class JobsService:
         b = self.config.broker
         self._client = Client(
             b.client_options(SERVICE_CLIENT_ID, clean_session=False, keepalive=30,
-                             max_inflight=0, mqtt5=True, no_local=True),
+                             max_inflight=0, mqtt5=True, no_local=True, manual_ack=True),
             self._pump, on_message=lambda topic, payload: self._on_message(topic, payload, None),
             on_message_from=self._on_message)
         await self._client.connect()
@@ -140,6 +140,33 @@ class JobsService:
         self._held.clear()
         if self._client is not None:
             await self._client.close()
+        await self._pump.close()
+        self.store.close()
+        self.registry.close()
+
+    async def crash(self) -> None:
+        """Die as a SIGKILL right after its last write would leave things: the control
+        plane's socket closes, the timers stop, the MQTT connection goes without a
+        DISCONNECT (the broker keeps its persistent session and queues what devices send
+        meanwhile), and all it held in memory is lost: requests received but not answered
+        yet (it acknowledges a request only once its batch committed, so the broker sends
+        those again to the new service), and messages a message fault held back. What it
+        committed is in its state file; what it published reached the kernel (a killed
+        process's socket still sends that before its FIN). A new service started from the
+        same state carries on."""
+        if self._client is not None:
+            await self._client.flushed()
+        if self._control is not None:
+            await self._control.stop()
+        if self._timer is not None:
+            self._timer.cancel()
+            await asyncio.wait([self._timer])
+        for handle in self._held:
+            handle.cancel()
+        self._held.clear()
+        self._inbox = []  # not acknowledged: the broker sends them again
+        if self._client is not None:
+            self._client.abort()
         await self._pump.close()
         self.store.close()
         self.registry.close()
@@ -194,6 +221,10 @@ class JobsService:
             log.exception("request batch failed requests=%d", len(inbox))
             self._pump.report("jobs service batch", e)
             return
+        # committed: only now may the broker forget the requests (a service killed before
+        # this gets them again from its session when it is back)
+        assert self._client is not None
+        self._client.ack_received()
         self._publish(out, reply_to)
 
     def _record_request(self, topic: str, payload: bytes) -> None:
