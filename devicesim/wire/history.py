@@ -123,8 +123,8 @@ def classify(topic: str, payload: bytes, time: float) -> Op:
 #: Control-plane calls that take executions away from devices when forced.
 FORCE_APIS = ("DeleteJob", "CancelJob", "CancelJobExecution", "DeleteJobExecution")
 #: Drill markers that are faults the drill injected.
-FAULT_MARKERS = ("power-off", "power-on", "broker-outage", "notify-drop", "network-fault",
-                 "message-fault")
+FAULT_MARKERS = ("power-off", "power-on", "broker-outage", "service-outage", "notify-drop",
+                 "network-fault", "message-fault")
 
 
 def fault(op: Op) -> str | None:
