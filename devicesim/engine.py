@@ -199,6 +199,9 @@ class DeviceShell:
         self.agent = self._default_agent(self._saved)
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._seq = 0
+        #: what it received, by kind (notify, notify-next, replies): for a drill's message
+        #: accounting
+        self.received: Counter[str] = Counter()
         self._pump = pump
         self._client = self._make_client(clean_session=self._clean)
         self._starting = False
@@ -313,6 +316,8 @@ class DeviceShell:
             self._feed(Disconnected())
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        self.received["replies" if topics.is_reply(topic) else
+                      "notify-next" if topic.endswith("/notify-next") else "notify"] += 1
         if self._record is not None and not (
                 getattr(self._client, "records_requests", False) and topics.is_reply(topic)):
             # (a transport that records its requests records their replies: with the token
@@ -461,6 +466,14 @@ class Fleet:
         """How many device events each device has published (its last ``seq``)."""
         return {thing: d.events for thing, d in self.devices.items()}
 
+    def received(self) -> Counter[str]:
+        """What the devices received, by kind (``notify``, ``notify-next``, ``replies``),
+        over the fleet."""
+        total: Counter[str] = Counter()
+        for d in self.devices.values():
+            total.update(d.received)
+        return total
+
     def nvm_summaries(self) -> dict[str, dict[str, object]]:
         """Each device's NVM as persisted (what a reboot would resume from)."""
         return {thing: d.saved_nvm.summary().to_dict() for thing, d in self.devices.items()}
@@ -475,6 +488,6 @@ class Fleet:
         """
         nvm = self.nvm_summaries()
         return {"things": {thing: {"behaviour": self.assignment[thing], "events": d.events,
-                                   "nvm": nvm[thing]}
+                                   "nvm": nvm[thing], "received": dict(d.received)}
                            for thing, d in sorted(self.devices.items())},
                 "failures": list(self.failures)}

@@ -30,6 +30,7 @@ from fleet.checker import (
     document_digest,
     timeline,
 )
+from fleet.checker.report import figure_rows
 
 T0 = 1_764_000_000.0
 ACCOUNT_ARN = "arn:aws:iot:us-east-1:123456789012"
@@ -1020,3 +1021,48 @@ def test_the_checker_imports_only_the_history_and_the_wire_contract() -> None:
 
 def _with_nvm(op: Op, state: dict[str, Any]) -> Op:
     return replace(op, value={**op.value, "nvm": state})
+
+
+def test_messages_account_for_what_the_service_published_and_the_devices_received() -> None:
+    h = History()
+    h.drill(0.0, "start", {"seed": 1})
+    h.notify_next(1.0, "dev-0001", None)
+    h.notify_next(1.1, "dev-0001", None)  # a duplicate copy counts too
+    h.notify(1.0, "dev-0001", {})
+    h.request(1.2, "dev-0001", "GetPendingJobExecutions", None, {})
+    h.add(1.3, "dev-0002", OpType.INFO, "dropped:notify-next",
+          {"topic": "$aws/things/dev-0002/jobs/notify-next", "payload": {}})
+    held = h.ops[-2]  # the reply, held back by a fault
+    held.value["heldSeconds"] = 0.2
+    h.drill(2.0, "final-state", {"devices": {}, "executions": [], "received": {
+        "notify-next": 2, "replies": 1}})
+    m = check(h.ops, Budgets()).metrics
+    assert m.messages == {"notify-next published": 2, "notify published": 1,
+                          "replies published": 1, "dropped": 1, "held back": 1,
+                          "notify-next received": 2, "notify received": 0,
+                          "replies received": 1}
+    line = dict(figure_rows(check(h.ops, Budgets())))["messages"]
+    assert line == ("notify-next 2 published, 2 received; notify 1 published, 0 received; "
+                    "replies 1 published, 1 received (1 dropped, 1 held back by faults)")
+
+
+def test_each_fault_is_accounted_with_what_it_hit() -> None:
+    h = History()
+    h.drill(0.0, "start", {"seed": 1})
+    h.drill(1.0, "notify-drop", {"things": ["dev-0001"]})
+    h.add(1.5, "dev-0001", OpType.INFO, "dropped:notify-next",
+          {"topic": "$aws/things/dev-0001/jobs/notify-next", "payload": {}})
+    h.request(2.5, "dev-0002", "GetPendingJobExecutions", None, {})
+    h.drill(3.0, "service-outage", {"start": T0 + 2.0, "end": T0 + 3.0, "kill": True})
+    h.drill(3.5, "network-fault", {"kind": "cut", "things": ["dev-0001", "dev-0002"],
+                                   "connections": 2})
+    h.controller(4.0, "DeleteJob", {"jobId": "rollout-1", "force": True})
+    h.execution_event(4.2, "rollout-1", "dev-0001", "deleted", 1)
+    h.controller(5.0, "DeleteJob", {"jobId": "other", "force": False})  # not a fault
+    assert check(h.ops, Budgets()).metrics.faults == [
+        {"at": 1.0, "fault": "notify-drop", "devices": 1, "hit": "1 pushes dropped"},
+        {"at": 3.0, "fault": "service-outage", "devices": 0,
+         "hit": "down 1.0 s, 1 requests sent meanwhile"},
+        {"at": 3.5, "fault": "network-fault cut", "devices": 2, "hit": "2 open connections"},
+        {"at": 4.05, "fault": "DeleteJob --force rollout-1", "devices": 0,
+         "hit": "1 executions taken away"}]

@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any
 
-from devicesim.wire.history import OpType
+from devicesim.wire.history import Op, OpType, fault
 from devicesim.wire.topics import Operation
 from fleet.checker.cases import notice_cases, recovery_cases, wire_recovery_cases
 from fleet.checker.model import AWS_SEMANTICS, Budgets, Distribution, Metrics
@@ -71,6 +72,8 @@ def compute(tl: Timeline, budgets: Budgets) -> Metrics:
     duration = max(0.0, end - start)
     return Metrics(
         executions=account(tl),
+        messages=messages(tl),
+        faults=faults(tl),
         detection_latency=distribution(x for x in detection if x is not None),
         recovery_time=distribution(x for x in recovery if x is not None),
         round_trip=distribution(round_trips),
@@ -87,6 +90,100 @@ def compute(tl: Timeline, budgets: Budgets) -> Metrics:
         else False,
         target=tl.markers["start"].value.get("target") if "start" in tl.markers else None,
         external=sorted(tl.external))
+
+
+#: The kinds of message the service sends a device, in report order.
+MESSAGE_KINDS = ("notify-next", "notify", "replies")
+
+
+def messages(tl: Timeline) -> dict[str, int]:
+    """What the service published to the simulated devices, per kind (``notify-next``,
+    ``notify``, ``replies``; each copy: a duplicate counts twice), what a drill's fault
+    dropped (``dropped``) or held back (``held back``), and what the devices say they
+    received (``<kind> received``, from the ``final-state`` marker's ``received``: absent
+    from older histories). Received may fall short of published where nobody listens (the
+    built-in behaviours subscribe to ``notify-next``, not ``notify``) or a device lost what
+    it was sent (offline without its session, a power cut), and exceed it by QoS 1
+    redeliveries. Against a target the history holds what the devices received, so
+    ``published`` is that."""
+    counts: Counter[str] = Counter()
+    for op in tl.ops:
+        if op.process in tl.external or op.process in ("drill", "service") or \
+                op.process.startswith("controller") or op.f.startswith("device:"):
+            continue
+        if op.f in ("notify", "notify-next"):
+            counts[f"{op.f} published"] += 1
+        elif op.f.startswith("dropped:"):
+            counts["dropped"] += 1
+            continue
+        elif op.type in (OpType.OK, OpType.FAIL):
+            counts["replies published"] += 1
+        else:
+            continue
+        counts["held back"] += "heldSeconds" in op.value
+    received = tl.final_state.op.value.get("received") if tl.final_state is not None \
+        else None
+    if isinstance(received, dict):
+        for kind in MESSAGE_KINDS:
+            counts[f"{kind} received"] = int(received.get(kind, 0))
+    return {k: v for k, v in counts.items() if v or k.endswith("received")}
+
+
+def faults(tl: Timeline) -> list[dict[str, Any]]:
+    """Each fault the drill injected (:func:`~devicesim.wire.history.fault`, a heal aside),
+    when (seconds after the start), how many devices it named, and what it hit: the
+    connections a network fault hit, the pushes a drop dropped, the messages a message
+    fault held back, the requests devices sent during an outage, the executions a forced
+    removal took away."""
+    start = tl.markers["start"].time if "start" in tl.markers else tl.start
+    out = []
+    for op in tl.ops:
+        kind = fault(op)
+        if kind is None or kind.startswith("dropped:") or op.type is OpType.INVOKE:
+            continue
+        things = op.value.get("things")
+        named = {t for t in things if isinstance(t, str)} if isinstance(things, list) else set()
+        out.append({"at": round(op.time - start, 3), "fault": _fault_name(op, kind),
+                    "devices": len(named), "hit": _hit(tl, op, named)})
+    return out
+
+
+def _fault_name(op: Op, kind: str) -> str:
+    if op.f in ("network-fault", "message-fault"):
+        return f"{op.f} {op.value.get('kind')}"
+    if op.process.startswith("controller"):
+        request = op.value.get("request")
+        job = request.get("jobId") if isinstance(request, dict) else None
+        return f"{kind} {job}" if job else kind
+    return kind
+
+
+def _hit(tl: Timeline, op: Op, things: set[str]) -> str:
+    v = op.value
+    if op.f in ("broker-outage", "service-outage"):
+        begin, end = float(v.get("start", op.time)), float(v.get("end", op.time))
+        sent = sum(1 for q in tl.requests if begin <= q.time < end)
+        return f"down {end - begin:.1f} s, {sent} requests sent meanwhile"
+    if op.f == "network-fault":
+        return f"{v.get('connections', 0)} open connections"
+    later = [o for o in tl.ops if o.time >= op.time and o.process in things]
+    if op.f == "notify-drop":
+        return f"{sum(1 for o in later if o.f.startswith('dropped:'))} pushes dropped"
+    if op.f == "message-fault" and v.get("kind") == "duplicate":
+        copies = Counter((o.process, o.f, o.type, repr(o.value)) for o in later
+                         if o.f in ("notify", "notify-next") or
+                         o.type in (OpType.OK, OpType.FAIL))
+        return f"{sum(n - 1 for n in copies.values())} extra copies published"
+    if op.f == "message-fault":
+        return f"{sum(1 for o in later if 'heldSeconds' in o.value)} messages held back"
+    if op.process.startswith("controller"):
+        request = v.get("request")
+        job = request.get("jobId") if isinstance(request, dict) else None
+        thing = request.get("thingName") if isinstance(request, dict) else None
+        gone = sum(1 for r in tl.removals if r.job_id == job and r.time >= op.time and
+                   (thing is None or r.thing_name == thing))
+        return f"{gone} executions taken away"
+    return ""
 
 
 def _code(value: dict[str, object]) -> str:

@@ -184,6 +184,10 @@ class Metrics:
 
     #: every execution created, by what became of it (:func:`fleet.checker.metrics.account`)
     executions: Mapping[str, int] = field(default_factory=dict)
+    #: the service's messages to the devices (:func:`fleet.checker.metrics.messages`)
+    messages: Mapping[str, int] = field(default_factory=dict)
+    #: each fault injected, and what it hit (:func:`fleet.checker.metrics.faults`)
+    faults: list[dict[str, Any]] = field(default_factory=list)
     detection_latency: Distribution = field(default_factory=Distribution)
     recovery_time: Distribution = field(default_factory=Distribution)
     round_trip: Distribution = field(default_factory=Distribution)

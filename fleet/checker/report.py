@@ -6,10 +6,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from fleet.checker.metrics import MESSAGE_KINDS
 from fleet.checker.model import (
     Budgets,
     Distribution,
@@ -104,6 +106,11 @@ def figure_rows(verdict: Verdict) -> list[tuple[str, str]]:
         ("requests", f"{m.requests}, replies {m.replies} (accepted {m.accepted}), "
                      f"rejections: {codes}"),
     ]
+    if m.messages:
+        rows.append(("messages", _messages(m.messages)))
+    rows.extend((f"fault at {f['at']:.1f}s", f"{f['fault']}" + (
+        f", {f['devices']} devices" if f["devices"] else "") + (
+        f": {f['hit']}" if f["hit"] else "")) for f in m.faults)
     if m.target is not None:
         rows.append(("broker", f"the target ({m.target}): devices by certificate over mutual "
                                "TLS; the service's own view is not ours (see notes)"))
@@ -111,6 +118,18 @@ def figure_rows(verdict: Verdict) -> list[tuple[str, str]]:
         rows.append(("broker", broker_line(m.missing_semantics) +
                      ("; devices by certificate over mutual TLS" if m.secure else "")))
     return rows
+
+
+def _messages(m: Mapping[str, int]) -> str:
+    """The service's messages to the simulated devices: published against received."""
+    parts = []
+    for kind in MESSAGE_KINDS:
+        published, received = m.get(f"{kind} published", 0), m.get(f"{kind} received")
+        if published or received:
+            parts.append(f"{kind} {published} published" +
+                         ("" if received is None else f", {received} received"))
+    extra = [f"{m[k]} {k}" for k in ("dropped", "held back") if m.get(k)]
+    return "; ".join(parts) + (f" ({', '.join(extra)} by faults)" if extra else "")
 
 
 def _external_table(verdict: Verdict) -> list[str]:

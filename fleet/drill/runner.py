@@ -200,6 +200,8 @@ class _Run:
             b.notice_seconds, b.recover_seconds, b.reply_timeout_seconds))
         self._early: list[Op] = []  # markers written before the recorder started
         self.event_counts: dict[str, int] = {}
+        #: what the simulated devices received, by kind (notify, notify-next, replies)
+        self.received: Counter[str] = Counter()
         self.nvm: dict[str, Any] = {}
         #: requests of worker processes' devices still unanswered when they stopped
         self.unanswered = 0
@@ -699,6 +701,8 @@ class _Run:
                         recorder.record(Op.from_line(line))
                 for thing, info in part.summary["things"].items():
                     self.event_counts[thing] = int(info["events"])
+                    self.received.update({str(k): int(v) for k, v in
+                                          dict(info.get("received", {})).items()})
                     self.nvm[thing] = info["nvm"]
                 for line in part.summary.get("failures", []):
                     self.fail(where, RuntimeError(str(line)))
@@ -968,6 +972,7 @@ class _Run:
             return
         if self.fleet is not None:
             self.event_counts = self.fleet.event_counts()
+            self.received = self.fleet.received()
             self.nvm = self.fleet.nvm_summaries()
         elif self.hub is not None:
             await self.collect_parts(PART_SECONDS)
@@ -996,7 +1001,7 @@ class _Run:
             jobs = [{"jobId": job, "status": status} for job in self.targets
                     if (status := await controller.job_status(job)) is not None]
             self.mark("final-state", executions=executions, jobs=jobs, devices=self.nvm,
-                      eventCounts=self.event_counts)
+                      eventCounts=self.event_counts, received=dict(self.received))
             return
         store = self.service.store
         executions = [{"thingName": e.thing_name, "jobId": e.job_id,
@@ -1004,7 +1009,7 @@ class _Run:
                        "versionNumber": e.version_number} for e in store.all_executions()]
         jobs = [{"jobId": j.job_id, "status": j.status.value} for j in store.list_jobs()[0]]
         self.mark("final-state", executions=executions, jobs=jobs, devices=self.nvm,
-                  eventCounts=self.event_counts)
+                  eventCounts=self.event_counts, received=dict(self.received))
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:
