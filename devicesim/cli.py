@@ -469,7 +469,8 @@ async def _run_joined(args: argparse.Namespace, session: str, shard: int, shards
                 ended.cancel()
             await feed.close()
             part.close()
-            summary = {**fleet.summary(), "unanswered": feed.unanswered}
+            summary = {**fleet.summary(), "unanswered": feed.unanswered,
+                       "unansweredRequests": feed.waiting()}
             with part.path.open("rb") as lines:
                 delivered = await link.send_part(iter(lines), summary,
                                                  5.0 if stop.is_set() else 30.0)

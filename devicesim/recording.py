@@ -100,6 +100,10 @@ class ProgressFeed:
     def unanswered(self) -> int:
         return len(self._waiting)
 
+    def waiting(self) -> list[list[str]]:
+        """The requests still without a reply, as ``[thing, operation, clientToken]``."""
+        return sorted(list(key) for key in self._waiting)
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(),
                                                             name="progress-feed")

@@ -107,10 +107,12 @@ def removed_executions(tl: Timeline, b: Budgets) -> list[tuple[DeviceExecution, 
 
 def notice_cases(tl: Timeline, b: Budgets) -> list[NoticeCase]:
     """Executions held at removal. The clock starts at the removal (or the device's late
-    start), or when the device was next reachable if an outage, its own disconnection or a
-    power cut covered that moment, and starts again at its power-on if its power was cut
-    before it noticed and before the deadline (:func:`clock_start`); a device never
-    reachable again is not a case (:func:`unjudged_notice_cases`)."""
+    start; or, if the device was then waiting for a reply an outage lost, when its reply
+    window ends: :func:`deaf_until`), or when the device was next reachable if an outage,
+    its own disconnection or a power cut covered that moment, and starts again at its
+    power-on if its power was cut before it noticed and before the deadline
+    (:func:`clock_start`); a device never reachable again is not a case
+    (:func:`unjudged_notice_cases`)."""
     return [NoticeCase(e, r, since, since + b.notice_seconds)
             for e, r, since in _held_at_removal(tl, b) if since is not None]
 
@@ -128,9 +130,23 @@ def _held_at_removal(tl: Timeline, b: Budgets) -> list[tuple[DeviceExecution, Re
         if _done_before(tl, e, r.time):
             continue
         lost = e.lost_access.time if e.lost_access is not None else None
-        out.append((e, r, clock_start(tl, e.thing_name, max(r.time, e.started.time),
-                                      b.notice_seconds, lost)))
+        start = deaf_until(tl, e.thing_name, max(r.time, e.started.time),
+                           b.reply_timeout_seconds)
+        out.append((e, r, clock_start(tl, e.thing_name, start, b.notice_seconds, lost)))
     return out
+
+
+def deaf_until(tl: Timeline, thing: str, time: float, timeout: float) -> float:
+    """``time``, or later if the device was then waiting for a reply that an outage lost
+    (a request of its, unanswered, whose reply window meets a broker or service outage or
+    a network fault that cut it off): a device may take its reply timeout to find out that
+    an answer is not coming, so the end of that window."""
+    until = time
+    for q in tl.requests_by_thing.get(thing, []):
+        if q.time <= time < q.time + timeout and not q.replies and \
+                tl.outage_between(thing, q.time, q.time + timeout):
+            until = max(until, q.time + timeout)
+    return until
 
 
 def _done_before(tl: Timeline, e: DeviceExecution, time: float) -> bool:

@@ -180,7 +180,9 @@ def _hit(tl: Timeline, op: Op, things: set[str]) -> str:
         request = v.get("request")
         job = request.get("jobId") if isinstance(request, dict) else None
         thing = request.get("thingName") if isinstance(request, dict) else None
-        gone = sum(1 for r in tl.removals if r.job_id == job and r.time >= op.time and
+        call = next((c for c in tl.calls if c.completion is op), None)
+        since = call.time if call is not None else op.time  # from its invoke
+        gone = sum(1 for r in tl.removals if r.job_id == job and r.time >= since and
                    (thing is None or r.thing_name == thing))
         return f"{gone} executions taken away"
     return ""

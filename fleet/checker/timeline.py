@@ -421,6 +421,12 @@ class Timeline:
                         time, moved = end, True
         return None if time == _NEVER else time
 
+    def outage_between(self, thing_name: str, start: float, end: float) -> bool:
+        """Whether a broker or service outage, or a network fault that cut or black-holed
+        the device, meets ``[start, end]``."""
+        spells = [(s, e) for s, e, _ in self.outages] + self.partitioned.get(thing_name, [])
+        return any(s <= end and start <= e for s, e in spells)
+
     def power_cut(self, thing_name: str, start: float, end: float) -> tuple[float, float] | None:
         """The first spell (power-off, power-on) of the device whose power-off falls in
         ``[start, end]`` and whose power-on comes after ``start`` (``inf`` if it never came);

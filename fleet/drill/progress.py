@@ -125,13 +125,21 @@ class Progress:
         token = op.value.get("clientToken")
         if not isinstance(token, str) or op.process in ("controller", "drill", "service"):
             return
-        key = (op.process, op.f, token)
+        if op.f.startswith("dropped:"):  # a reply the service decided and died holding:
+            key = (op.process, op.f.removeprefix("dropped:"), token)  # documented, lost
+        else:
+            key = (op.process, op.f, token)
         if op.type is OpType.INVOKE:
             if key not in self._answered:
                 self.unanswered.add(key)
-        elif op.type in (OpType.OK, OpType.FAIL):
+        elif op.type in (OpType.OK, OpType.FAIL) or op.f.startswith("dropped:"):
             self.unanswered.discard(key)
             self._answered.add(key)
+
+    def answered(self, key: tuple[str, str, str]) -> bool:
+        """Whether the service answered (or documented it lost) the request ``(thing,
+        operation, clientToken)``."""
+        return key in self._answered
 
     def forget_requests(self, things: list[str]) -> None:
         """These devices lost their power: what they were waiting for went with their RAM."""

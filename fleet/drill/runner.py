@@ -706,7 +706,12 @@ class _Run:
                     self.nvm[thing] = info["nvm"]
                 for line in part.summary.get("failures", []):
                     self.fail(where, RuntimeError(str(line)))
-                self.unanswered += int(part.summary.get("unanswered", 0))
+                waiting = part.summary.get("unansweredRequests")
+                if isinstance(waiting, list):  # those the service did not answer, or lost
+                    self.unanswered += sum(1 for key in waiting
+                                           if not self.progress.answered(tuple(key)))
+                else:
+                    self.unanswered += int(part.summary.get("unanswered", 0))
             except (ValueError, KeyError, TypeError, AttributeError) as e:
                 self.fail(where, RuntimeError(f"unusable history part: {e}"))
 
@@ -911,9 +916,7 @@ class _Run:
         idle = self.progress.idle(self.things)
         if self.service is None:
             return idle and not self.progress.unanswered
-        # a device may look idle while it waits for a reply (to its start-next, say)
-        return idle and self.service.store.pending_count() == 0 and \
-            (self.fleet is None or not self.progress.unanswered)
+        return idle and self.service.store.pending_count() == 0
 
     @property
     def needs_quiet(self) -> bool:

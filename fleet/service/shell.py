@@ -25,7 +25,7 @@ from pathlib import Path
 
 from devicesim.mqtt import Client, OnFailure, Pump
 from devicesim.wire import topics
-from devicesim.wire.history import Op, classify
+from devicesim.wire.history import Op, OpType, classify
 from fleet.broker import BrokerAddress
 from fleet.certs import Authority
 from fleet.service.controlplane.server import ControlPlane
@@ -85,7 +85,7 @@ class JobsService:
         #: MQTT-level faults a drill injected, per thing (:mod:`fleet.service.faults`)
         self.message_faults: dict[str, MessageFault] = {}
         self._fault_rng = random.Random(f"{config.seed}:message-faults")
-        self._held: set[asyncio.TimerHandle] = set()  # delayed publishes
+        self._held: dict[asyncio.TimerHandle, Publish] = {}  # delayed publishes
         self.store = JobsStore(config.state, config.settings, now=now,
                                rng=random.Random(config.seed))
         self.dataplane = DataPlane(self.store, now)
@@ -161,8 +161,13 @@ class JobsService:
         if self._timer is not None:
             self._timer.cancel()
             await asyncio.wait([self._timer])
-        for handle in self._held:
+        for handle, effect in self._held.items():  # decided, never published: lost
             handle.cancel()
+            if self._record is not None:
+                op = classify(effect.topic, effect.payload, self._now())
+                self._record(dataclasses.replace(
+                    op, type=OpType.INFO, f=f"dropped:{op.f}",
+                    value={**op.value, "reason": "service killed"}))
         self._held.clear()
         self._inbox = []  # not acknowledged: the broker sends them again
         if self._client is not None:
@@ -275,11 +280,11 @@ class JobsService:
 
     def _hold(self, delay: float, effect: Publish, requester: str | None) -> None:
         def send() -> None:
-            self._held.discard(handle)
+            self._held.pop(handle, None)
             self._send(effect, requester, held=delay)
 
         handle = asyncio.get_running_loop().call_later(delay, send)
-        self._held.add(handle)
+        self._held[handle] = effect
 
     def fault_messages(self, things: Iterable[str], fault: MessageFault) -> None:
         """A fault for drills: from now on, the messages ``fault`` names to ``things`` are

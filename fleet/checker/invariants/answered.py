@@ -23,7 +23,9 @@ def answered(tl: Timeline, b: Budgets) -> InvariantResult:
     (``reply_timeout_seconds``) meets a ``broker-outage`` or ``service-outage`` marker, or a
     network fault that cut or black-holed its device, may instead be retried: a later
     request of the same thing, operation and jobId,
-    with a new token, that was answered; and it may get more replies than it was sent (a
+    with a new token, that was answered; or abandoned: its device then recorded
+    ``lost_access`` for that job (the reply, lost in the outage, would have told it nothing
+    it needs); and it may get more replies than it was sent (a
     broker killed and restored from its last save delivers the request again). A request
     whose device the drill powered off within
     its reply window needs no reply (the device lost its RAM, the request with it). The whole
@@ -51,7 +53,8 @@ def answered(tl: Timeline, b: Budgets) -> InvariantResult:
         for q in same:
             cases.append(q.thing_name)
             # Invokes sharing a token are one request sent again (a QoS 1 redelivery).
-            if replies or (_covered(tl, q, timeout) and _retried(tl, q)):
+            if replies or (_covered(tl, q, timeout) and (_retried(tl, q) or
+                                                         _abandoned(tl, q))):
                 continue
             if tl.power_cut(q.thing_name, q.time, q.time + timeout) is not None:
                 cut_off += 1
@@ -81,9 +84,15 @@ def _answer_violation(q: Request, what: str, ops: list[Op]) -> Violation:
 
 
 def _covered(tl: Timeline, q: Request, timeout: float) -> bool:
-    spells = [(start, end) for start, end, _ in tl.outages]
-    spells += tl.partitioned.get(q.thing_name, [])
-    return any(start <= q.time + timeout and q.time <= end for start, end in spells)
+    return tl.outage_between(q.thing_name, q.time, q.time + timeout)
+
+
+def _abandoned(tl: Timeline, q: Request) -> bool:
+    """The device then lost access to the job the request was about: it need not ask
+    again (its reply, lost in an outage, would have told it nothing it needs)."""
+    return q.job_id is not None and any(
+        e.kind == "lost_access" and e.job_id == q.job_id and e.time > q.time
+        for e in tl.events_of(q.thing_name))
 
 
 def _retried(tl: Timeline, q: Request) -> bool:
