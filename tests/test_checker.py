@@ -1066,3 +1066,40 @@ def test_each_fault_is_accounted_with_what_it_hit() -> None:
         {"at": 3.5, "fault": "network-fault cut", "devices": 2, "hit": "2 open connections"},
         {"at": 4.05, "fault": "DeleteJob --force rollout-1", "devices": 0,
          "hit": "1 executions taken away"}]
+
+
+def soak_history(rss: Iterable[int], fds: Iterable[int]) -> list[Op]:
+    h = History()
+    h.drill(0.0, "start", {"seed": 1})
+    for i, (r, f) in enumerate(zip(rss, fds, strict=True)):
+        h.drill(1.0 + i, "resources", {"processes": {"broker": {"pid": 7, "rssKiB": r,
+                                                                "fds": f}}})
+    h.drill(100.0, "end", {})
+    return h.ops
+
+
+def steady_result(ops: list[Op]) -> Any:
+    return next(r for r in check(ops, Budgets()).results if r.name == "steady")
+
+
+def test_steady_passes_a_process_that_holds_flat() -> None:
+    r = steady_result(soak_history([900_000] + [50_000 + i % 3 for i in range(16)], [40] * 17))
+    assert r.status is Status.PASS  # the first sample (before any wave ran) does not count
+    assert r.checked == 1
+    assert any("broker: 49 -> 49 MiB resident" in n for n in r.notes)
+
+
+def test_steady_fails_a_process_whose_memory_or_files_keep_growing() -> None:
+    leak = steady_result(soak_history([50_000 + 20_000 * i for i in range(17)], [40] * 17))
+    assert leak.status is Status.FAIL
+    assert "broker kept growing: resident memory from" in leak.violations[0].message
+    files = steady_result(soak_history([50_000] * 17, [40 + 5 * i for i in range(17)]))
+    assert files.status is Status.FAIL
+    assert "open files from" in files.violations[0].message
+
+
+def test_steady_is_inconclusive_for_a_soak_too_short_and_absent_elsewhere() -> None:
+    short = steady_result(soak_history([50_000] * 5, [40] * 5))
+    assert short.status is Status.INCONCLUSIVE
+    assert next(r for r in check(drill(), Budgets()).results
+                if r.name == "steady").status is Status.NO_CASES

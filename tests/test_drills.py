@@ -11,15 +11,19 @@ import pytest
 
 from fleet.checker import Status, check
 from fleet.drill import spec
-from fleet.drill.runner import DrillResult, RunOptions, run
+from fleet.drill.runner import DrillResult, Interrupt, RunOptions, run
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 DEVICES = 24
+#: how long the built-in soak runs here (long enough for steady to judge its samples)
+SOAK_SECONDS = 15.0
 
 
 async def drill_result(name: str, tmp_path: Path, **changes: object) -> DrillResult:
     drill = dataclasses.replace(spec.load(name), devices=DEVICES, **changes)
+    if drill.duration is not None and "duration" not in changes:  # a soak, kept short
+        drill = dataclasses.replace(drill, duration=SOAK_SECONDS)
     print(f"drill {drill.name} seed={drill.seed} devices={drill.devices} "
           f"mix={drill.mix or drill.behaviour}")
     return await run(drill, RunOptions(report_dir=tmp_path))
@@ -218,3 +222,38 @@ async def test_service_restart_answers_what_was_sent_while_it_was_down(tmp_path:
                    op.value.get("operation") == "deleted")
     assert deleted.time > outages[1][1]  # the sweep it had committed to, finished after
     assert result.verdict.status is Status.PASS, failed(result)
+
+
+async def test_soak_runs_waves_samples_every_process_and_stops_after_a_wave_on_signal(
+        tmp_path: Path) -> None:
+    """A soak runs its steps in waves (each with its own jobs) and samples the memory and
+    open files of the drill, the broker and the proxy; an interrupt ends it after the wave
+    under way, with a complete history, not an interrupted one."""
+    drill = dataclasses.replace(spec.load("soak"), devices=DEVICES, duration=600.0)
+    interrupt = Interrupt()
+    waves: list[str] = []
+
+    def status(text: str) -> None:
+        if text.startswith("step 1/") and len(waves) == 1:
+            interrupt.set("SIGINT")  # during the second wave
+        if text.startswith("step 1/"):
+            waves.append(text)
+
+    print(f"drill {drill.name} seed={drill.seed} devices={drill.devices}")
+    result = await run(drill, RunOptions(report_dir=tmp_path, interrupt=interrupt,
+                                         status=status))
+    ops = result.ops
+    assert result.interrupted is None
+    assert not result.timed_out
+    end = next(op for op in ops if op.f == "soak-end")
+    assert end.value == {"waves": 2, "reason": "SIGINT", "seconds": end.value["seconds"]}
+    jobs = {op.value["request"]["jobId"] for op in ops
+            if op.f == "CreateJob" and op.type.value == "ok"}
+    assert jobs == {"soak-w0", "followup-w0", "soak-w1", "followup-w1"}
+    samples = [op.value["processes"] for op in ops if op.f == "resources"]
+    assert len(samples) >= 3
+    assert {"drill", "broker", "proxy"} <= set(samples[-1])
+    assert all(p["rssKiB"] > 0 and p["fds"] > 0 for p in samples[-1].values())
+    statuses = {r.name: r.status for r in result.verdict.results}
+    assert statuses["complete"] is Status.PASS
+    assert statuses["steady"] in (Status.PASS, Status.INCONCLUSIVE)  # two waves: few samples

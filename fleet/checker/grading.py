@@ -2,9 +2,10 @@
 
 A rule that no case broke has passed only if it was tested: ``notice`` needs the drill's
 :class:`~fleet.checker.model.Requirements` (a share of the targeted devices, and cases for
-every behaviour among them and every external device the drill ran); any other invariant
-that saw no case at all is ``NO-CASES`` (the drill does not exercise it), which never makes
-a verdict PASS on its own account.
+every behaviour among them and every external device the drill ran), and ``steady`` in a
+soak (a history with ``resources`` samples) enough samples of some process; any other
+invariant that saw no case at all is ``NO-CASES`` (the drill does not exercise it), which
+never makes a verdict PASS on its own account.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ def grade(r: InvariantResult, tl: Timeline, needs: Requirements) -> InvariantRes
         if short:
             return dataclasses.replace(r, status=Status.INCONCLUSIVE,
                                        notes=(*r.notes, *short))
+    if r.name == "steady" and tl.resources and r.checked == 0:
+        return dataclasses.replace(r, status=Status.INCONCLUSIVE, notes=(
+            *r.notes, "INCONCLUSIVE: a soak too short to show whether any process keeps "
+                      "growing (a longer --duration samples more)"))
     if r.checked == 0:
         return dataclasses.replace(r, status=Status.NO_CASES)
     return dataclasses.replace(r, status=Status.PASS)

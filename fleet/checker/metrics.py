@@ -74,6 +74,7 @@ def compute(tl: Timeline, budgets: Budgets) -> Metrics:
         executions=account(tl),
         messages=messages(tl),
         faults=faults(tl),
+        resources=resources(tl),
         detection_latency=distribution(x for x in detection if x is not None),
         recovery_time=distribution(x for x in recovery if x is not None),
         round_trip=distribution(round_trips),
@@ -127,6 +128,27 @@ def messages(tl: Timeline) -> dict[str, int]:
         for kind in MESSAGE_KINDS:
             counts[f"{kind} received"] = int(received.get(kind, 0))
     return {k: v for k, v in counts.items() if v or k.endswith("received")}
+
+
+def resources(tl: Timeline) -> dict[str, dict[str, int]]:
+    """A soak's processes: each one's resident memory (KiB) and open files at its first
+    sample after the start (the very first is taken before any wave ran) and its last."""
+    first: dict[str, dict[str, int]] = {}
+    last: dict[str, dict[str, int]] = {}
+    for index, op in enumerate(tl.resources):
+        processes = op.value.get("processes")
+        for name, used in processes.items() if isinstance(processes, dict) else ():
+            if not isinstance(used, dict):
+                continue
+            if index > 0 or len(tl.resources) == 1:
+                first.setdefault(name, used)
+            last[name] = used
+    return {name: {"rssKiB": int(first[name].get("rssKiB", 0)),
+                   "fds": int(first[name].get("fds", 0)),
+                   "lastRssKiB": int(used.get("rssKiB", 0)), "lastFds": int(used.get("fds", 0)),
+                   "samples": sum(1 for op in tl.resources
+                                  if name in (op.value.get("processes") or {}))}
+            for name, used in last.items() if name in first}
 
 
 def faults(tl: Timeline) -> list[dict[str, Any]]:

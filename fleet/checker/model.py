@@ -188,6 +188,8 @@ class Metrics:
     messages: Mapping[str, int] = field(default_factory=dict)
     #: each fault injected, and what it hit (:func:`fleet.checker.metrics.faults`)
     faults: list[dict[str, Any]] = field(default_factory=list)
+    #: a soak's processes, first and last sample (:func:`fleet.checker.metrics.resources`)
+    resources: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     detection_latency: Distribution = field(default_factory=Distribution)
     recovery_time: Distribution = field(default_factory=Distribution)
     round_trip: Distribution = field(default_factory=Distribution)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -108,9 +109,10 @@ def figure_rows(verdict: Verdict) -> list[tuple[str, str]]:
     ]
     if m.messages:
         rows.append(("messages", _messages(m.messages)))
-    rows.extend((f"fault at {f['at']:.1f}s", f"{f['fault']}" + (
-        f", {f['devices']} devices" if f["devices"] else "") + (
-        f": {f['hit']}" if f["hit"] else "")) for f in m.faults)
+    rows.extend((f"resources {name}", f"{r['rssKiB'] / 1024:.0f} -> {r['lastRssKiB'] / 1024:.0f}"
+                 f" MiB resident, {r['fds']} -> {r['lastFds']} open files "
+                 f"({r['samples']} samples)") for name, r in m.resources.items())
+    rows.extend(_fault_rows(m.faults))
     if m.target is not None:
         rows.append(("broker", f"the target ({m.target}): devices by certificate over mutual "
                                "TLS; the service's own view is not ours (see notes)"))
@@ -118,6 +120,23 @@ def figure_rows(verdict: Verdict) -> list[tuple[str, str]]:
         rows.append(("broker", broker_line(m.missing_semantics) +
                      ("; devices by certificate over mutual TLS" if m.secure else "")))
     return rows
+
+
+#: Faults listed one by one up to this many; beyond (a soak), by kind.
+FAULT_ROWS = 12
+
+
+def _fault_rows(faults: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """One row per fault and what it hit; a soak's many, by kind (its waves' jobs alike)."""
+    if len(faults) <= FAULT_ROWS:
+        return [(f"fault at {f['at']:.1f}s", f"{f['fault']}" + (
+            f", {f['devices']} devices" if f["devices"] else "") + (
+            f": {f['hit']}" if f["hit"] else "")) for f in faults]
+    kinds: dict[str, list[dict[str, Any]]] = {}
+    for f in faults:
+        kinds.setdefault(re.sub(r"-w\d+$", "", f["fault"]), []).append(f)
+    return [(f"faults: {kind}", f"x{len(fs)}, from {fs[0]['at']:.1f}s to {fs[-1]['at']:.1f}s"
+             f" (last: {fs[-1]['hit'] or 'fired'})") for kind, fs in kinds.items()]
 
 
 def _messages(m: Mapping[str, int]) -> str:

@@ -340,6 +340,8 @@ class Timeline:
     seqs: dict[str, set[int]] = field(default_factory=dict)
     duplicate_device_events: int = 0
     duplicate_replies: int = 0
+    #: A soak's ``resources`` markers (each process's memory and open files), in order.
+    resources: list[Op] = field(default_factory=list)
     #: ``failure`` markers: a component of the run failed (``{where, error}``).
     failures: list[Op] = field(default_factory=list)
     #: Devices judged from their traffic alone (the ``start`` marker's ``external``, and
@@ -797,6 +799,8 @@ def _marker(tl: Timeline, op: Op) -> None:
         return
     if op.f == "failure":
         tl.failures.append(op)
+    if op.f == "resources":
+        tl.resources.append(op)
     tl.markers.setdefault(op.f, op)
     if op.f == "final-state":
         devices = {str(k): v for k, v in _dict(op.value.get("devices")).items()

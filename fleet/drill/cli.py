@@ -49,6 +49,9 @@ def register(sub: Any) -> None:
     p.add_argument("--timeout", type=float,
                    help="seconds for the schedule to settle (default: the drill's, scaled "
                         "up with --devices)")
+    p.add_argument("--duration", metavar="D",
+                   help="a soak: run the drill's steps in waves for this long (90s, 30m, 2h; "
+                        "Ctrl-C ends it after the wave under way)")
     p.add_argument("--stall-seconds", type=float,
                    help="stop the drill when nothing happens for this long (default: the "
                         "drill's, 10)")
@@ -180,6 +183,11 @@ def _drill_from(args: argparse.Namespace) -> spec.Drill:
         # the timeout stretches with every other duration of a drill paced for a bigger fleet
         changes["timeout"] = drill.timeout * dataclasses.replace(
             drill, devices=args.devices).pace
+    if args.duration is not None:
+        try:
+            changes["duration"] = spec.parse_duration(args.duration)
+        except ValueError as e:
+            raise ValueError(f"--duration: {e}") from None
     if args.stall_seconds is not None:
         if args.stall_seconds <= 0:
             raise ValueError("--stall-seconds: must be positive")

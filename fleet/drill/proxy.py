@@ -448,6 +448,11 @@ class ProxyProcess:
         assert isinstance(value, dict)
         return value
 
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None or self._proc.returncode is not None \
+            else self._proc.pid
+
     async def command(self, **cmd: Any) -> dict[str, Any]:
         """Send one command; its answer (a ProxyError if it was refused)."""
         assert self._proc is not None

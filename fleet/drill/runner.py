@@ -55,6 +55,7 @@ from fleet import certs
 from fleet.broker import BrokerAddress, BrokerError, EmbeddedBroker, probe
 from fleet.checker import Verdict, analyse
 from fleet.checker.timeline import EXTERNAL, PARTITIONING, Timeline
+from fleet.drill import resources
 from fleet.drill.controller import Controller, ControllerError, iot_client
 from fleet.drill.progress import Progress
 from fleet.drill.proxy import ProxyError, ProxyProcess, capacity
@@ -176,6 +177,10 @@ class _Run:
         self.progress = Progress()
         self.changed = asyncio.Event()
         self.started = time.time()
+        #: when the current wave began (a soak's ``at`` times count from it)
+        self.wave_started = self.started
+        #: a soak: why it stops after the current wave (None: it goes on)
+        self.stopping: str | None = None
         self.broker: EmbeddedBroker | None = None
         self.address: BrokerAddress | None = None
         self.service: JobsService | None = None
@@ -523,6 +528,7 @@ class _Run:
                     await self.changed.wait()
         waited = time.time() - began
         self.started += waited
+        self.wave_started += waited
         self.last_op = time.monotonic()
         if self._timeout is not None:
             self._timeout.reschedule(self._timeout.when() + waited)  # type: ignore[operator]
@@ -537,7 +543,9 @@ class _Run:
 
     @property
     def deadline(self) -> float:
-        return self.started + self.drill.timeout
+        """The schedule's end at the latest: its timeout after the start (a soak: after its
+        duration, for the last wave)."""
+        return self.started + (self.drill.duration or 0.0) + self.drill.timeout
 
     async def start_fleet(self, mix: dict[str, float]) -> None:
         assert self.address is not None
@@ -729,6 +737,14 @@ class _Run:
                 self._timeout = timeout
                 await asyncio.wait({t for t in (task, stop) if t is not None},
                                    return_when=asyncio.FIRST_COMPLETED)
+                if self.drill.duration is not None and not task.done():
+                    # a soak ends after the wave under way (a second signal cuts it short)
+                    assert interrupt is not None
+                    assert interrupt.reason is not None
+                    self.stopping = interrupt.reason
+                    self.mark("soak-stopping", reason=interrupt.reason)
+                    self.status(f"{interrupt.reason}: the soak ends after this wave")
+                    await asyncio.wait({task})
         except TimeoutError:
             await _cancel(task)
             self.mark("timeout", seconds=self.drill.timeout, waitingFor=self.waiting_for)
@@ -756,16 +772,55 @@ class _Run:
 
     async def _schedule(self, controller: Controller) -> None:
         await self.ready()
-        await self.run_steps(controller)
+        if self.drill.duration is None:
+            await self.run_steps(controller)
+            return
+        sampler = asyncio.create_task(self.sample_resources())
+        try:
+            await self.run_waves(controller, self.drill.duration)
+        finally:
+            await _cancel(sampler)
 
-    async def run_steps(self, controller: Controller) -> None:
+    async def run_waves(self, controller: Controller, duration: float) -> None:
+        """A soak: the steps again and again, each wave's jobs named ``<job>-w<n>``, until
+        ``duration`` seconds passed or it was told to stop (after the wave under way)."""
+        wave = 0
+        while True:
+            self.wave_started = time.time()
+            self.mark("wave", wave=wave)
+            await self.run_steps(controller, f"-w{wave}")
+            wave += 1
+            if self.stopping is not None or time.time() - self.started >= duration:
+                break
+        self.mark("soak-end", waves=wave, reason=self.stopping or "duration",
+                  seconds=round(time.time() - self.started, 3))
+
+    async def sample_resources(self) -> None:
+        """Every few seconds (a 120th of the duration, 1 to 30 s), the memory and open
+        files of every process of the drill, as a ``resources`` marker."""
+        every = max(1.0, min(30.0, (self.drill.duration or 0.0) / 120))
+        while True:
+            pids = {"drill": os.getpid()}
+            if self.broker is not None and self.broker.pid is not None:
+                pids["broker"] = self.broker.pid
+            if self.proxy is not None and self.proxy.pid is not None:
+                pids["proxy"] = self.proxy.pid
+            pids.update({f"worker-{i}": p.pid for i, p in enumerate(self.workers)})
+            self.mark("resources", processes=await asyncio.to_thread(resources.sample, pids))
+            await asyncio.sleep(every)
+
+    async def run_steps(self, controller: Controller, suffix: str = "") -> None:
         for index, step in enumerate(self.drill.steps):
+            if suffix:  # a soak's wave: its own jobs
+                step = dataclasses.replace(
+                    step, job=None if step.job is None else step.job + suffix,
+                    jobs=tuple(j + suffix for j in step.jobs))
             when = step.when
             self.waiting_for = f"step {index + 1} ({step.action} {step.job or ''}".rstrip() + \
                 f") to become due: {_describe(when)}"
-            at = None if when.at is None else self.started + when.at * self.drill.pace
+            at = None if when.at is None else self.wave_started + when.at * self.drill.pace
             await self.until(lambda s=step: self.progress.reached(  # type: ignore[misc]
-                s.when, s.job, (time.time() - self.started) / self.drill.pace), at)
+                s.when, s.job, (time.time() - self.wave_started) / self.drill.pace), at)
             self.step = f"step {index + 1}/{len(self.drill.steps)}: {step.action} " \
                         f"{step.job or ''}".rstrip()
             self.status(self.step)

@@ -42,6 +42,7 @@ the broker. See docs/drills.md ("Drill files") for the full format; in short::
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -172,6 +173,10 @@ class Drill:
     #: a drill in which nothing is recorded for this long (while it waits for the fleet, not
     #: for a time) stops and says what it was waiting for
     stall_seconds: float = 10.0
+    #: a soak: run the steps in waves until this many seconds passed (None: once); each
+    #: wave's jobs are named ``<job>-w<n>``, its ``at`` times count from the wave's start,
+    #: and ``timeout`` bounds the last wave
+    duration: float | None = None
     budgets: Budgets = field(default_factory=Budgets)
     #: what the verdict needs to count; a drill's default asks that a fifth of the targeted
     #: devices be caught mid-step (built-in drills reach about half)
@@ -194,6 +199,19 @@ class Drill:
         proportionally longer time: the service sees the request rate the drill was written
         for, and the same share of the fleet is mid-step at a removal, whatever the size."""
         return max(1.0, self.devices / (self.paced_for or self.devices or 1))
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``30m``, ``2h`` (or ``1h30m``) -> seconds; ValueError otherwise."""
+    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*"
+                         r"(?:(\d+(?:\.\d+)?)s?)?\s*", text)
+    if not text.strip() or match is None or not any(match.groups()):
+        raise ValueError(f"{text!r} is not a duration (e.g. 90s, 30m, 2h, 1h30m)")
+    h, m, sec = (float(g) if g else 0.0 for g in match.groups())
+    seconds = h * 3600 + m * 60 + sec
+    if seconds <= 0:
+        raise ValueError(f"{text!r}: expected a positive duration")
+    return seconds
 
 
 def check_external(things: tuple[str, ...]) -> tuple[str, ...]:
@@ -262,11 +280,12 @@ class _Parser:
     def drill(self, raw: dict[str, Any]) -> Drill:
         self.pick(raw, "", {"name", "description", "devices", "behaviour", "mix", "seed",
                             "prefix", "timeout", "paced_for", "stall_seconds", "budgets",
-                            "checks", "service", "external", "steps"})
+                            "checks", "service", "external", "steps", "duration"})
         kwargs: dict[str, Any] = {"name": self.typed(raw.get("name", self.source), str, "name")}
         for key, kind in (("description", str), ("behaviour", str), ("prefix", str),
                           ("devices", int), ("seed", int), ("timeout", float),
-                          ("paced_for", int), ("stall_seconds", float)):
+                          ("paced_for", int), ("stall_seconds", float),
+                          ("duration", float)):
             if key in raw:
                 kwargs[key] = self.typed(raw[key], kind, key)
         if "external" in raw:
@@ -277,6 +296,8 @@ class _Parser:
         if kwargs.get("paced_for", 1) < 1:
             raise self.fail("paced_for", "expected at least 1")
         kwargs.setdefault("paced_for", kwargs.get("devices", DEFAULT_DEVICES))
+        if kwargs.get("duration", 1.0) <= 0:
+            raise self.fail("duration", "expected a positive number of seconds")
         if kwargs.get("stall_seconds", 1.0) <= 0:
             raise self.fail("stall_seconds", "expected a positive number of seconds")
         if "mix" in raw:

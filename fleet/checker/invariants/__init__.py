@@ -1,7 +1,7 @@
 """The invariants of DESIGN.md, one function each: ``(Timeline, Budgets) -> InvariantResult``,
 grouped by family: ``complete`` (the history itself), ``recovery`` (notice, recover,
-no-zombie), ``state`` (valid-end, consistent, progress), ``reuse``, ``service`` and
-``answered``.
+no-zombie), ``state`` (valid-end, consistent, progress), ``reuse``, ``service``,
+``answered`` and ``steady`` (a soak's processes).
 
 Each docstring states the rule exactly as checked. Shared vocabulary:
 
@@ -34,13 +34,15 @@ from fleet.checker.invariants.recovery import no_zombie, notice, recover
 from fleet.checker.invariants.reuse import reuse
 from fleet.checker.invariants.service import service
 from fleet.checker.invariants.state import consistent, progress, valid_end
+from fleet.checker.invariants.steady import steady
 
 __all__ = ["ALL", "Invariant", "answered", "complete", "consistent", "no_zombie", "notice",
-           "progress", "recover", "reuse", "service", "valid_end"]
+           "progress", "recover", "reuse", "service", "steady", "valid_end"]
 
 #: Every invariant, in report order.
 ALL: tuple[tuple[str, Invariant], ...] = (
     ("complete", complete), ("notice", notice), ("recover", recover),
     ("no-zombie", no_zombie), ("valid-end", valid_end), ("consistent", consistent),
     ("progress", progress), ("reuse", reuse), ("service", service), ("answered", answered),
+    ("steady", steady),
 )
