@@ -448,6 +448,7 @@ def test_good_drill_examines_real_cases_not_vacuous_passes() -> None:
     assert checked["no-zombie"] >= 3
     assert checked["valid-end"] == 3
     assert checked["reuse"] >= 3
+    assert checked.pop("steady") == 0  # not a soak: nothing sampled
     assert all(n > 0 for n in checked.values()), checked
 
 

@@ -25,7 +25,7 @@ from typing import Any
 #: history itself (nothing lost, nothing stalled, nothing crashed): the others are only as
 #: good as it is.
 INVARIANTS = ("complete", "notice", "recover", "no-zombie", "valid-end", "consistent",
-              "progress", "reuse", "service", "answered")
+              "progress", "reuse", "service", "answered", "steady")
 
 
 class Status(StrEnum):
