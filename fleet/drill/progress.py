@@ -39,7 +39,8 @@ class Progress:
         self.last_seq: dict[str, int] = {}
         #: device requests (thing, operation, clientToken) still waiting for a reply
         self.unanswered: set[tuple[str, str, str]] = set()
-        self._answered: set[tuple[str, str, str]] = set()
+        #: replies the service decided and died holding (recorded as dropped), by request
+        self.lost_replies: set[tuple[str, str, str]] = set()
         #: external devices (no events of their own: followed by their traffic), and those
         #: connected now (AWS lifecycle events)
         self.external: frozenset[str] = frozenset()
@@ -127,19 +128,22 @@ class Progress:
             return
         if op.f.startswith("dropped:"):  # a reply the service decided and died holding:
             key = (op.process, op.f.removeprefix("dropped:"), token)  # documented, lost
-        else:
-            key = (op.process, op.f, token)
-        if op.type is OpType.INVOKE:
-            if key not in self._answered:
-                self.unanswered.add(key)
-        elif op.type in (OpType.OK, OpType.FAIL) or op.f.startswith("dropped:"):
+            self.lost_replies.add(key)
             self.unanswered.discard(key)
-            self._answered.add(key)
+            return
+        key = (op.process, op.f, token)
+        if op.type is OpType.INVOKE:
+            # (a request is recorded before its reply: by its device, or by the service
+            # as it receives it; replies to devices in other processes are not kept)
+            self.unanswered.add(key)
+        elif op.type in (OpType.OK, OpType.FAIL):
+            self.unanswered.discard(key)
 
-    def answered(self, key: tuple[str, str, str]) -> bool:
-        """Whether the service answered (or documented it lost) the request ``(thing,
-        operation, clientToken)``."""
-        return key in self._answered
+    def forget_jobs(self, job_ids: list[str]) -> None:
+        """Jobs nothing will ask about again (a soak's past waves)."""
+        for job_id in job_ids:
+            self.jobs.pop(job_id, None)
+            self.deletions.pop(job_id, None)
 
     def forget_requests(self, things: list[str]) -> None:
         """These devices lost their power: what they were waiting for went with their RAM."""

@@ -24,16 +24,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from devicesim.mqtt import Client, OnFailure, Pump
-from devicesim.wire import topics
+from devicesim.wire import history, topics
 from devicesim.wire.history import Op, OpType, classify
 from fleet.broker import BrokerAddress
 
 log = logging.getLogger(__name__)
 
 RECORDER_CLIENT_ID = "devicesim-recorder"
+#: with a spill file: ops kept in memory before they are written out
+SPILL_BATCH = 10_000
 #: what devices publish on the broker (devices no process of ours runs): their requests
 #: (the service's own publications under the same filter are skipped) and their events
 BROKER_FILTERS = (topics.SERVICE_FILTER, topics.DEVICE_EVENTS_FILTER)
@@ -43,14 +46,20 @@ _SERVICE_KINDS = frozenset({topics.Kind.ACCEPTED, topics.Kind.REJECTED, topics.K
 
 
 class Recorder:
-    """Collects ops in memory (appended in arrival order); :meth:`stats` proves no loss."""
+    """Collects ops in memory (appended in arrival order), or in a spill file;
+    :meth:`stats` proves no loss."""
 
     def __init__(self, broker: BrokerAddress, *, now: Callable[[], float] = time.time,
                  client_id: str = RECORDER_CLIENT_ID,
                  listener: Callable[[Op], None] | None = None,
                  on_failure: OnFailure | None = None,
-                 filters: Sequence[str] = BROKER_FILTERS) -> None:
+                 filters: Sequence[str] = BROKER_FILTERS, spill: Path | None = None) -> None:
+        """``spill``: write the ops to this file as they come (in batches), keeping only the
+        latest in memory (a soak's history must not grow the drill's memory)."""
+        #: the ops recorded (with ``spill``: those not written out yet; see :meth:`all_ops`)
         self.ops: list[Op] = []
+        self._spill_path = spill
+        self._spill: IO[str] | None = None
         self._filters = list(filters)
         self._listener = listener
         self._broker, self._now, self._client_id = broker, now, client_id
@@ -78,6 +87,26 @@ class Recorder:
             if isinstance(seq, int):
                 self._seqs.setdefault(op.process, set()).add(seq)
         self.ops.append(op)
+        if self._spill_path is not None and len(self.ops) >= SPILL_BATCH:
+            self._write_out()
+
+    def _write_out(self) -> None:
+        assert self._spill_path is not None
+        if self._spill is None:
+            self._spill = self._spill_path.open("a", encoding="utf-8")
+        history.write(self.ops, self._spill)
+        self.ops = []
+
+    def all_ops(self) -> list[Op]:
+        """Every op recorded, in the order recorded (with ``spill``: read back from it)."""
+        if self._spill_path is None:
+            return list(self.ops)
+        self._write_out()
+        self._close_spill()
+        ops = history.read(self._spill_path)
+        self._spill_path.unlink()
+        self._spill_path = None
+        return ops
 
     def observe(self, op: Op) -> None:
         """Record an op an in-process component saw (the jobs service's publications: give
@@ -130,7 +159,15 @@ class Recorder:
                 "devices": len(self._seqs), "missingDeviceEvents": sum(gaps.values()),
                 "gaps": gaps}
 
+    def _close_spill(self) -> None:
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
+
     async def stop(self) -> None:
+        """Stop listening (what was recorded stays: :meth:`all_ops`)."""
         if self._client is not None:
             await self._client.close()
         await self._pump.close()
+        if self._spill is not None:
+            self._spill.flush()

@@ -349,7 +349,8 @@ class _Run:
         # what no process of ours records: the external devices' connects and disconnects
         # (their requests: the service records them as it receives them)
         recorder = Recorder(self.address, listener=self.on_op, on_failure=self.fail,
-                            filters=[topics.presence(t) for t in self.external])
+                            filters=[topics.presence(t) for t in self.external],
+                            spill=self.spill)
         self.recorder = recorder
         for op in self._early:
             recorder.record(op)
@@ -401,6 +402,11 @@ class _Run:
         self.proxy_address = BrokerAddress("127.0.0.1", port)
         self.status(f"network proxy {self.proxy_address.url} in front of {self.address.url}")
 
+    @property
+    def spill(self) -> Path | None:
+        """A soak's history goes to disk as it is recorded (its memory must not grow)."""
+        return None if self.drill.duration is None else self.workdir / "history.spill"
+
     def mark_start(self, **where: Any) -> dict[str, float]:
         """The ``start`` marker (the drill, its fleet, its requirements, and ``where``);
         the behaviour mix."""
@@ -425,6 +431,10 @@ class _Run:
         if drill.network:
             raise ValueError("--target: network faults need the drill's proxy in front of a "
                              "local broker")
+        ours = sorted({s.action for s in drill.steps
+                       if s.action in MESSAGE_ACTIONS or s.action == "restart-service"})
+        if ours:
+            raise ValueError(f"--target: {', '.join(ours)} need the drill's own jobs service")
         missing = [t for t in self.things if not (target.cert_dir / f"{t}.crt").exists()]
         if missing:
             raise ValueError(f"--target: no certificate for {len(missing)} things in "
@@ -434,7 +444,7 @@ class _Run:
         self.address = target.endpoint
         self.control_endpoint = target.control_endpoint
         self.recorder = Recorder(target.endpoint, listener=self.on_op, on_failure=self.fail,
-                                 filters=[])
+                                 filters=[], spill=self.spill)
         for op in self._early:
             self.recorder.record(op)
         if drill.service != ServiceSettings():
@@ -715,9 +725,9 @@ class _Run:
                 for line in part.summary.get("failures", []):
                     self.fail(where, RuntimeError(str(line)))
                 waiting = part.summary.get("unansweredRequests")
-                if isinstance(waiting, list):  # those the service did not answer, or lost
+                if isinstance(waiting, list):  # a reply the service lost is accounted for
                     self.unanswered += sum(1 for key in waiting
-                                           if not self.progress.answered(tuple(key)))
+                                           if tuple(key) not in self.progress.lost_replies)
                 else:
                     self.unanswered += int(part.summary.get("unanswered", 0))
             except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -789,6 +799,10 @@ class _Run:
             self.wave_started = time.time()
             self.mark("wave", wave=wave)
             await self.run_steps(controller, f"-w{wave}")
+            done = [job for job in self.targets if job.endswith(f"-w{wave}")]
+            self.progress.forget_jobs(done)  # (memory must not grow with the waves)
+            for job in done:
+                del self.targets[job]
             wave += 1
             if self.stopping is not None or time.time() - self.started >= duration:
                 break
@@ -924,14 +938,9 @@ class _Run:
     async def network(self, step: Step) -> None:
         """A network fault at the proxy, or the heal of all: recorded once in effect, with
         the open connections it hit (and, for the heal, the bytes it had held)."""
-        assert self.proxy is not None
         kind = NETWORK_ACTIONS[step.action]
         if kind is None:
-            try:
-                answer = await self.proxy.command(heal=None)
-            except ProxyError as e:
-                self.fail("network proxy", e)
-                raise Aborted from None
+            answer = await self._proxy(heal=None)
             self.partitioned.clear()
             self.mark("network-heal", released=answer["released"],
                       connections=answer["connections"])
@@ -943,12 +952,8 @@ class _Run:
         things = self.sample(pool, step.fraction)
         if kind in PARTITIONING:
             self.partitioned.update(things)
-        try:
-            answer = await self.proxy.command(fault=kind, things=things, seconds=step.seconds,
-                                              rate=step.rate)
-        except ProxyError as e:
-            self.fail("network proxy", e)
-            raise Aborted from None
+        answer = await self._proxy(fault=kind, things=things, seconds=step.seconds,
+                                   rate=step.rate)
         detail = {"seconds": step.seconds} if kind == "delay" else \
             {"rate": step.rate} if kind == "throttle" else {}
         self.mark("network-fault", kind=kind, things=things, connections=answer["connections"],
@@ -1003,6 +1008,15 @@ class _Run:
         await asyncio.to_thread(self.broker.kill if kill else self.broker.stop)
         await asyncio.to_thread(self.broker.restart)
         self.mark("broker-outage", start=start, end=time.time(), kill=kill)
+
+    async def _proxy(self, **command: Any) -> dict[str, Any]:
+        """A command to the network proxy; one it refuses (or a proxy gone) fails the run."""
+        assert self.proxy is not None
+        try:
+            return await self.proxy.command(**command)
+        except ProxyError as e:
+            self.fail("network proxy", e)
+            raise Aborted from None
 
     async def restart_service(self, down: float) -> None:
         """Kill the jobs service (:meth:`JobsService.crash`), keep it down for ``down``
@@ -1151,7 +1165,7 @@ async def run(drill: Drill, options: RunOptions) -> DrillResult:
             await run_.stop()
         assert run_.recorder is not None
         with history.bulk():
-            ops = sorted(run_.recorder.ops, key=lambda op: op.time)
+            ops = sorted(run_.recorder.all_ops(), key=lambda op: op.time)
             report_dir.mkdir(parents=True, exist_ok=True)
             history_path = report_dir / "history.jsonl"
             with history_path.open("w", encoding="utf-8") as out:

@@ -130,19 +130,10 @@ class JobsService:
     async def stop(self) -> None:
         if self._control is not None:
             await self._control.stop()
-        if self._timer is not None:
-            self._timer.cancel()
-            # without raising: an error the task ended with was reported by _timers_ended,
-            # and the rest of the service must still be closed
-            await asyncio.wait([self._timer])
-        for handle in self._held:  # the service is going: what it held back is lost
-            handle.cancel()
-        self._held.clear()
+        await self._halt()  # what a fault held back is lost with it
         if self._client is not None:
             await self._client.close()
-        await self._pump.close()
-        self.store.close()
-        self.registry.close()
+        await self._close()
 
     async def crash(self) -> None:
         """Die as a SIGKILL right after its last write would leave things: the control
@@ -150,28 +141,34 @@ class JobsService:
         DISCONNECT (the broker keeps its persistent session and queues what devices send
         meanwhile), and all it held in memory is lost: requests received but not answered
         yet (it acknowledges a request only once its batch committed, so the broker sends
-        those again to the new service), and messages a message fault held back. What it
-        committed is in its state file; what it published reached the kernel (a killed
-        process's socket still sends that before its FIN). A new service started from the
-        same state carries on."""
+        those again to the new service), and messages a message fault held back (recorded
+        as dropped, ``reason`` ``service killed``). What it committed is in its state file;
+        what it published reached the kernel (a killed process's socket still sends that
+        before its FIN). A new service started from the same state carries on."""
         if self._client is not None:
             await self._client.flushed()
         if self._control is not None:
             await self._control.stop()
-        if self._timer is not None:
-            self._timer.cancel()
-            await asyncio.wait([self._timer])
-        for handle, effect in self._held.items():  # decided, never published: lost
-            handle.cancel()
-            if self._record is not None:
-                op = classify(effect.topic, effect.payload, self._now())
-                self._record(dataclasses.replace(
-                    op, type=OpType.INFO, f=f"dropped:{op.f}",
-                    value={**op.value, "reason": "service killed"}))
-        self._held.clear()
+        await self._halt(record_lost=True)
         self._inbox = []  # not acknowledged: the broker sends them again
         if self._client is not None:
             self._client.abort()
+        await self._close()
+
+    async def _halt(self, *, record_lost: bool = False) -> None:
+        """Stop the timers and forget what message faults held back."""
+        if self._timer is not None:
+            self._timer.cancel()
+            # without raising: an error the task ended with was reported by _timers_ended,
+            # and the rest of the service must still be closed
+            await asyncio.wait([self._timer])
+        for handle, effect in self._held.items():  # decided, never published
+            handle.cancel()
+            if record_lost:
+                self._record_dropped(effect, reason="service killed")
+        self._held.clear()
+
+    async def _close(self) -> None:
         await self._pump.close()
         self.store.close()
         self.registry.close()
@@ -251,9 +248,8 @@ class JobsService:
                 self._send(effect, requester)
                 continue
             delays = fault.delays(self._fault_rng)
-            if not delays and self._record is not None:
-                op = classify(effect.topic, effect.payload, self._now())
-                self._record(dataclasses.replace(op, f=f"dropped:{op.f}"))
+            if not delays:
+                self._record_dropped(effect)
             for delay in delays:
                 if delay <= 0:
                     self._send(effect, requester)
@@ -277,6 +273,14 @@ class JobsService:
             log.exception("publish failed topic=%s bytes=%d", effect.topic,
                           len(effect.payload))
             self._pump.report(f"jobs service publish {effect.topic}", e)
+
+    def _record_dropped(self, effect: Publish, **why: str) -> None:
+        """Record a message the service decided and did not publish, as
+        ``dropped:<what it was>``."""
+        if self._record is not None:
+            op = classify(effect.topic, effect.payload, self._now())
+            self._record(dataclasses.replace(op, type=OpType.INFO, f=f"dropped:{op.f}",
+                                             value={**op.value, **why}))
 
     def _hold(self, delay: float, effect: Publish, requester: str | None) -> None:
         def send() -> None:
