@@ -460,6 +460,17 @@ async def _run_joined(args: argparse.Namespace, session: str, shard: int, shards
                     metrics.observe(op)
 
             fleet = Fleet(config, record=record)
+
+            async def power(action: str, things: list[str], clean_session: bool) -> None:
+                mine = [t for t in things if t in fleet.devices]
+                if action == "off":
+                    await asyncio.gather(*(fleet.devices[t].power_off() for t in mine))
+                    feed.forget(mine)
+                else:
+                    await asyncio.gather(*(fleet.devices[t].power_on(
+                        clean_session=clean_session) for t in mine))
+
+            link.on_power = power
             feed.start()
             until = asyncio.Event()
             ended = asyncio.ensure_future(_either(stop, link.stopped, until))

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from devicesim.mqtt import PRIVILEGED_USER, Client, ClientOptions, OnFailure, Pump
@@ -24,6 +24,7 @@ from devicesim.wire.joining import (
     message,
     parse_topic,
     part_messages,
+    power_command,
     run_of,
     topic,
 )
@@ -47,6 +48,9 @@ class DrillLink:
                           username=PRIVILEGED_USER if secret else None, password=secret),
             self._pump, on_message=self._on_message)
         self._invited: asyncio.Future[Invitation] = asyncio.get_running_loop().create_future()
+        #: carries out the drill's power commands (``action``, ``things``, ``clean_session``)
+        #: on this worker's devices; set by the worker once its fleet runs
+        self.on_power: Callable[[str, list[str], bool], Awaitable[None]] | None = None
         self.invitation: Invitation | None = None
         #: set when the drill says stop
         self.stopped = asyncio.Event()
@@ -58,6 +62,7 @@ class DrillLink:
         await self._client.connect()
         await self._client.subscribe([topic(self.session, "invitation"),
                                       topic(self.session, "stop"),
+                                      topic(self.session, "power"),
                                       topic(self.session, "received", self.shard)])
         invitation = self.invitation = await self._invited
         self._client.publish(topic(self.session, "joined", self.shard), message(
@@ -98,6 +103,24 @@ class DrillLink:
             self.stopped.set()
         elif kind == "received":
             self._received.set()
+        elif kind == "power":
+            asyncio.get_running_loop().create_task(self._power(payload))
+
+    async def _power(self, payload: bytes) -> None:
+        """Carry out a power command on this worker's devices, then say it is done (one
+        that cannot be read, or fails, is reported and not acknowledged: the drill waits
+        for it in vain and says so)."""
+        assert self.invitation is not None
+        try:
+            command = power_command(payload)
+            if self.on_power is not None:
+                await self.on_power(command.action, command.things, command.clean_session)
+        except Exception as e:
+            log.exception("power command failed")
+            self._pump.report(f"shard {self.shard} power command", e)
+            return
+        self._client.publish(topic(self.session, "powered", self.shard),
+                             message(self.invitation.run, id=command.id))
 
     def _invite(self, payload: bytes) -> None:
         if not payload or self._invited.done():

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -66,6 +66,61 @@ class HistoryPart:
             self._out = None
 
 
+RequestKey = tuple[str, str, str]  # thing, operation, clientToken
+
+
+class Waiting:
+    """Device requests still waiting for a reply, by (thing, operation, clientToken). A
+    request stops waiting when its reply comes, when its device records ``lost_access`` for
+    the job it was about (the device gave it up: a reply lost with a killed service or an
+    offline clean session is then no longer awaited), or when the device loses power
+    (:meth:`forget`)."""
+
+    #: replies remembered, so that a request seen again after its reply (a redelivery)
+    #: does not wait again; bounded, so memory holds steady however long the run
+    RECENT = 10_000
+
+    def __init__(self) -> None:
+        self._jobs: dict[RequestKey, object] = {}  # key -> the jobId it was about
+        self._done: dict[RequestKey, None] = {}  # recently answered, oldest first
+
+    def observe(self, op: Op) -> bool:
+        """Take an op into account; True if it was about a request."""
+        if op.f == "device:lost_access":
+            job = op.value.get("jobId")
+            for key in [k for k, j in self._jobs.items() if k[0] == op.process and j == job]:
+                del self._jobs[key]
+            return False
+        token = op.value.get("clientToken")
+        if not isinstance(token, str) or op.f.startswith("device:"):
+            return False
+        key = (op.process, op.f, token)
+        if op.type is OpType.INVOKE:
+            if key not in self._done:
+                self._jobs[key] = op.value.get("jobId")
+        elif op.type in (OpType.OK, OpType.FAIL):
+            self._jobs.pop(key, None)
+            self._done[key] = None
+            if len(self._done) > self.RECENT:
+                del self._done[next(iter(self._done))]
+        else:
+            return False
+        return True
+
+    def answer(self, key: RequestKey) -> None:
+        self._jobs.pop(key, None)
+
+    def forget(self, things: Iterable[str]) -> None:
+        lost = set(things)
+        self._jobs = {k: j for k, j in self._jobs.items() if k[0] not in lost}
+
+    def __iter__(self) -> Iterator[RequestKey]:
+        return iter(list(self._jobs))
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+
 class ProgressFeed:
     """Collects device events and request/reply bookkeeping from the ops a fleet records,
     and hands them to ``publish`` in batches (see the module docstring)."""
@@ -75,30 +130,27 @@ class ProgressFeed:
         self.worker_id, self.run = worker_id, run
         self._publish, self._interval = publish, interval
         self._events: list[list[Any]] = []
-        self._waiting: set[tuple[str, str, str]] = set()
+        self._waiting = Waiting()
         self._changed = False
         self._task: asyncio.Task[None] | None = None
 
     def record(self, op: Op) -> None:
+        if self._waiting.observe(op):
+            self._changed = True
         if op.f.startswith("device:"):
             v = op.value
             self._events.append([op.time, op.process, op.f[len("device:"):], v.get("jobId"),
                                  v.get("step"), v.get("status"), v.get("seq")])
             self._changed = True
-            return
-        token = op.value.get("clientToken")
-        if not isinstance(token, str):
-            return
-        key = (op.process, op.f, token)
-        if op.type is OpType.INVOKE:
-            self._waiting.add(key)
-        elif op.type in (OpType.OK, OpType.FAIL):
-            self._waiting.discard(key)
-        self._changed = True
 
     @property
     def unanswered(self) -> int:
         return len(self._waiting)
+
+    def forget(self, things: list[str]) -> None:
+        """These devices lost their power: what they waited for went with their RAM."""
+        self._waiting.forget(things)
+        self._changed = True
 
     def waiting(self) -> list[list[str]]:
         """The requests still without a reply, as ``[thing, operation, clientToken]``."""

@@ -257,3 +257,20 @@ async def test_soak_runs_waves_samples_every_process_and_stops_after_a_wave_on_s
     statuses = {r.name: r.status for r in result.verdict.results}
     assert statuses["complete"] is Status.PASS
     assert statuses["steady"] in (Status.PASS, Status.INCONCLUSIVE)  # two waves: few samples
+
+
+async def test_device_reboot_with_devices_in_worker_processes(tmp_path: Path) -> None:
+    """Power cuts reach devices in worker processes: each worker cuts and restores the power
+    of its own devices among those named, and they boot from their flash."""
+    drill = dataclasses.replace(spec.load("device-reboot"), devices=DEVICES)
+    print(f"drill {drill.name} seed={drill.seed} devices={drill.devices} workers=2")
+    result = await run(drill, RunOptions(report_dir=tmp_path, workers=2))
+    ops = result.ops
+    cuts = [op for op in ops if op.f == "power-off"]
+    assert len(cuts) == 2
+    off = {t for op in cuts for t in op.value["things"]}
+    assert off
+    booted = {op.process for op in ops if op.f == "device:rebooted"}
+    assert booted == off  # every device whose power was cut booted again, and only those
+    assert len({op.value["shard"] for op in ops if op.f == "shard-joined"}) == 2
+    assert result.verdict.status is Status.PASS, failed(result)

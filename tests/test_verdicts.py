@@ -289,7 +289,7 @@ def test_progress_ignores_an_older_event_arriving_late_and_tracks_replies() -> N
     request = Op(time=T0, process="dev-0001", type=OpType.INVOKE, f="StartNextPendingJobExecution",
                  value={"clientToken": "t1"})
     p.observe(request)
-    assert p.unanswered == {("dev-0001", "StartNextPendingJobExecution", "t1")}
+    assert set(p.unanswered) == {("dev-0001", "StartNextPendingJobExecution", "t1")}
     p.observe(dataclasses.replace(request, type=OpType.OK))
     p.observe(request)  # redelivered after its reply: not waiting again
     assert not p.unanswered

@@ -684,3 +684,14 @@ def test_reserved_job_ids() -> None:
     assert not topics.JOB_ID_RE.fullmatch("a" * 65)
     assert not topics.JOB_ID_RE.fullmatch("$next")
     assert topics.THING_NAME_RE.fullmatch("thing:with_colons-1")
+
+
+def test_power_commands_round_trip_and_bad_ones_are_refused() -> None:
+    from devicesim.wire.joining import JoinError, PowerCommand, power_command, power_message
+
+    command = PowerCommand(3, "on", ["dev-0001", "dev-0002"], clean_session=True)
+    assert power_command(power_message("run-1", command)) == command
+    for bad in (b'{"run": "r", "id": 1, "action": "reboot", "things": []}',
+                b'{"run": "r", "action": "off", "things": []}', b"[]", b"not json"):
+        with pytest.raises(JoinError):
+            power_command(bad)

@@ -12,6 +12,10 @@ topic               sent by                   what
 ``joined/{i}``      worker of shard ``i``     it took the invitation: host, pid, its things
 ``progress/{i}``    worker, every 0.1 s       a compact progress batch
                                               (:class:`devicesim.recording.ProgressFeed`)
+``power``           the drill                 cut or restore the power of these things
+                                              (``id``, ``action`` off/on, ``things``,
+                                              ``cleanSession``): a worker acts on its own
+``powered/{i}``     worker of shard ``i``     done with power command ``id``
 ``stop``            the drill                 stop the devices and send your part
 ``part/{i}``        worker                    its history part in zlib-compressed chunks,
                                               then its summary (:func:`part_messages`)
@@ -139,6 +143,35 @@ class Invitation:
         if invitation.total < 1 or invitation.shards < 1:
             raise JoinError("not an invitation: total and shards must be >= 1")
         return invitation
+
+
+@dataclass(frozen=True, slots=True)
+class PowerCommand:
+    """Cut (``off``) or restore (``on``) the power of ``things``; ``clean_session``: they
+    boot without their MQTT session."""
+
+    id: int
+    action: str
+    things: list[str]
+    clean_session: bool = False
+
+
+def power_message(run: str, command: PowerCommand) -> bytes:
+    return message(run, id=command.id, action=command.action, things=command.things,
+                   cleanSession=command.clean_session)
+
+
+def power_command(payload: bytes) -> PowerCommand:
+    data = _object(payload)
+    try:
+        command = PowerCommand(int(data["id"]), str(data["action"]),
+                               [str(t) for t in data["things"]],
+                               bool(data.get("cleanSession", False)))
+    except (KeyError, TypeError, ValueError) as e:
+        raise JoinError(f"not a power command: {type(e).__name__}: {e}") from None
+    if command.action not in ("off", "on"):
+        raise JoinError(f"not a power command: action {command.action!r}")
+    return command
 
 
 def run_of(payload: bytes) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
+from devicesim.recording import Waiting
 from devicesim.wire.history import Op, OpType
 from devicesim.wire.topics import Operation
 from fleet.checker.timeline import is_terminal
@@ -38,7 +39,7 @@ class Progress:
         #: while the device was offline) does not change what the device is doing now
         self.last_seq: dict[str, int] = {}
         #: device requests (thing, operation, clientToken) still waiting for a reply
-        self.unanswered: set[tuple[str, str, str]] = set()
+        self.unanswered = Waiting()
         #: replies the service decided and died holding (recorded as dropped), by request
         self.lost_replies: set[tuple[str, str, str]] = set()
         #: external devices (no events of their own: followed by their traffic), and those
@@ -59,6 +60,8 @@ class Progress:
         if not op.f.startswith("device:"):
             self._track_request(op)
             return
+        if op.f == "device:lost_access":  # what it still waited for about that job: given up
+            self.unanswered.observe(op)
         kind = op.f[len("device:"):]
         seq = op.value.get("seq")
         newest = not isinstance(seq, int) or seq > self.last_seq.get(op.process, 0)
@@ -123,21 +126,18 @@ class Progress:
                     job.succeeded.add(thing)
 
     def _track_request(self, op: Op) -> None:
+        if op.process in ("controller", "drill", "service"):
+            return
         token = op.value.get("clientToken")
-        if not isinstance(token, str) or op.process in ("controller", "drill", "service"):
-            return
-        if op.f.startswith("dropped:"):  # a reply the service decided and died holding:
-            key = (op.process, op.f.removeprefix("dropped:"), token)  # documented, lost
+        if op.f.startswith("dropped:") and isinstance(token, str):
+            # a reply the service decided and died holding: documented, lost
+            key = (op.process, op.f.removeprefix("dropped:"), token)
             self.lost_replies.add(key)
-            self.unanswered.discard(key)
+            self.unanswered.answer(key)
             return
-        key = (op.process, op.f, token)
-        if op.type is OpType.INVOKE:
-            # (a request is recorded before its reply: by its device, or by the service
-            # as it receives it; replies to devices in other processes are not kept)
-            self.unanswered.add(key)
-        elif op.type in (OpType.OK, OpType.FAIL):
-            self.unanswered.discard(key)
+        # (a request is recorded before its reply: by its device, or by the service as it
+        # receives it; replies to devices in other processes find nothing here)
+        self.unanswered.observe(op)
 
     def forget_jobs(self, job_ids: list[str]) -> None:
         """Jobs nothing will ask about again (a soak's past waves)."""
@@ -147,8 +147,7 @@ class Progress:
 
     def forget_requests(self, things: list[str]) -> None:
         """These devices lost their power: what they were waiting for went with their RAM."""
-        lost = set(things)
-        self.unanswered = {k for k in self.unanswered if k[0] not in lost}
+        self.unanswered.forget(things)
 
     def running(self, job_id: str) -> set[str]:
         """Things that started the job and have not finished it."""

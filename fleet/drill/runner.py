@@ -882,22 +882,17 @@ class _Run:
                         await controller.cancel_job_execution(job, thing)
                     else:
                         await controller.delete_job_execution(job, thing, 1)
-        elif action in ("power-off", "power-on"):
-            if self.fleet is None:
-                raise ValueError(f"{action}: needs the devices in this process (--workers 1)")
-            if action == "power-off":
-                assert job is not None
-                running = sorted(self.progress.running(job) - set(self.external))
-                self.powered_off = self.sample(running, step.fraction)
-                await asyncio.gather(*(self.fleet.devices[t].power_off()
-                                       for t in self.powered_off))
-                self.progress.forget_requests(self.powered_off)
-                self.mark("power-off", things=self.powered_off)
-            else:
-                things, self.powered_off = self.powered_off, []
-                self.mark("power-on", things=things, cleanSession=step.clean_session)
-                await asyncio.gather(*(self.fleet.devices[t].power_on(
-                    clean_session=step.clean_session) for t in things))
+        elif action == "power-off":
+            assert job is not None
+            running = sorted(self.progress.running(job) - set(self.external))
+            self.powered_off = self.sample(running, step.fraction)
+            await self.power("off", self.powered_off)
+            self.progress.forget_requests(self.powered_off)
+            self.mark("power-off", things=self.powered_off)
+        elif action == "power-on":
+            things, self.powered_off = self.powered_off, []
+            self.mark("power-on", things=things, cleanSession=step.clean_session)
+            await self.power("on", things, clean_session=step.clean_session)
         elif action in MESSAGE_ACTIONS:
             self.fault_messages(step)
         elif action in NETWORK_ACTIONS:
@@ -911,6 +906,24 @@ class _Run:
             await self.until(self.settled)
             while self.needs_quiet and not await self.quiet():
                 await self.until(self.settled)
+
+    async def power(self, action: str, things: list[str], *,
+                    clean_session: bool = False) -> None:
+        """Cut (``off``) or restore (``on``) the power of simulated devices: here, or by
+        their workers (:meth:`ShardHub.power`)."""
+        if self.fleet is not None:
+            await asyncio.gather(*(
+                self.fleet.devices[t].power_off() if action == "off" else
+                self.fleet.devices[t].power_on(clean_session=clean_session) for t in things))
+        elif self.hub is not None:
+            try:
+                await self.hub.power(action, things, clean_session=clean_session)
+            except TimeoutError:
+                self.fail("device workers", TimeoutError(
+                    f"power-{action} of {len(things)} devices not done within 60 s"))
+                raise Aborted from None
+        elif things:
+            raise ValueError(f"power-{action}: no simulated devices run here")
 
     def fault_messages(self, step: Step) -> None:
         """An MQTT-level fault at the jobs service (drop, duplicate, delay, reorder), or the

@@ -10,6 +10,8 @@ confirms it; at the end it clears the invitation so no late worker joins a finis
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,8 +26,10 @@ from devicesim.wire.joining import (
     Invitation,
     JoinError,
     PartAssembler,
+    PowerCommand,
     message,
     parse_topic,
+    power_message,
     run_of,
     topic,
 )
@@ -65,6 +69,9 @@ class ShardHub:
         self.parts: dict[int, Part] = {}
         #: shard -> why its part could not be used
         self.broken: dict[int, str] = {}
+        self._powered: dict[int, set[int]] = {}  # power command id -> shards done
+        self._power_done = asyncio.Event()
+        self._power_ids = itertools.count(1)
 
     @property
     def shards(self) -> int:
@@ -74,12 +81,27 @@ class ShardHub:
         """Subscribe, then invite (retained): a worker may be waiting already."""
         await self._client.connect()
         await self._client.subscribe([topic(self.session, kind, "+")
-                                      for kind in ("joined", "progress", "part")])
+                                      for kind in ("joined", "progress", "part", "powered")])
         self._client.publish(topic(self.session, "invitation"), self.invitation.to_payload(),
                              retain=True)
 
     def stop_shards(self) -> None:
         self._client.publish(topic(self.session, "stop"), message(self.invitation.run))
+
+    async def power(self, action: str, things: list[str], *, clean_session: bool = False,
+                    seconds: float = 60.0) -> None:
+        """Have the workers cut (``off``) or restore (``on``) the power of ``things``, each
+        of its own; returns once every shard that joined is done (a TimeoutError if one is
+        not within ``seconds``)."""
+        command = PowerCommand(next(self._power_ids), action, things, clean_session)
+        self._powered[command.id] = set()
+        self._client.publish(topic(self.session, "power"),
+                             power_message(self.invitation.run, command))
+        async with asyncio.timeout(seconds):
+            while not set(self.joined) <= self._powered[command.id]:
+                self._power_done.clear()
+                await self._power_done.wait()
+        del self._powered[command.id]
 
     def settled(self, shard: int) -> bool:
         """Shard's part arrived (whole or broken)."""
@@ -111,6 +133,11 @@ class ShardHub:
                 self._on_joined(shard, self.joined[shard])
         elif kind == "part":
             self._part(shard, payload)
+        elif kind == "powered":
+            done = self._powered.get(int(_json(payload).get("id", 0)))
+            if done is not None:
+                done.add(shard)
+                self._power_done.set()
         self._on_change()
 
     def _progress(self, shard: int, payload: bytes) -> None:
