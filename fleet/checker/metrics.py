@@ -158,6 +158,13 @@ def faults(tl: Timeline) -> list[dict[str, Any]]:
     fault held back, the requests devices sent during an outage, the executions a forced
     removal took away."""
     start = tl.markers["start"].time if "start" in tl.markers else tl.start
+    sent: dict[str, list[Op]] = {}  # what the service published (or dropped), per thing
+    for op in tl.ops:
+        if op.f in ("notify", "notify-next") or op.f.startswith("dropped:") or (
+                op.type in (OpType.OK, OpType.FAIL) and op.process not in ("drill", "service")
+                and not op.process.startswith("controller")):
+            sent.setdefault(op.process, []).append(op)
+    completions = {id(c.completion): c for c in tl.calls if c.completion is not None}
     out = []
     for op in tl.ops:
         kind = fault(op)
@@ -165,8 +172,11 @@ def faults(tl: Timeline) -> list[dict[str, Any]]:
             continue
         things = op.value.get("things")
         named = {t for t in things if isinstance(t, str)} if isinstance(things, list) else set()
+        later = [o for t in named for o in sent.get(t, ()) if o.time >= op.time]
+        call = completions.get(id(op))
         out.append({"at": round(op.time - start, 3), "fault": _fault_name(op, kind),
-                    "devices": len(named), "hit": _hit(tl, op, named)})
+                    "devices": len(named),
+                    "hit": _hit(tl, op, later, call.time if call is not None else op.time)})
     return out
 
 
@@ -180,7 +190,9 @@ def _fault_name(op: Op, kind: str) -> str:
     return kind
 
 
-def _hit(tl: Timeline, op: Op, things: set[str]) -> str:
+def _hit(tl: Timeline, op: Op, later: list[Op], since: float) -> str:
+    """``later``: what the service published to the fault's devices from then on;
+    ``since``: when a controller call was invoked."""
     v = op.value
     if op.f in ("broker-outage", "service-outage"):
         begin, end = float(v.get("start", op.time)), float(v.get("end", op.time))
@@ -188,13 +200,11 @@ def _hit(tl: Timeline, op: Op, things: set[str]) -> str:
         return f"down {end - begin:.1f} s, {sent} requests sent meanwhile"
     if op.f == "network-fault":
         return f"{v.get('connections', 0)} open connections"
-    later = [o for o in tl.ops if o.time >= op.time and o.process in things]
     if op.f == "notify-drop":
         return f"{sum(1 for o in later if o.f.startswith('dropped:'))} pushes dropped"
     if op.f == "message-fault" and v.get("kind") == "duplicate":
         copies = Counter((o.process, o.f, o.type, repr(o.value)) for o in later
-                         if o.f in ("notify", "notify-next") or
-                         o.type in (OpType.OK, OpType.FAIL))
+                         if not o.f.startswith("dropped:"))
         return f"{sum(n - 1 for n in copies.values())} extra copies published"
     if op.f == "message-fault":
         return f"{sum(1 for o in later if 'heldSeconds' in o.value)} messages held back"
@@ -202,8 +212,6 @@ def _hit(tl: Timeline, op: Op, things: set[str]) -> str:
         request = v.get("request")
         job = request.get("jobId") if isinstance(request, dict) else None
         thing = request.get("thingName") if isinstance(request, dict) else None
-        call = next((c for c in tl.calls if c.completion is op), None)
-        since = call.time if call is not None else op.time  # from its invoke
         gone = sum(1 for r in tl.removals if r.job_id == job and r.time >= since and
                    (thing is None or r.thing_name == thing))
         return f"{gone} executions taken away"
