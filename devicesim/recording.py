@@ -71,25 +71,31 @@ RequestKey = tuple[str, str, str]  # thing, operation, clientToken
 
 class Waiting:
     """Device requests still waiting for a reply, by (thing, operation, clientToken). A
-    request stops waiting when its reply comes, when its device records ``lost_access`` for
-    the job it was about (the device gave it up: a reply lost with a killed service or an
-    offline clean session is then no longer awaited), or when the device loses power
-    (:meth:`forget`)."""
+    request stops waiting when its reply comes; when its device sends the same operation
+    about the same job again under another token (it gave up waiting and retried: the
+    request or its reply may have been lost in a network fault, and nothing will answer
+    it); when its device records ``lost_access`` for the job it was about (it gave the job
+    up: a reply lost with a killed service or an offline clean session is then no longer
+    awaited); or when the device loses power (:meth:`forget`). Whether a request nobody
+    answered was excused is the checker's to judge (``answered``); this only says what is
+    still worth waiting for."""
 
     #: replies remembered, so that a request seen again after its reply (a redelivery)
     #: does not wait again; bounded, so memory holds steady however long the run
     RECENT = 10_000
 
     def __init__(self) -> None:
-        self._jobs: dict[RequestKey, object] = {}  # key -> the jobId it was about
+        # thing -> (operation, clientToken) -> the jobId it was about: a device has one
+        # request (or a few) outstanding, so each rule looks at its own device's only
+        self._things: dict[str, dict[tuple[str, str], object]] = {}
+        self._count = 0
         self._done: dict[RequestKey, None] = {}  # recently answered, oldest first
 
     def observe(self, op: Op) -> bool:
         """Take an op into account; True if it was about a request."""
         if op.f == "device:lost_access":
             job = op.value.get("jobId")
-            for key in [k for k, j in self._jobs.items() if k[0] == op.process and j == job]:
-                del self._jobs[key]
+            self._drop(op.process, lambda _f, j: j == job)
             return False
         token = op.value.get("clientToken")
         if not isinstance(token, str) or op.f.startswith("device:"):
@@ -97,9 +103,12 @@ class Waiting:
         key = (op.process, op.f, token)
         if op.type is OpType.INVOKE:
             if key not in self._done:
-                self._jobs[key] = op.value.get("jobId")
+                job = op.value.get("jobId")
+                self._drop(op.process, lambda f, j: f == op.f and j == job)
+                self._things.setdefault(op.process, {})[(op.f, token)] = job
+                self._count += 1
         elif op.type in (OpType.OK, OpType.FAIL):
-            self._jobs.pop(key, None)
+            self.answer(key)
             self._done[key] = None
             if len(self._done) > self.RECENT:
                 del self._done[next(iter(self._done))]
@@ -108,17 +117,33 @@ class Waiting:
         return True
 
     def answer(self, key: RequestKey) -> None:
-        self._jobs.pop(key, None)
+        thing, f, token = key
+        self._drop(thing, lambda g, _j: False, token=(f, token))
 
     def forget(self, things: Iterable[str]) -> None:
-        lost = set(things)
-        self._jobs = {k: j for k, j in self._jobs.items() if k[0] not in lost}
+        for thing in things:
+            self._count -= len(self._things.pop(thing, {}))
+
+    def _drop(self, thing: str, which: Callable[[str, object], bool], *,
+              token: tuple[str, str] | None = None) -> None:
+        """Stop waiting for ``thing``'s request ``token`` and those ``which(operation,
+        jobId)`` selects."""
+        mine = self._things.get(thing)
+        if not mine:
+            return
+        gone = [k for k, job in mine.items() if k == token or which(k[0], job)]
+        for k in gone:
+            del mine[k]
+        self._count -= len(gone)
+        if not mine:
+            del self._things[thing]
 
     def __iter__(self) -> Iterator[RequestKey]:
-        return iter(list(self._jobs))
+        return iter([(thing, f, token) for thing, mine in self._things.items()
+                     for f, token in mine])
 
     def __len__(self) -> int:
-        return len(self._jobs)
+        return self._count
 
 
 class ProgressFeed:

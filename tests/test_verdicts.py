@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from devicesim.recording import Waiting
 from devicesim.wire.history import Op, OpType
 from fleet import cli
 from fleet.checker import Budgets, Requirements, Status, check
@@ -293,6 +294,40 @@ def test_progress_ignores_an_older_event_arriving_late_and_tracks_replies() -> N
     p.observe(dataclasses.replace(request, type=OpType.OK))
     p.observe(request)  # redelivered after its reply: not waiting again
     assert not p.unanswered
+
+
+def test_a_request_stops_waiting_when_retried_given_up_or_its_device_loses_power() -> None:
+    """What the drain waits for: a request its device retried under another token (lost
+    with a network cut), gave up with its job (lost_access) or lost with its power is no
+    longer awaited; another job's request or another operation still is."""
+    w = Waiting()
+
+    def ask(thing: str, f: str, token: str, job: str | None = "j1") -> Op:
+        return Op(time=T0, process=thing, type=OpType.INVOKE, f=f,
+                  value={"clientToken": token, **({"jobId": job} if job else {})})
+
+    update, describe = "UpdateJobExecution", "DescribeJobExecution"
+    for op in (ask("a", update, "1"), ask("a", describe, "2"), ask("b", update, "3"),
+               ask("b", update, "4", job="j2"), ask("c", "StartNextPendingJobExecution", "5",
+                                                    job=None)):
+        w.observe(op)
+    assert len(w) == 5
+    w.observe(ask("a", update, "6"))  # retried: "1" is not awaited, "6" is
+    w.observe(ask("c", "StartNextPendingJobExecution", "7", job=None))
+    assert set(w) == {("a", update, "6"), ("a", describe, "2"), ("b", update, "3"),
+                      ("b", update, "4"), ("c", "StartNextPendingJobExecution", "7")}
+    w.observe(Op(time=T0, process="b", type=OpType.INFO, f="device:lost_access",
+                 value={"jobId": "j1"}))
+    assert ("b", update, "3") not in set(w)
+    assert ("b", update, "4") in set(w)
+    w.forget(["a"])
+    w.answer(("c", "StartNextPendingJobExecution", "7"))
+    w.answer(("c", "StartNextPendingJobExecution", "7"))  # twice: counted once
+    assert set(w) == {("b", update, "4")}
+    assert len(w) == 1
+    w.observe(dataclasses.replace(ask("b", update, "4", job="j2"), type=OpType.FAIL))
+    assert len(w) == 0
+    assert not list(w)
 
 
 def test_reading_a_history_line_by_line_roundtrips_json() -> None:
