@@ -161,12 +161,12 @@ async def test_create_job_errors(env: Env) -> None:
     assert (response["resourceId"], response["resourceArn"]) == ("job-1", job_arn("job-1"))
     assert await env.error("create_job", jobId="job-2", targets=["not-an-arn"],
                            document=DOC) == (
-        "InvalidRequestException", 400, "targets: 'not-an-arn' is not a thing ARN")
-    code, status, message = await env.error(
+        "InvalidRequestException", 400,
+        "targets: 'not-an-arn' is not a thing or thing group ARN")
+    assert await env.error(
         "create_job", jobId="job-2", document=DOC,
-        targets=[f"arn:aws:iot:us-east-1:{ACCOUNT}:thinggroup/g1"])
-    assert (code, status) == ("InvalidRequestException", 400)
-    assert "thing groups are not supported" in message
+        targets=[f"arn:aws:iot:us-east-1:{ACCOUNT}:thinggroup/g1"]) == (
+        "ResourceNotFoundException", 404, "Thing Group g1 does not exist")
     code, status, message = await env.error("create_job", jobId="job-2",
                                             targets=[arn("t")], document="not json")
     assert (code, status) == ("InvalidRequestException", 400)
@@ -232,8 +232,6 @@ async def test_create_job_unsupported_parameter(env: Env, param: str) -> None:
 
 
 @pytest.mark.parametrize(("operation", "params"), [
-    ("list_jobs", {"thingGroupName": "g1"}),
-    ("list_jobs", {"thingGroupId": "g1-id"}),
     ("list_jobs", {"namespaceId": "ns1"}),
     ("list_job_executions_for_thing", {"thingName": "t", "namespaceId": "ns1"}),
 ])
@@ -649,9 +647,9 @@ async def test_on_change_may_be_sync_and_may_fail(tmp_path: Path,
 
 
 async def test_unknown_operation(env: Env) -> None:
-    code, status, message = await env.error("list_things")
+    code, status, message = await env.error("list_thing_types")
     assert (code, status) == ("UnknownOperationException", 404)
-    assert message.startswith("no operation of this emulator is routed at GET /things")
+    assert message.startswith("no operation of this emulator is routed at GET /thing-types")
 
 
 async def test_internal_failure_is_500_and_the_server_survives(

@@ -31,7 +31,11 @@ def test_every_route_has_a_handler_and_mutations_are_marked() -> None:
     assert len(routes.BY_OPERATION) == len(routes.ROUTES)
     mutating = {r.operation for r in routes.ROUTES if r.mutating}
     assert mutating == {"CreateJob", "CancelJob", "DeleteJob", "CancelJobExecution",
-                        "DeleteJobExecution", "UpdateEventConfigurations"}
+                        "DeleteJobExecution", "UpdateEventConfigurations",
+                        # membership changes queue or remove continuous jobs' executions
+                        "AddThingToThingGroup", "RemoveThingFromThingGroup",
+                        "UpdateThingGroupsForThing", "DeleteThingGroup", "DeleteThing",
+                        "AssociateTargetsWithJob"}
 
 
 @given(job_id=JOB_IDS, thing_name=THING_NAMES, execution_number=st.integers(0, 2**63 - 1))
@@ -54,13 +58,19 @@ def test_labels_round_trip_botocore_encoding(job_id: str, thing_name: str,
     ("GET", "/things/t/jobs", "ListJobExecutionsForThing"),
     ("PUT", "/things/t/jobs/j/cancel", "CancelJobExecution"),
     ("put", "/jobs/j/cancel", "CancelJob"),
+    ("GET", "/things", "ListThings"),
+    ("PUT", "/thing-groups/addThingToThingGroup", "AddThingToThingGroup"),
+    ("GET", "/thing-groups/addThingToThingGroup", "DescribeThingGroup"),  # a group's name
+    ("GET", "/thing-groups/g/things", "ListThingsInThingGroup"),
+    ("GET", "/things/t/thing-groups", "ListThingGroupsForThing"),
+    ("POST", "/jobs/j/targets", "AssociateTargetsWithJob"),
 ])
 def test_match(method: str, path: str, operation: str) -> None:
     assert routes.match(method, path)[0].operation == operation
 
 
 @pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/things"), ("POST", "/jobs/j"), ("GET", "/jobs/j/k/l"), ("PATCH", "/jobs/j"),
+    ("GET", "/thing-groups/g/things/t"), ("POST", "/jobs/j"), ("GET", "/jobs/j/k/l"), ("PATCH", "/jobs/j"),
     ("DELETE", "/things/t/jobs/j"), ("GET", "/"), ("GET", "/jobs//things"),
 ])
 def test_unknown_route(method: str, path: str) -> None:

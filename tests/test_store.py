@@ -209,7 +209,7 @@ def test_create_job_pushes_notify_and_notify_next_to_each_target(store: JobsStor
     ("$next", [arn("t1")], "{}", {}),
     ("job", [], "{}", {}),
     ("job", ["t1"], "{}", {}),
-    ("job", ["arn:aws:iot:us-east-1:123456789012:thinggroup/g"], "{}", {}),
+    ("job", ["arn:aws:iot:us-east-1:123456789012:thinggroup/bad group"], "{}", {}),
     ("job", ["arn:aws:iot:us-east-1:123456789012:thing/bad name"], "{}", {}),
     ("job", ["arn:aws:iot:eu-west-1:123456789012:thing/t1"], "{}", {}),  # other region
     ("job", ["arn:aws:iot:us-east-1:999999999999:thing/t1"], "{}", {}),  # other account

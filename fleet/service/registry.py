@@ -23,16 +23,20 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+
 from fleet.certs import Authority, CertError, certificate_id, load_certificate, write_file
+from fleet.service import validation
 from fleet.service.errors import (
     CertificateStateException,
     DeleteConflictException,
     InvalidRequestException,
     ResourceAlreadyExistsException,
     ResourceNotFoundException,
+    VersionConflictException,
 )
 
 STATUSES = ("ACTIVE", "INACTIVE", "REVOKED", "PENDING_TRANSFER", "REGISTER_INACTIVE",
@@ -42,7 +46,8 @@ SETTABLE = ("ACTIVE", "INACTIVE", "REVOKED")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS things (
-    name TEXT PRIMARY KEY, id TEXT NOT NULL, version INTEGER NOT NULL, created REAL NOT NULL);
+    name TEXT PRIMARY KEY, id TEXT NOT NULL, version INTEGER NOT NULL, created REAL NOT NULL,
+    attributes TEXT NOT NULL DEFAULT '{}');
 CREATE TABLE IF NOT EXISTS certificates (
     id TEXT PRIMARY KEY, pem TEXT NOT NULL, status TEXT NOT NULL, created REAL NOT NULL,
     modified REAL NOT NULL, ca_pem TEXT);
@@ -60,6 +65,7 @@ class Thing:
     name: str
     id: str
     version: int
+    attributes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +87,10 @@ class Registry:
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA busy_timeout = 5000")
         self._db.executescript(_SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(things)")}
+        if "attributes" not in columns:  # a state directory from before thing attributes
+            self._db.execute("ALTER TABLE things ADD COLUMN attributes TEXT NOT NULL "
+                             "DEFAULT '{}'")
         self._region, self._account = region, account_id
         self.authority, self.principals_path, self._now = authority, principals, now
         self.write_principals()
@@ -104,14 +114,19 @@ class Registry:
 
     # -- things ----------------------------------------------------------------------------
 
-    def create_thing(self, name: str) -> Thing:
-        """Create it, or return it unchanged if it exists (AWS: same thing, no error)."""
+    def create_thing(self, name: str, attributes: dict[str, str] | None = None) -> Thing:
+        """Create it; the same thing again is returned unchanged (as on AWS), the name with
+        other attributes is a ResourceAlreadyExists."""
+        attributes = {k: v for k, v in (attributes or {}).items() if v}
         existing = self._thing(name)
         if existing is not None:
+            if existing.attributes != attributes:
+                raise ResourceAlreadyExistsException(
+                    f"Thing {name} already exists with different attributes")
             return existing
-        thing = Thing(name, str(uuid.uuid4()), 1)
-        self._db.execute("INSERT INTO things VALUES (?, ?, ?, ?)",
-                         (name, thing.id, thing.version, self._now()))
+        thing = Thing(name, str(uuid.uuid4()), 1, attributes)
+        self._db.execute("INSERT INTO things VALUES (?, ?, ?, ?, ?)",
+                         (name, thing.id, thing.version, self._now(), _json(attributes)))
         return thing
 
     def describe_thing(self, name: str) -> Thing:
@@ -120,10 +135,39 @@ class Registry:
             raise ResourceNotFoundException(f"Thing {name} cannot be found.")
         return thing
 
+    def update_thing(self, name: str, attributes: dict[str, str], *, merge: bool,
+                     expected_version: int | None = None) -> Thing:
+        """New attributes (``merge``: over the old ones; an empty value removes one)."""
+        thing = self.describe_thing(name)
+        if expected_version is not None and expected_version != thing.version:
+            raise VersionConflictException(f"expectedVersion {expected_version} does not "
+                                           f"match {thing.version}")
+        merged = {**thing.attributes, **attributes} if merge else attributes
+        new = Thing(name, thing.id, thing.version + 1, {k: v for k, v in merged.items() if v})
+        self._db.execute("UPDATE things SET version = ?, attributes = ? WHERE name = ?",
+                         (new.version, _json(new.attributes), name))
+        return new
+
+    def list_things(self, *, attribute: tuple[str, str | None] | None = None,
+                    prefix: bool = False, max_results: int | None = None,
+                    next_token: str | None = None) -> tuple[list[Thing], str | None]:
+        """Things by name; ``attribute`` (name, value or None) keeps those that have it
+        (with that value, or ``prefix`` of it)."""
+        things = [Thing(r[0], r[1], r[2], orjson.loads(r[3])) for r in self._db.execute(
+            "SELECT name, id, version, attributes FROM things ORDER BY name")]
+        if attribute is not None:
+            key, value = attribute
+            things = [t for t in things if key in t.attributes and (
+                value is None or (t.attributes[key].startswith(value) if prefix
+                                  else t.attributes[key] == value))]
+        offset, limit = validation.page(max_results, next_token)
+        return (things[offset:offset + limit],
+                validation.next_token_for(offset, limit, len(things) - offset))
+
     def _thing(self, name: str) -> Thing | None:
-        row = self._db.execute("SELECT name, id, version FROM things WHERE name = ?",
-                               (name,)).fetchone()
-        return None if row is None else Thing(*row)
+        row = self._db.execute("SELECT name, id, version, attributes FROM things WHERE "
+                               "name = ?", (name,)).fetchone()
+        return None if row is None else Thing(row[0], row[1], row[2], orjson.loads(row[3]))
 
     # -- certificates ----------------------------------------------------------------------
 
@@ -244,10 +288,14 @@ class Registry:
                          (thing, principal))
         self.write_principals()
 
-    def delete_thing(self, name: str) -> None:
+    def delete_thing(self, name: str, expected_version: int | None = None) -> None:
         """Delete it (a thing that does not exist: nothing to do, as on AWS)."""
-        if self._thing(name) is None:
+        thing = self._thing(name)
+        if thing is None:
             return
+        if expected_version is not None and expected_version != thing.version:
+            raise VersionConflictException(f"expectedVersion {expected_version} does not "
+                                           f"match {thing.version}")
         if self._db.execute("SELECT 1 FROM thing_principals WHERE thing = ?",
                             (name,)).fetchone():
             raise InvalidRequestException(f"Cannot delete thing {name}: it has attached "
@@ -287,3 +335,7 @@ class Registry:
         lines = [f"{cert_id} {status} {','.join(things) or '-'}\n"
                  for cert_id, status, things in self.principals()]
         write_file(path, "".join(lines).encode("ascii"))  # 0644: the broker's user reads it
+
+
+def _json(attributes: dict[str, str]) -> str:
+    return orjson.dumps(attributes).decode()

@@ -48,6 +48,7 @@ from fleet.service.errors import (
     TerminalStateException,
     VersionConflictException,
 )
+from fleet.service.groups import ThingGroups, check_group_name
 from fleet.service.records import Execution, Job
 from fleet.service.settings import ServiceSettings, TerminalDescribe
 
@@ -111,6 +112,9 @@ class JobsStore:
         self._in_batch = False
         self._documents: dict[str, dict[str, Any]] = {}  # parsed, per existing job
         self._events = self._load_event_configurations()
+        #: static thing groups, on this connection: a membership change and the
+        #: executions it makes or removes commit together
+        self.groups = ThingGroups(self._db, now=now)
 
     def close(self) -> None:
         self._db.close()
@@ -451,36 +455,135 @@ class JobsStore:
                  orjson.dumps(list(targets)).decode(), now, now, in_progress_timeout_minutes,
                  namespace_id, self._next_seq()))
             for thing in things:
-                self._write_execution(Execution(
-                    job_id=job_id, thing_name=thing, execution_number=1, status=X.QUEUED,
-                    queued_at=now, last_updated_at=now, version_number=1,
-                    seq=self._next_seq()))
+                self._queue(job_id, thing)
+            if not things:  # a snapshot of empty groups: nothing to wait for
+                self._maybe_complete(job_id)
         log.info("create_job job_id=%s targets=%d", job_id, len(things))
         return self.describe_job(job_id)
 
     def _thing_names(self, targets: Sequence[str]) -> list[str]:
-        """Thing names from target ARNs; only things of this account and region."""
+        """The things ``targets`` reach now: thing ARNs, and the members of thing-group
+        ARNs (with the groups below them); only things and groups of this account and
+        region, and groups that exist."""
         if not targets:
             raise InvalidRequestException("targets: at least one target is required")
-        names: list[str] = []
+        names: dict[str, None] = {}
+        for kind, name in map(self._target, targets):
+            if kind == "thing":
+                names[name] = None
+            else:
+                names.update(dict.fromkeys(self.groups.members(name, recursive=True)))
+        return list(names)
+
+    def _target(self, target: str) -> tuple[str, str]:
+        """(``thing`` or ``thinggroup``, name) of a target ARN."""
+        m = _THING_ARN.fullmatch(target)
+        if m is None:
+            raise InvalidRequestException(
+                f"targets: {target!r:.200} is not a thing or thing group ARN")
+        region, account, kind, name = m.groups()
+        if (region, account) != (self.settings.region, self.settings.account_id):
+            raise InvalidRequestException(
+                f"targets: {target!r:.200} is not in region {self.settings.region} of "
+                f"account {self.settings.account_id}")
+        if kind == "thinggroup":
+            check_group_name(name, "targets")
+            self.groups.describe(name)
+        elif not topics.THING_NAME_RE.fullmatch(name):
+            raise InvalidRequestException(
+                f"targets: thing name {name!r:.200} must match [a-zA-Z0-9:_-]{{1,128}}")
+        return kind, name
+
+    def _reaches(self, targets: Sequence[str], thing: str, groups: set[str]) -> bool:
+        """Whether a job with ``targets`` targets ``thing``, in ``groups`` (all the groups
+        it is in, directly or below)."""
         for target in targets:
             m = _THING_ARN.fullmatch(target)
-            if m is None:
-                raise InvalidRequestException(f"targets: {target!r:.200} is not a thing ARN")
-            region, account, kind, name = m.groups()
-            if kind == "thinggroup":
-                raise InvalidRequestException(
-                    "targets: thing groups are not supported by this emulator; target things")
-            if (region, account) != (self.settings.region, self.settings.account_id):
-                raise InvalidRequestException(
-                    f"targets: {target!r:.200} is not in region {self.settings.region} of "
-                    f"account {self.settings.account_id}")
-            if not topics.THING_NAME_RE.fullmatch(name):
-                raise InvalidRequestException(
-                    f"targets: thing name {name!r:.200} must match [a-zA-Z0-9:_-]{{1,128}}")
-            if name not in names:
-                names.append(name)
-        return names
+            if m is not None and m.group(4) in (groups if m.group(3) == "thinggroup"
+                                                else (thing,)):
+                return True
+        return False
+
+    # -- thing groups and continuous jobs ------------------------------------------------
+
+    def add_thing_to_group(self, group: str, thing: str) -> None:
+        with self._tx([thing]):
+            if self.groups.add(group, thing):
+                self._reconcile(thing)
+        log.info("add_thing_to_thing_group group=%s thing_name=%s", group, thing)
+
+    def remove_thing_from_group(self, group: str, thing: str) -> None:
+        with self._tx([thing]):
+            if self.groups.remove(group, thing):
+                self._reconcile(thing)
+        log.info("remove_thing_from_thing_group group=%s thing_name=%s", group, thing)
+
+    def delete_thing_group(self, group: str, expected_version: int | None = None) -> None:
+        members = (self.groups.members(group, recursive=False)
+                   if self.groups.find(group) else [])
+        with self._tx(members):
+            for thing in self.groups.delete(group, expected_version):
+                self._reconcile(thing)
+        log.info("delete_thing_group group=%s members=%d", group, len(members))
+
+    def thing_deleted(self, thing: str) -> None:
+        """A thing left the registry: it leaves its groups too."""
+        with self._tx([thing]):
+            if self.groups.forget_thing(thing):
+                self._reconcile(thing)
+
+    def _reconcile(self, thing: str) -> None:
+        """After ``thing``'s groups changed: each in-progress CONTINUOUS job that now
+        targets it and never ran on it queues an execution for it (one REMOVED earlier is
+        queued again, with the next executionNumber); one that no longer targets it removes
+        its QUEUED execution (REMOVED, as AWS does; one already IN_PROGRESS runs on)."""
+        groups = self.groups.containing(thing)
+        rows = self._db.execute(
+            "SELECT job_id, targets FROM jobs WHERE target_selection = 'CONTINUOUS' AND "
+            "status = ? ORDER BY seq", (J.IN_PROGRESS.value,)).fetchall()
+        for job_id, targets in rows:
+            if self._reaches(orjson.loads(targets), thing, groups):
+                self._target_again(job_id, thing)
+                continue
+            e = self._find_execution(job_id, thing)
+            if e is not None and e.status is X.QUEUED:
+                self._change_execution(e, X.REMOVED, details=None)
+
+    def _target_again(self, job_id: str, thing: str) -> None:
+        """A continuous job reaches ``thing`` (again): it queues an execution unless it has
+        one that was not REMOVED (a job runs once per thing)."""
+        e = self._find_execution(job_id, thing)
+        if e is None or e.status is X.REMOVED:
+            self._queue(job_id, thing, 1 if e is None else e.execution_number + 1)
+
+    def _queue(self, job_id: str, thing: str, execution_number: int = 1) -> None:
+        now = self._now()
+        self._write_execution(Execution(
+            job_id=job_id, thing_name=thing, execution_number=execution_number,
+            status=X.QUEUED, queued_at=now, last_updated_at=now, version_number=1,
+            seq=self._next_seq()))
+
+    def associate_targets(self, job_id: str, targets: Sequence[str],
+                          comment: str | None = None) -> Job:
+        """AssociateTargetsWithJob: more targets for an in-progress CONTINUOUS job; things
+        they reach get an execution now (as when they join a targeted group). (AWS caps a job at 100
+        targets; this emulator does not, as drills target thousands of things by ARN.)"""
+        validation.check_text("comment", comment)
+        job = self._get_job(job_id)
+        if job.target_selection != "CONTINUOUS":
+            raise InvalidRequestException(
+                f"Job {job_id} is a SNAPSHOT job: only a CONTINUOUS job takes new targets")
+        if job.status is not J.IN_PROGRESS:
+            raise InvalidRequestException(f"Job {job_id} is {job.status}: only an "
+                                          "IN_PROGRESS job takes new targets")
+        added = [t for t in dict.fromkeys(targets) if t not in job.targets]
+        things = self._thing_names(targets)
+        with self._tx(things):
+            self._set_job(job_id, targets=orjson.dumps([*job.targets, *added]).decode())
+            for thing in things:
+                self._target_again(job_id, thing)
+        log.info("associate_targets_with_job job_id=%s targets=%d", job_id, len(added))
+        return self._get_job(job_id)
 
     def describe_job(self, job_id: str) -> Job:
         job = self._get_job(job_id)
@@ -495,9 +598,15 @@ class JobsStore:
         return self._get_job(job_id).document
 
     def list_jobs(self, *, status: str | None = None, target_selection: str | None = None,
-                  max_results: int | None = None, next_token: str | None = None
-                  ) -> tuple[list[Job], str | None]:
+                  thing_group: str | None = None, max_results: int | None = None,
+                  next_token: str | None = None) -> tuple[list[Job], str | None]:
+        """Jobs in creation order; ``thing_group``: those targeting that group."""
         query, params = "SELECT * FROM jobs WHERE 1 = 1", []
+        if thing_group is not None:
+            query += (" AND EXISTS (SELECT 1 FROM json_each(jobs.targets) WHERE"
+                      " substr(value, instr(value, ':thinggroup/') + 12) = ?"
+                      " AND instr(value, ':thinggroup/') > 0)")
+            params.append(thing_group)
         if status is not None:
             query += " AND status = ?"
             params.append(validation.parse_enum(J, status, "status").value)

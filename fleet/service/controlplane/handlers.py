@@ -16,6 +16,7 @@ from fleet.service.controlplane import shapes
 from fleet.service.controlplane.inputs import Input, unsupported
 from fleet.service.controlplane.shapes import Json
 from fleet.service.errors import InvalidRequestException
+from fleet.service.groups import check_group_name
 from fleet.service.registry import Registry
 from fleet.service.store import JobsStore
 
@@ -73,11 +74,21 @@ def describe_job(ctx: Context, inp: Input) -> Json:
 
 
 def list_jobs(ctx: Context, inp: Input) -> Json:
-    inp.allow(query=("status", "targetSelection", "maxResults", "nextToken"),
-              unsupported_query=("thingGroupName", "thingGroupId", "namespaceId"))
+    inp.allow(query=("status", "targetSelection", "maxResults", "nextToken", "thingGroupName",
+                     "thingGroupId"),
+              unsupported_query=("namespaceId",))
+    group = inp.query_string("thingGroupName")
+    group_id = inp.query_string("thingGroupId")
+    if group_id is not None:
+        by_id = ctx.store.groups.named_by_id(group_id)
+        if group is not None and group != by_id:
+            raise InvalidRequestException("thingGroupName and thingGroupId name different "
+                                          "groups")
+        group = by_id
     jobs, next_token = ctx.store.list_jobs(
         status=inp.query_enum("status", JOB_STATUSES),
         target_selection=inp.query_enum("targetSelection", TARGET_SELECTIONS),
+        thing_group=None if group is None else check_group_name(group, "thingGroupName"),
         max_results=inp.query_integer("maxResults", *MAX_RESULTS),
         next_token=inp.query_string("nextToken"))
     return shapes.page("jobs", [shapes.job_summary(j) for j in jobs], next_token)
@@ -94,6 +105,16 @@ def cancel_job(ctx: Context, inp: Input) -> Json:
     job = ctx.store.cancel_job(
         inp.job_id(), force=bool(inp.query_boolean("force")),
         reason_code=inp.body_string("reasonCode"), comment=inp.body_string("comment"))
+    return shapes.job_reference(job)
+
+
+def associate_targets_with_job(ctx: Context, inp: Input) -> Json:
+    inp.allow(query=("namespaceId",), body=("targets", "comment"))
+    inp.query_namespace_id()
+    targets = inp.body_string_list("targets")
+    if not targets:
+        raise InvalidRequestException("targets: required (at least one)")
+    job = ctx.store.associate_targets(inp.job_id(), targets, inp.body_string("comment"))
     return shapes.job_reference(job)
 
 
@@ -184,6 +205,7 @@ def describe_event_configurations(ctx: Context, inp: Input) -> Json:
     return shapes.event_configurations(ctx.store.event_configurations())
 
 
+from fleet.service.controlplane.groups import GROUP_HANDLERS  # noqa: E402 (cycle)
 from fleet.service.controlplane.identity import IDENTITY_HANDLERS  # noqa: E402 (cycle)
 
 HANDLERS: dict[str, Handler] = {
@@ -193,6 +215,7 @@ HANDLERS: dict[str, Handler] = {
     "GetJobDocument": get_job_document,
     "CancelJob": cancel_job,
     "DeleteJob": delete_job,
+    "AssociateTargetsWithJob": associate_targets_with_job,
     "DescribeJobExecution": describe_job_execution,
     "ListJobExecutionsForJob": list_job_executions_for_job,
     "ListJobExecutionsForThing": list_job_executions_for_thing,
@@ -201,6 +224,7 @@ HANDLERS: dict[str, Handler] = {
     "UpdateEventConfigurations": update_event_configurations,
     "DescribeEventConfigurations": describe_event_configurations,
     **IDENTITY_HANDLERS,
+    **GROUP_HANDLERS,
 }
 
 

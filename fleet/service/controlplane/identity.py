@@ -17,6 +17,7 @@ from fleet.certs import load_certificate
 from fleet.service.controlplane.inputs import Input
 from fleet.service.controlplane.shapes import Json
 from fleet.service.errors import InvalidRequestException
+from fleet.service.groups import check_attribute_payload
 from fleet.service.registry import STATUSES, Certificate, Registry
 
 if TYPE_CHECKING:
@@ -65,9 +66,12 @@ def _principal(inp: Input) -> str:
 
 
 def create_thing(ctx: Context, inp: Input) -> Json:
-    inp.allow(unsupported_body=("thingTypeName", "attributePayload", "billingGroupName"))
+    inp.allow(body=("attributePayload",),
+              unsupported_body=("thingTypeName", "billingGroupName"))
     reg = _registry(ctx)
-    thing = reg.create_thing(inp.thing_name())
+    payload = inp.body_object("attributePayload")
+    attributes = None if payload is None else check_attribute_payload(payload)[0]
+    thing = reg.create_thing(inp.thing_name(), attributes)
     return {"thingName": thing.name, "thingArn": reg.arn("thing", thing.name),
             "thingId": thing.id}
 
@@ -77,8 +81,38 @@ def describe_thing(ctx: Context, inp: Input) -> Json:
     reg = _registry(ctx)
     thing = reg.describe_thing(inp.thing_name())
     return {"defaultClientId": thing.name, "thingName": thing.name, "thingId": thing.id,
-            "thingArn": reg.arn("thing", thing.name), "attributes": {},
+            "thingArn": reg.arn("thing", thing.name), "attributes": thing.attributes,
             "version": thing.version}
+
+
+def update_thing(ctx: Context, inp: Input) -> Json:
+    inp.allow(body=("attributePayload", "expectedVersion"),
+              unsupported_body=("thingTypeName", "removeThingType"))
+    payload = inp.body_object("attributePayload")
+    attributes, merge = check_attribute_payload(payload or {})
+    _registry(ctx).update_thing(inp.thing_name(), attributes, merge=merge,
+                                expected_version=inp.body_integer("expectedVersion"))
+    return {}
+
+
+def list_things(ctx: Context, inp: Input) -> Json:
+    inp.allow(query=("attributeName", "attributeValue", "usePrefixAttributeValue",
+                     "maxResults", "nextToken"), unsupported_query=("thingTypeName",))
+    reg = _registry(ctx)
+    name, value = inp.query_string("attributeName"), inp.query_string("attributeValue")
+    if value is not None and name is None:
+        raise InvalidRequestException("attributeValue: needs attributeName")
+    things, token = reg.list_things(
+        attribute=None if name is None else (name, value),
+        prefix=bool(inp.query_boolean("usePrefixAttributeValue")),
+        max_results=inp.query_integer("maxResults", 1, 250),
+        next_token=inp.query_string("nextToken"))
+    out: Json = {"things": [{"thingName": t.name, "thingArn": reg.arn("thing", t.name),
+                             "attributes": t.attributes, "version": t.version}
+                            for t in things]}
+    if token is not None:
+        out["nextToken"] = token
+    return out
 
 
 def create_keys_and_certificate(ctx: Context, inp: Input) -> Json:
@@ -185,8 +219,11 @@ def detach_thing_principal(ctx: Context, inp: Input) -> Json:
 
 
 def delete_thing(ctx: Context, inp: Input) -> Json:
-    inp.allow(unsupported_query=("expectedVersion",))
-    _registry(ctx).delete_thing(inp.thing_name())
+    """Delete it; it leaves its thing groups (its job executions stay, as on AWS)."""
+    inp.allow(query=("expectedVersion",))
+    thing = inp.thing_name()
+    _registry(ctx).delete_thing(thing, inp.query_integer("expectedVersion"))
+    ctx.store.thing_deleted(thing)
     return {}
 
 
@@ -206,6 +243,8 @@ def describe_endpoint(ctx: Context, inp: Input) -> Json:
 IDENTITY_HANDLERS: dict[str, Callable[[Context, Input], Json | None]] = {
     "CreateThing": create_thing,
     "DescribeThing": describe_thing,
+    "UpdateThing": update_thing,
+    "ListThings": list_things,
     "CreateKeysAndCertificate": create_keys_and_certificate,
     "RegisterCertificate": register_certificate,
     "RegisterCertificateWithoutCA": register_certificate_without_ca,
