@@ -204,10 +204,6 @@ async def test_targets_of_another_account_or_region_are_refused(env: Env) -> Non
 UNSUPPORTED_CREATE_PARAMS: dict[str, Any] = {
     "documentSource": "https://s3.amazonaws.com/bucket/job.json",
     "presignedUrlConfig": {"roleArn": "arn:aws:iam::123456789012:role/r", "expiresInSec": 60},
-    "jobExecutionsRolloutConfig": {"maximumPerMinute": 10},
-    "abortConfig": {"criteriaList": [{"failureType": "FAILED", "action": "CANCEL",
-                                      "thresholdPercentage": 50.0,
-                                      "minNumberOfExecutedThings": 1}]},
     "tags": [{"Key": "k", "Value": "v"}],
     "jobTemplateArn": "arn:aws:iot:us-east-1:123456789012:jobtemplate/t",
     "jobExecutionsRetryConfig": {"criteriaList": [{"failureType": "FAILED",

@@ -334,3 +334,24 @@ async def test_the_real_aws_cli_rolls_out_to_a_group(env: Env, tmp_path: Path) -
     dynamic = by["create-dynamic-thing-group"]
     assert dynamic.rc != 0
     assert "dynamic thing groups" in dynamic.err
+
+
+async def test_jobs_may_be_held_to_registered_things(tmp_path: Path) -> None:
+    clock = Clock()
+    store = JobsStore(tmp_path / "jobs.sqlite", ServiceSettings(registered_targets_only=True),
+                      now=clock)
+    registry = Registry(tmp_path / "jobs.sqlite", region="us-east-1",
+                        account_id="123456789012", now=clock)
+    control = ControlPlane(store, lambda: None, registry=registry)
+    env = Env(store, registry, boto_client(await control.start()))
+    try:
+        assert await env.error("create_job", jobId="j", targets=[arn("ghost")],
+                               document=DOC) == ("ResourceNotFoundException",
+                                                 "Thing ghost cannot be found.")
+        await env.things("real")
+        await env.call("create_job", jobId="j", targets=[arn("real")], document=DOC)
+        assert env.statuses("j") == {"real": "QUEUED"}
+    finally:
+        await control.stop()
+        registry.close()
+        store.close()

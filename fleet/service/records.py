@@ -31,8 +31,12 @@ class Job:
     comment: str | None = None
     in_progress_timeout_minutes: int | None = None
     namespace_id: str | None = None
+    #: jobExecutionsRolloutConfig and abortConfig, as given
+    configs: dict[str, Any] = field(default_factory=dict)
     #: counts by execution status, filled by DescribeJob
     process_details: dict[str, int] = field(default_factory=dict)
+    #: targets the rollout has not released yet, filled by DescribeJob
+    planned: int = 0
 
     @property
     def document_object(self) -> dict[str, Any]:

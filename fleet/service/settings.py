@@ -51,6 +51,14 @@ class ServiceSettings:
     empty_payload: EmptyPayload = EmptyPayload.AS_EMPTY_OBJECT
     #: Pending executions listed in GetPendingJobExecutions and notify (AWS: 10).
     max_pending_listed: int = 10
+    #: CreateJob / AssociateTargetsWithJob refuse a thing ARN whose thing is not in the
+    #: registry (ResourceNotFoundException), as AWS does; off: any thing ARN is a thing.
+    registered_targets_only: bool = False
+    #: The reason code of a job canceled by its abortConfig (AWS does not document it).
+    abort_reason_code: str = "ABORT_CRITERIA_MET"
+    #: Whether an abort cancels IN_PROGRESS executions too (as CancelJob --force); AWS
+    #: documents only that the job is canceled, so by default as CancelJob: QUEUED only.
+    abort_force: bool = False
     region: str = "us-east-1"
     account_id: str = "123456789012"
 

@@ -228,6 +228,8 @@ class JobsService:
         assert self._client is not None
         self._client.ack_received()
         self._publish(out, reply_to)
+        if self.store.wants_tick():
+            self._wake.set()
 
     def _record_request(self, topic: str, payload: bytes) -> None:
         assert self._record is not None

@@ -39,6 +39,7 @@ from devicesim.wire.messages import (
     validate_status_details,
 )
 from fleet.service import lifecycle, validation
+from fleet.service import rollout as rollout_mod
 from fleet.service.errors import (
     InvalidRequestException,
     InvalidStateTransitionException,
@@ -77,6 +78,14 @@ CREATE INDEX IF NOT EXISTS executions_sweep ON executions (sweep_at) WHERE sweep
 CREATE INDEX IF NOT EXISTS executions_deadline ON executions (deadline)
     WHERE deadline IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS planned (
+    job_id TEXT NOT NULL, thing_name TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (job_id, thing_name));
+CREATE INDEX IF NOT EXISTS planned_by_job ON planned (job_id, seq);
+CREATE TABLE IF NOT EXISTS rollouts (
+    job_id TEXT PRIMARY KEY, next_at REAL, rate REAL NOT NULL,
+    released INTEGER NOT NULL, mark_released INTEGER NOT NULL,
+    mark_succeeded INTEGER NOT NULL);
 """
 _EXECUTION_COLUMNS = ("job_id, thing_name, execution_number, status, status_details, queued_at,"
                       " started_at, last_updated_at, version_number, force_canceled,"
@@ -107,6 +116,9 @@ class JobsStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        if "configs" not in {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}:
+            # a state file from before rollout and abort configurations
+            self._db.execute("ALTER TABLE jobs ADD COLUMN configs TEXT NOT NULL DEFAULT '{}'")
         self._outbox: list[Publish] = []
         self._tx_effects: list[Publish] | None = None
         self._in_batch = False
@@ -115,6 +127,12 @@ class JobsStore:
         #: static thing groups, on this connection: a membership change and the
         #: executions it makes or removes commit together
         self.groups = ThingGroups(self._db, now=now)
+        self._configs: dict[str, dict[str, Any]] = {}  # parsed, per existing job
+        #: jobs with an abort configuration whose executions finished since the last tick
+        #: (all of them after a restart: one check each costs nothing)
+        self._abort_checks: set[str] = {r[0] for r in self._db.execute(
+            "SELECT job_id FROM jobs WHERE status = ? AND configs LIKE '%abortConfig%'",
+            (J.IN_PROGRESS.value,))}
 
     def close(self) -> None:
         self._db.close()
@@ -228,7 +246,9 @@ class JobsStore:
             completed_at=row["completed_at"], force_canceled=bool(row["force_canceled"]),
             reason_code=row["reason_code"], comment=row["comment"],
             in_progress_timeout_minutes=row["in_progress_timeout_minutes"],
-            namespace_id=row["namespace_id"])
+            namespace_id=row["namespace_id"], configs=orjson.loads(row["configs"]),
+            # (a sqlite3.Row's "in" looks at its values, keys() at its names)
+            planned=row["planned"] if "planned" in row.keys() else 0)  # noqa: SIM118
 
     def _pending(self, thing: str) -> list[Execution]:
         rows = self._db.execute(
@@ -273,6 +293,14 @@ class JobsStore:
         document: dict[str, Any] = orjson.loads(row[0])
         self._documents[job_id] = document
         return document
+
+    def _job_configs(self, job_id: str) -> dict[str, Any]:
+        """The job's rollout and abort configurations, as given (cached)."""
+        cached = self._configs.get(job_id)
+        if cached is None:
+            cached = orjson.loads(self._job_column(job_id, "configs"))
+            self._configs[job_id] = cached
+        return cached
 
     def _next_seq(self) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
@@ -339,6 +367,8 @@ class JobsStore:
         if status.is_terminal and status is not e.status:
             self._execution_event(new, status.value.lower())
             self._maybe_complete(new.job_id)
+            if "abortConfig" in self._job_configs(new.job_id):
+                self._abort_checks.add(new.job_id)  # checked by the next tick
         return new
 
     def _remove_execution(self, e: Execution, *, event: bool = True) -> None:
@@ -367,8 +397,9 @@ class JobsStore:
         if row is None or row[0] != J.IN_PROGRESS.value or row[1] != "SNAPSHOT":
             return
         if self._db.execute("SELECT 1 FROM executions WHERE job_id = ? AND status IN (?, ?)"
-                            " LIMIT 1", (job_id, *_PENDING)).fetchone():
-            return
+                            " UNION ALL SELECT 1 FROM planned WHERE job_id = ? LIMIT 1",
+                            (job_id, *_PENDING, job_id)).fetchone():
+            return  # executions pending, or targets not rolled out yet
         new = lifecycle.job_event(J.IN_PROGRESS, "complete", job_id=job_id, force=False,
                                   settings=self.settings)
         self._set_job(job_id, status=new.value, completed_at=self._now())
@@ -434,9 +465,17 @@ class JobsStore:
     def create_job(self, job_id: str, *, targets: Sequence[str], document: str,
                    description: str | None = None, target_selection: str = "SNAPSHOT",
                    in_progress_timeout_minutes: int | None = None,
-                   namespace_id: str | None = None) -> Job:
+                   namespace_id: str | None = None,
+                   rollout_config: dict[str, Any] | None = None,
+                   abort_config: dict[str, Any] | None = None) -> Job:
+        """Create it; without a rollout configuration every target gets its QUEUED
+        execution now, with one they are planned and released by :meth:`tick`."""
         validation.check_job_id(job_id)
         things = self._thing_names(targets)
+        rollout = rollout_mod.parse_rollout(rollout_config)
+        rollout_mod.parse_abort(abort_config)
+        configs = {k: v for k, v in (("jobExecutionsRolloutConfig", rollout_config),
+                                     ("abortConfig", abort_config)) if v is not None}
         validation.check_document(document)
         validation.check_text("description", description)
         if target_selection not in ("SNAPSHOT", "CONTINUOUS"):
@@ -450,12 +489,19 @@ class JobsStore:
             if self._db.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone():
                 raise ResourceAlreadyExistsException(f"Job {job_id} already exists")
             self._db.execute(
-                "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, 0, NULL, NULL, ?, ?, ?)",
+                "INSERT INTO jobs (job_id, status, document, description, target_selection,"
+                " targets, created_at, last_updated_at, completed_at, force_canceled,"
+                " reason_code, comment, in_progress_timeout_minutes, namespace_id, seq,"
+                " configs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, 0, NULL, NULL, ?, ?, ?, ?)",
                 (job_id, J.IN_PROGRESS.value, document, description, target_selection,
                  orjson.dumps(list(targets)).decode(), now, now, in_progress_timeout_minutes,
-                 namespace_id, self._next_seq()))
+                 namespace_id, self._next_seq(), orjson.dumps(configs).decode()))
+            self._configs[job_id] = configs
+            if rollout is not None:
+                self._db.execute("INSERT INTO rollouts VALUES (?, ?, ?, 0, 0, 0)",
+                                 (job_id, now, rollout.initial_rate))
             for thing in things:
-                self._queue(job_id, thing)
+                self._plan_or_queue(job_id, thing, rollout is not None)
             if not things:  # a snapshot of empty groups: nothing to wait for
                 self._maybe_complete(job_id)
         log.info("create_job job_id=%s targets=%d", job_id, len(things))
@@ -554,7 +600,21 @@ class JobsStore:
         one that was not REMOVED (a job runs once per thing)."""
         e = self._find_execution(job_id, thing)
         if e is None or e.status is X.REMOVED:
-            self._queue(job_id, thing, 1 if e is None else e.execution_number + 1)
+            self._plan_or_queue(job_id, thing, "jobExecutionsRolloutConfig" in
+                         self._job_configs(job_id), 1 if e is None else e.execution_number + 1)
+
+    def _plan_or_queue(self, job_id: str, thing: str, paced: bool,
+                       execution_number: int = 1) -> None:
+        """Queue ``thing``'s execution now, or (``paced``: a rollout configuration) plan it
+        for the rollout to release (a re-queued thing's planned execution still gets the
+        next number: its old one stays until then)."""
+        if not paced:
+            self._queue(job_id, thing, execution_number)
+            return
+        self._db.execute("INSERT OR IGNORE INTO planned VALUES (?, ?, ?)",
+                         (job_id, thing, self._next_seq()))
+        self._db.execute("UPDATE rollouts SET next_at = ? WHERE job_id = ? AND next_at IS NULL",
+                         (self._now(), job_id))
 
     def _queue(self, job_id: str, thing: str, execution_number: int = 1) -> None:
         now = self._now()
@@ -587,7 +647,10 @@ class JobsStore:
 
     def describe_job(self, job_id: str) -> Job:
         job = self._get_job(job_id)
-        return Job(**{**_asdict(job), "process_details": self._process_details(job_id)})
+        planned = self._db.execute("SELECT count(*) FROM planned WHERE job_id = ?",
+                                   (job_id,)).fetchone()[0]
+        return Job(**{**_asdict(job), "process_details": self._process_details(job_id),
+                      "planned": planned})
 
     def _process_details(self, job_id: str) -> dict[str, int]:
         rows = self._db.execute("SELECT status, count(*) FROM executions WHERE job_id = ?"
@@ -601,7 +664,8 @@ class JobsStore:
                   thing_group: str | None = None, max_results: int | None = None,
                   next_token: str | None = None) -> tuple[list[Job], str | None]:
         """Jobs in creation order; ``thing_group``: those targeting that group."""
-        query, params = "SELECT * FROM jobs WHERE 1 = 1", []
+        query, params = ("SELECT *, (SELECT count(*) FROM planned p WHERE p.job_id ="
+                         " jobs.job_id) AS planned FROM jobs WHERE 1 = 1"), []
         if thing_group is not None:
             query += (" AND EXISTS (SELECT 1 FROM json_each(jobs.targets) WHERE"
                       " substr(value, instr(value, ':thinggroup/') + 12) = ?"
@@ -631,6 +695,7 @@ class JobsStore:
         with self._tx(e.thing_name for e in executions):
             self._set_job(job_id, status=new.value, force_canceled=int(force),
                           reason_code=reason_code, comment=comment)
+            self._stop_rollout(job_id)
             self._job_event(job_id, "cancellation_in_progress")
             for e in executions:
                 if (e.status, "cancel", force) in lifecycle.SERVICE_TRANSITIONS:
@@ -657,12 +722,18 @@ class JobsStore:
         step, now = self.settings.deletion_seconds_per_execution, self._now()
         with self._tx():
             self._set_job(job_id, status=new.value)
+            self._stop_rollout(job_id)
             for position, e in zip(order, executions, strict=True):
                 self._db.execute(
                     "UPDATE executions SET sweep_at = ? WHERE thing_name = ? AND job_id = ?",
                     (now + (position + 1) * step, e.thing_name, job_id))
             self._job_event(job_id, "deletion_in_progress")
         log.info("delete_job job_id=%s force=%s executions=%d", job_id, force, len(executions))
+
+    def _stop_rollout(self, job_id: str) -> None:
+        """The job is canceled or deleted: targets not released yet never will be."""
+        self._db.execute("DELETE FROM planned WHERE job_id = ?", (job_id,))
+        self._db.execute("DELETE FROM rollouts WHERE job_id = ?", (job_id,))
 
     def _executions_of(self, job_id: str) -> list[Execution]:
         rows = self._db.execute(f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE job_id = ?"
@@ -809,6 +880,11 @@ class JobsStore:
 
     # -- time: deletion sweep and timeouts -----------------------------------------------
 
+    def wants_tick(self) -> bool:
+        """Whether :meth:`tick` has work now that a data-plane batch may have caused (an
+        abort configuration to check), so the shell need not wait for its next poll."""
+        return bool(self._abort_checks)
+
     def next_due(self) -> float | None:
         """When :meth:`tick` next has work, or None."""
         if self._empty_deleting_jobs():
@@ -818,7 +894,10 @@ class JobsStore:
                                  " WHERE sweep_at IS NOT NULL").fetchone()[0]
         deadline = self._db.execute("SELECT min(deadline) FROM executions"
                                     " WHERE deadline IS NOT NULL").fetchone()[0]
-        due = [t for t in (sweep, deadline) if t is not None]
+        rollout = self._db.execute("SELECT min(next_at) FROM rollouts").fetchone()[0]
+        if self._abort_checks:
+            return self._now()
+        due = [t for t in (sweep, deadline, rollout) if t is not None]
         return min(due) if due else None
 
     def _empty_deleting_jobs(self) -> list[str]:
@@ -848,7 +927,12 @@ class JobsStore:
                 self._job_event(job_id, "deleted")
                 self._db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
             self._documents.pop(job_id, None)
+            self._configs.pop(job_id, None)
             log.info("delete_job done job_id=%s", job_id)
+        more = self._release(now, limit) or more
+        for job_id in sorted(self._abort_checks):
+            self._abort_checks.discard(job_id)
+            self._maybe_abort(job_id)
         rows = self._db.execute(
             f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE deadline IS NOT NULL AND"
             " deadline <= ?",
@@ -859,6 +943,59 @@ class JobsStore:
                 self._change_execution(e, X.TIMED_OUT, details=None)
             log.info("timed_out job_id=%s thing_name=%s", e.job_id, e.thing_name)
         return more
+
+
+    def _release(self, now: float, limit: int | None) -> bool:
+        """Release the next planned target of each rollout that is due (at most ``limit``
+        in all); True if more is due already."""
+        due = self._db.execute("SELECT job_id, rate, released, mark_released, mark_succeeded"
+                               " FROM rollouts WHERE next_at <= ? ORDER BY next_at",
+                               (now,)).fetchall()
+        for i, (job_id, rate, count, mark_released, mark_succeeded) in enumerate(due):
+            if limit is not None and i >= limit:
+                return True
+            row = self._db.execute("SELECT thing_name FROM planned WHERE job_id = ? ORDER BY"
+                                   " seq LIMIT 1", (job_id,)).fetchone()
+            if row is None:  # nothing planned: idle until a thing is (continuous)
+                self._db.execute("UPDATE rollouts SET next_at = NULL WHERE job_id = ?",
+                                 (job_id,))
+                continue
+            thing = row[0]
+            old = self._find_execution(job_id, thing)
+            with self._tx([thing]):
+                self._db.execute("DELETE FROM planned WHERE job_id = ? AND thing_name = ?",
+                                 (job_id, thing))
+                self._queue(job_id, thing, 1 if old is None else old.execution_number + 1)
+            count += 1
+            rollout = rollout_mod.parse_rollout(
+                self._job_configs(job_id)["jobExecutionsRolloutConfig"])
+            assert rollout is not None
+            succeeded = self._process_details(job_id).get(X.SUCCEEDED.value, 0)
+            faster = rollout.increased(rate, count - mark_released, succeeded - mark_succeeded)
+            if faster is not None:
+                rate, mark_released, mark_succeeded = faster, count, succeeded
+                log.info("rollout job_id=%s rate_per_minute=%g", job_id, rate)
+            # the rate is a maximum: the next release comes an interval after this one,
+            # however late this tick was (no burst to catch up)
+            self._db.execute("UPDATE rollouts SET next_at = ?, rate = ?, released = ?,"
+                             " mark_released = ?, mark_succeeded = ? WHERE job_id = ?",
+                             (now + 60.0 / rate, rate, count, mark_released, mark_succeeded,
+                              job_id))
+        return False
+
+    def _maybe_abort(self, job_id: str) -> None:
+        """Cancel the job if its abort configuration says so."""
+        row = self._db.execute("SELECT status FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None or row[0] != J.IN_PROGRESS.value:
+            return
+        criteria = rollout_mod.parse_abort(self._job_configs(job_id).get("abortConfig"))
+        met = rollout_mod.abort_due(criteria, self._process_details(job_id))
+        if met is None:
+            return
+        self.cancel_job(job_id, force=self.settings.abort_force,
+                        reason_code=self.settings.abort_reason_code,
+                        comment=f"abortConfig met: {met.describe()}")
+        log.info("abort job_id=%s criterion=%r", job_id, met.describe())
 
 
 def _asdict(job: Job) -> dict[str, Any]:

@@ -45,10 +45,9 @@ Handler = Callable[[Context, Input], Json | None]
 def create_job(ctx: Context, inp: Input) -> Json:
     inp.allow(
         body=("targets", "document", "description", "targetSelection", "timeoutConfig",
-              "namespaceId"),
-        unsupported_body=("documentSource", "presignedUrlConfig", "jobExecutionsRolloutConfig",
-                          "abortConfig", "tags", "jobTemplateArn", "jobExecutionsRetryConfig",
-                          "documentParameters", "schedulingConfig",
+              "namespaceId", "jobExecutionsRolloutConfig", "abortConfig"),
+        unsupported_body=("documentSource", "presignedUrlConfig", "tags", "jobTemplateArn",
+                          "jobExecutionsRetryConfig", "documentParameters", "schedulingConfig",
                           "destinationPackageVersions"))
     job_id = inp.job_id()
     targets = inp.body_string_list("targets")
@@ -58,11 +57,14 @@ def create_job(ctx: Context, inp: Input) -> Json:
     if document is None:
         raise InvalidRequestException(
             "document: required (documentSource is not supported by this emulator)")
+    _check_registered(ctx, targets)
     job = ctx.store.create_job(
         job_id, targets=targets, document=document, description=inp.body_string("description"),
         target_selection=_target_selection(inp.body_string("targetSelection")),
         in_progress_timeout_minutes=_in_progress_timeout(inp),
-        namespace_id=inp.body_namespace_id())
+        namespace_id=inp.body_namespace_id(),
+        rollout_config=inp.body_object("jobExecutionsRolloutConfig"),
+        abort_config=inp.body_object("abortConfig"))
     return shapes.job_reference(job)
 
 
@@ -114,6 +116,7 @@ def associate_targets_with_job(ctx: Context, inp: Input) -> Json:
     targets = inp.body_string_list("targets")
     if not targets:
         raise InvalidRequestException("targets: required (at least one)")
+    _check_registered(ctx, targets)
     job = ctx.store.associate_targets(inp.job_id(), targets, inp.body_string("comment"))
     return shapes.job_reference(job)
 
@@ -226,6 +229,16 @@ HANDLERS: dict[str, Handler] = {
     **IDENTITY_HANDLERS,
     **GROUP_HANDLERS,
 }
+
+
+def _check_registered(ctx: Context, targets: list[str]) -> None:
+    """With ``registered_targets_only``, a thing target must be in the registry."""
+    if not ctx.store.settings.registered_targets_only or ctx.registry is None:
+        return
+    for target in targets:
+        kind, _, name = target.rpartition(":")[2].partition("/")
+        if kind == "thing":
+            ctx.registry.describe_thing(name)
 
 
 def _target_selection(value: str | None) -> str:

@@ -42,8 +42,8 @@ def job_reference(job: Job) -> Json:
 
 
 def job_object(job: Job) -> Json:
-    """Job (DescribeJobResponse.job). Rollout and cancellation are instantaneous here, so
-    ``isConcurrent`` is always false and ``processingTargets`` is never present."""
+    """Job (DescribeJobResponse.job). ``isConcurrent`` is true while a rollout
+    configuration still has targets to release (cancellation is instantaneous here)."""
     timeout = (None if job.in_progress_timeout_minutes is None
                else {"inProgressTimeoutInMinutes": job.in_progress_timeout_minutes})
     return _present(
@@ -54,14 +54,16 @@ def job_object(job: Job) -> Json:
         lastUpdatedAt=job.last_updated_at, completedAt=job.completed_at,
         jobProcessDetails={name: job.process_details.get(status.value, 0)
                            for status, name in PROCESS_DETAILS.items()},
-        timeoutConfig=timeout, namespaceId=job.namespace_id, isConcurrent=False)
+        timeoutConfig=timeout, namespaceId=job.namespace_id, isConcurrent=job.planned > 0,
+        jobExecutionsRolloutConfig=job.configs.get("jobExecutionsRolloutConfig"),
+        abortConfig=job.configs.get("abortConfig"))
 
 
 def job_summary(job: Job) -> Json:
     return _present(
         jobArn=job.job_arn, jobId=job.job_id, targetSelection=job.target_selection,
         status=job.status.value, createdAt=job.created_at, lastUpdatedAt=job.last_updated_at,
-        completedAt=job.completed_at, isConcurrent=False)
+        completedAt=job.completed_at, isConcurrent=job.planned > 0)
 
 
 def job_execution(e: Execution, *, thing_arn: str, now: float) -> Json:
