@@ -52,6 +52,22 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "ListJobExecutionsForThing": ("--thing-name", "t"),
     "CancelJobExecution": ("--job-id", "j", "--thing-name", "t"),
     "DeleteJobExecution": ("--job-id", "j", "--thing-name", "t", "--execution-number", "1"),
+    "AssociateTargetsWithJob": ("--job-id", "j", "--targets", "t"),
+    "CreateThing": ("--thing-name", "t"),
+    "DescribeThing": ("--thing-name", "t"),
+    "UpdateThing": ("--thing-name", "t"),
+    "ListThings": (),
+    "DeleteThing": ("--thing-name", "t"),
+    "CreateThingGroup": ("--thing-group-name", "g"),
+    "DescribeThingGroup": ("--thing-group-name", "g"),
+    "UpdateThingGroup": ("--thing-group-name", "g", "--thing-group-properties", "{}"),
+    "DeleteThingGroup": ("--thing-group-name", "g"),
+    "ListThingGroups": (),
+    "AddThingToThingGroup": (),
+    "RemoveThingFromThingGroup": (),
+    "UpdateThingGroupsForThing": (),
+    "ListThingsInThingGroup": ("--thing-group-name", "g"),
+    "ListThingGroupsForThing": ("--thing-name", "t"),
 }
 
 
@@ -494,7 +510,13 @@ def test_every_mirrored_command_is_registered() -> None:
     assert list(sub.choices) == [
         "create-job", "describe-job", "list-jobs", "get-job-document", "cancel-job",
         "delete-job", "describe-job-execution", "list-job-executions-for-job",
-        "list-job-executions-for-thing", "cancel-job-execution", "delete-job-execution"]
+        "list-job-executions-for-thing", "cancel-job-execution", "delete-job-execution",
+        "associate-targets-with-job", "create-thing", "describe-thing", "update-thing",
+        "list-things", "delete-thing", "create-thing-group", "describe-thing-group",
+        "update-thing-group", "delete-thing-group", "list-thing-groups",
+        "add-thing-to-thing-group", "remove-thing-from-thing-group",
+        "update-thing-groups-for-thing", "list-things-in-thing-group",
+        "list-thing-groups-for-thing"]
     delete_job = sub.choices["delete-job"]
     options = {s for a in delete_job._actions for s in a.option_strings}
     assert {"--job-id", "--force", "--no-force", "--namespace-id", "--cli-input-json",

@@ -25,7 +25,11 @@ SERVICE = "iot"
 OPERATIONS: tuple[str, ...] = (
     "CreateJob", "DescribeJob", "ListJobs", "GetJobDocument", "CancelJob", "DeleteJob",
     "DescribeJobExecution", "ListJobExecutionsForJob", "ListJobExecutionsForThing",
-    "CancelJobExecution", "DeleteJobExecution",
+    "CancelJobExecution", "DeleteJobExecution", "AssociateTargetsWithJob",
+    "CreateThing", "DescribeThing", "UpdateThing", "ListThings", "DeleteThing",
+    "CreateThingGroup", "DescribeThingGroup", "UpdateThingGroup", "DeleteThingGroup",
+    "ListThingGroups", "AddThingToThingGroup", "RemoveThingFromThingGroup",
+    "UpdateThingGroupsForThing", "ListThingsInThingGroup", "ListThingGroupsForThing",
 )
 
 #: Scalar types as botocore names them (``awscli.SCALAR_TYPES``).

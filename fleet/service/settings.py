@@ -5,6 +5,7 @@ Built once at the edge (CLI flags, drill file) and passed down frozen.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
@@ -71,6 +72,9 @@ class ServiceSettings:
             raise ValueError("deletion_seconds_per_execution: must be >= 0")
         if self.max_concurrent_deletions < 1:
             raise ValueError("max_concurrent_deletions: must be >= 1")
+        if not re.fullmatch(r"[A-Z0-9_]{1,128}", self.abort_reason_code):
+            raise ValueError("abort_reason_code: must match [A-Z0-9_]{1,128}, as a CancelJob "
+                             "reasonCode")
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> ServiceSettings:
