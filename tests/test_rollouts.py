@@ -17,12 +17,18 @@ from devicesim.wire.enums import JobExecutionStatus as X
 from fleet.broker import BrokerAddress
 from fleet.drill.controller import iot_client
 from fleet.service.errors import InvalidRequestException
-from fleet.service.rollout import AbortCriterion, parse_abort, parse_rollout
+from fleet.service.rollout import (
+    AbortCriterion,
+    parse_abort,
+    parse_retry,
+    parse_rollout,
+    retry_due,
+)
 from fleet.service.settings import ServiceSettings
 from fleet.service.shell import JobsService, ServiceConfig
 from fleet.service.store import JobsStore
 from tests.jobs_client import jobs_client
-from tests.test_controlplane import DOC, T0, Clock, arn
+from tests.test_controlplane import DOC, T0, Clock, arn, running
 
 THINGS = [f"t{i}" for i in range(10)]
 
@@ -276,3 +282,88 @@ async def test_a_real_service_paces_a_rollout_and_aborts_by_itself(
             assert job["jobProcessDetails"]["numberOfCanceledThings"] == 3
     finally:
         await service.stop()
+
+
+def test_a_failed_execution_is_retried_while_retries_are_left(tmp_path: Path) -> None:
+    store, _ = make(tmp_path)
+    store.create_job("ota", targets=[arn("a")], document=DOC, retry_config={
+        "criteriaList": [{"failureType": "FAILED", "numberOfRetries": 2}]})
+    for attempt in range(3):
+        started = store.start_next("a")
+        assert started is not None
+        assert (started.execution_number, started.retry_attempt) == (attempt + 1, attempt)
+        store.drain()
+        store.update("a", "ota", status=X.FAILED)
+        pushed = store.drain()
+        if attempt < 2:  # queued again: told so
+            e = store.describe_job_execution("ota", "a")
+            assert (e.status, e.execution_number) == (X.QUEUED, attempt + 2)
+            assert topics.notify_next("a") in [p.topic for p in pushed]
+            assert store.describe_job("ota").status.value == "IN_PROGRESS"
+    e = store.describe_job_execution("ota", "a")
+    assert (e.status, e.retry_attempt) == (X.FAILED, 2)
+    assert store.describe_job("ota").status.value == "COMPLETED"
+
+
+def test_timed_out_executions_retry_under_their_own_or_the_all_criterion(tmp_path: Path
+                                                                         ) -> None:
+    store, clock = make(tmp_path)
+    store.create_job("ota", targets=[arn("a")], document=DOC, retry_config={
+        "criteriaList": [{"failureType": "FAILED", "numberOfRetries": 1},
+                         {"failureType": "ALL", "numberOfRetries": 1}]})
+    store.start_next("a", step_timeout=1)
+    clock.advance(61)
+    store.tick()  # TIMED_OUT: counted under ALL
+    assert store.describe_job_execution("ota", "a").retry_attempt == 1
+    store.start_next("a", step_timeout=1)
+    clock.advance(61)
+    store.tick()  # ALL spent: it stays TIMED_OUT
+    e = store.describe_job_execution("ota", "a")
+    assert (e.status, e.retry_attempt) == (X.TIMED_OUT, 1)
+
+
+def test_retry_rules() -> None:
+    both = parse_retry({"criteriaList": [{"failureType": "FAILED", "numberOfRetries": 2},
+                                         {"failureType": "ALL", "numberOfRetries": 3}]})
+    assert retry_due(both, "FAILED", {"FAILED": 1}) == "FAILED"
+    assert retry_due(both, "FAILED", {"FAILED": 2}) is None
+    assert retry_due(both, "TIMED_OUT", {"FAILED": 2}) == "ALL"
+    assert retry_due(both, "TIMED_OUT", {"FAILED": 2, "ALL": 1}) is None
+    assert retry_due({"FAILED": 1}, "TIMED_OUT", {}) is None
+    for bad, message in (
+            ({"criteriaList": []}, "one or two criteria"),
+            ({"criteriaList": [{"failureType": "REJECTED", "numberOfRetries": 1}]},
+             "failureType: one of FAILED, TIMED_OUT, ALL"),
+            ({"criteriaList": [{"failureType": "ALL", "numberOfRetries": 11}]},
+             "numberOfRetries: must be an integer from 0 to 10"),
+            ({"criteriaList": [{"failureType": "FAILED", "numberOfRetries": 6},
+                               {"failureType": "ALL", "numberOfRetries": 6}]},
+             "at most 10 retries in all")):
+        with pytest.raises(InvalidRequestException, match=message):
+            parse_retry(bad)
+
+
+async def test_boto3_sees_the_configurations_and_the_retry_attempts(tmp_path: Path) -> None:
+    async with running(tmp_path) as env:
+        retry = {"criteriaList": [{"failureType": "FAILED", "numberOfRetries": 1}]}
+        await env.call("create_job", jobId="ota", targets=[arn("a")], document=DOC,
+                       jobExecutionsRetryConfig=retry,
+                       jobExecutionsRolloutConfig={"maximumPerMinute": 100})
+        env.store.tick()
+        env.store.start_next("a")
+        env.store.update("a", "ota", status=X.FAILED)
+        job = (await env.call("describe_job", jobId="ota"))["job"]
+        assert job["jobExecutionsRetryConfig"] == retry
+        summaries = (await env.call("list_job_executions_for_thing", thingName="a"))[
+            "executionSummaries"]
+        assert [(s["jobExecutionSummary"]["executionNumber"],
+                 s["jobExecutionSummary"]["retryAttempt"],
+                 s["jobExecutionSummary"]["status"]) for s in summaries] == [(2, 1, "QUEUED")]
+        code, status, message = await env.error(
+            "create_job", jobId="bad", targets=[arn("a")], document=DOC,
+            jobExecutionsRetryConfig={"criteriaList": [
+                {"failureType": "FAILED", "numberOfRetries": 1},
+                {"failureType": "FAILED", "numberOfRetries": 2}]})
+        assert (code, status) == ("InvalidRequestException", 400)
+        assert message == ("jobExecutionsRetryConfig.criteriaList[1].failureType: FAILED "
+                           "given twice")

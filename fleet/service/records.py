@@ -60,6 +60,8 @@ class Execution:
     in_progress_deadline: float | None = None
     sweep_at: float | None = None
     seq: int = 0
+    #: how many times the job's retry configuration queued this thing's execution again
+    retry_attempt: int = 0
 
     @property
     def key(self) -> tuple[str, int]:

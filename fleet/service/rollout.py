@@ -1,5 +1,5 @@
-"""A job's rollout and abort configurations: parsing (the botocore model's limits) and the
-rules, pure (the store keeps the state and applies them).
+"""A job's rollout, abort and retry configurations: parsing (the botocore model's limits)
+and the rules, pure (the store keeps the state and applies them).
 
 Rollout (``jobExecutionsRolloutConfig``): without it every target gets its QUEUED execution
 at CreateJob. With it the targets are *planned* and released one at a time, evenly spaced
@@ -15,6 +15,12 @@ checked; the job is canceled (as CancelJob, with the reason code of the ``abort_
 setting) once, for one criterion, at least ``minNumberOfExecutedThings`` things were
 notified (have an execution) and the executions of its ``failureType`` (``ALL``: FAILED,
 REJECTED and TIMED_OUT) are at least ``thresholdPercentage`` % of them.
+
+Retry (``jobExecutionsRetryConfig``): an execution that ends FAILED or TIMED_OUT is queued
+again while its thing has retries left: the criterion for that failure type (else the
+``ALL`` one) allows ``numberOfRetries`` per thing; an ``ALL`` criterion counts the retries of
+both types. AWS does not say how a retry looks to the device; here it is a new QUEUED
+execution with the next ``executionNumber`` and ``retryAttempt`` + 1, notified as any.
 """
 
 from __future__ import annotations
@@ -168,3 +174,43 @@ def abort_due(criteria: tuple[AbortCriterion, ...], counts: dict[str, int]
               ) -> AbortCriterion | None:
     """The first criterion ``counts`` (executions by status) meet, if any."""
     return next((c for c in criteria if c.met(counts)), None)
+
+
+RETRY_TYPES = ("FAILED", "TIMED_OUT", "ALL")
+MAX_RETRIES = 10
+
+
+def parse_retry(value: Any) -> dict[str, int]:
+    """``jobExecutionsRetryConfig``: failure type -> numberOfRetries (empty if absent)."""
+    if value is None:
+        return {}
+    name = "jobExecutionsRetryConfig"
+    criteria = _object(value, name, ("criteriaList",)).get("criteriaList")
+    if not isinstance(criteria, list) or not 1 <= len(criteria) <= 2:
+        raise InvalidRequestException(f"{name}.criteriaList: one or two criteria")
+    parsed: dict[str, int] = {}
+    for i, item in enumerate(criteria):
+        where = f"{name}.criteriaList[{i}]"
+        c = _object(item, where, ("failureType", "numberOfRetries"))
+        kind = c.get("failureType")
+        if kind not in RETRY_TYPES:
+            raise InvalidRequestException(f"{where}.failureType: one of "
+                                          f"{', '.join(RETRY_TYPES)}")
+        if kind in parsed:
+            raise InvalidRequestException(f"{where}.failureType: {kind} given twice")
+        parsed[kind] = _integer(c.get("numberOfRetries"), f"{where}.numberOfRetries", 0,
+                                MAX_RETRIES)
+    if sum(parsed.values()) > MAX_RETRIES:
+        raise InvalidRequestException(f"{name}: at most {MAX_RETRIES} retries in all")
+    return parsed
+
+
+def retry_due(criteria: dict[str, int], status: str, done: dict[str, int]) -> str | None:
+    """The failure type to count a retry of an execution ended ``status`` under (None: no
+    retry left); ``done``: the thing's retries so far, by the type they were counted
+    under."""
+    kind = status if status in criteria else "ALL" if "ALL" in criteria else None
+    if kind is None:
+        return None
+    used = sum(done.values()) if kind == "ALL" else done.get(kind, 0)
+    return kind if used < criteria[kind] else None

@@ -70,7 +70,8 @@ CREATE TABLE IF NOT EXISTS executions (
     status TEXT NOT NULL, status_details TEXT NOT NULL, queued_at REAL NOT NULL,
     started_at REAL, last_updated_at REAL NOT NULL, version_number INTEGER NOT NULL,
     force_canceled INTEGER NOT NULL, step_deadline REAL, in_progress_deadline REAL,
-    sweep_at REAL, seq INTEGER NOT NULL, deadline REAL, PRIMARY KEY (thing_name, job_id));
+    sweep_at REAL, seq INTEGER NOT NULL, deadline REAL, retry_attempt INTEGER NOT NULL
+    DEFAULT 0, PRIMARY KEY (thing_name, job_id));
 CREATE INDEX IF NOT EXISTS executions_by_job ON executions (job_id, seq);
 CREATE INDEX IF NOT EXISTS executions_by_job_status ON executions (job_id, status);
 CREATE INDEX IF NOT EXISTS executions_pending ON executions (thing_name, status, seq);
@@ -86,10 +87,13 @@ CREATE TABLE IF NOT EXISTS rollouts (
     job_id TEXT PRIMARY KEY, next_at REAL, rate REAL NOT NULL,
     released INTEGER NOT NULL, mark_released INTEGER NOT NULL,
     mark_succeeded INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS retries (
+    job_id TEXT NOT NULL, thing_name TEXT NOT NULL, failure_type TEXT NOT NULL,
+    count INTEGER NOT NULL, PRIMARY KEY (job_id, thing_name, failure_type));
 """
 _EXECUTION_COLUMNS = ("job_id, thing_name, execution_number, status, status_details, queued_at,"
                       " started_at, last_updated_at, version_number, force_canceled,"
-                      " step_deadline, in_progress_deadline, sweep_at, seq")
+                      " step_deadline, in_progress_deadline, sweep_at, seq, retry_attempt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +121,12 @@ class JobsStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         if "configs" not in {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}:
-            # a state file from before rollout and abort configurations
+            # a state file from before rollout, abort and retry configurations
             self._db.execute("ALTER TABLE jobs ADD COLUMN configs TEXT NOT NULL DEFAULT '{}'")
+        if "retry_attempt" not in {r[1] for r in self._db.execute(
+                "PRAGMA table_info(executions)")}:
+            self._db.execute("ALTER TABLE executions ADD COLUMN retry_attempt INTEGER NOT NULL"
+                             " DEFAULT 0")
         self._outbox: list[Publish] = []
         self._tx_effects: list[Publish] | None = None
         self._in_batch = False
@@ -235,7 +243,7 @@ class JobsStore:
             started_at=row["started_at"], last_updated_at=row["last_updated_at"],
             version_number=row["version_number"], force_canceled=bool(row["force_canceled"]),
             step_deadline=row["step_deadline"], in_progress_deadline=row["in_progress_deadline"],
-            sweep_at=row["sweep_at"], seq=row["seq"])
+            sweep_at=row["sweep_at"], seq=row["seq"], retry_attempt=row["retry_attempt"])
 
     def _job_from(self, row: sqlite3.Row) -> Job:
         return Job(
@@ -331,12 +339,12 @@ class JobsStore:
     def _write_execution(self, e: Execution) -> None:
         self._db.execute(
             f"INSERT OR REPLACE INTO executions ({_EXECUTION_COLUMNS}, deadline) VALUES"
-            " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (e.job_id, e.thing_name, e.execution_number, e.status.value,
              orjson.dumps(e.status_details).decode(), e.queued_at, e.started_at,
              e.last_updated_at, e.version_number, int(e.force_canceled), e.step_deadline,
              e.in_progress_deadline,
-             e.sweep_at, e.seq, None if e.status.is_terminal else e.deadline))
+             e.sweep_at, e.seq, e.retry_attempt, None if e.status.is_terminal else e.deadline))
 
     def _change_execution(self, e: Execution, status: X, *, details: dict[str, str] | None,
                           step_timeout: int | None = None, force_canceled: bool = False,
@@ -362,14 +370,44 @@ class JobsStore:
             queued_at=e.queued_at, started_at=started_at, last_updated_at=now,
             version_number=e.version_number + 1,
             force_canceled=e.force_canceled or force_canceled, step_deadline=step_deadline,
-            in_progress_deadline=in_progress_deadline, sweep_at=e.sweep_at, seq=e.seq)
+            in_progress_deadline=in_progress_deadline, sweep_at=e.sweep_at, seq=e.seq,
+            retry_attempt=e.retry_attempt)
         self._update_execution(new)
         if status.is_terminal and status is not e.status:
             self._execution_event(new, status.value.lower())
+            if status in (X.FAILED, X.TIMED_OUT) and "jobExecutionsRetryConfig" in \
+                    self._job_configs(new.job_id):
+                self._maybe_retry(new)
             self._maybe_complete(new.job_id)
             if "abortConfig" in self._job_configs(new.job_id):
                 self._abort_checks.add(new.job_id)  # checked by the next tick
         return new
+
+    def _maybe_retry(self, e: Execution) -> None:
+        """A FAILED or TIMED_OUT execution the job's retry configuration still retries is
+        queued again: a new execution (``executionNumber`` + 1, ``retryAttempt`` + 1) in
+        place of the failed one, as long as the job is IN_PROGRESS."""
+        row = self._db.execute("SELECT status FROM jobs WHERE job_id = ?",
+                               (e.job_id,)).fetchone()
+        if row is None or row[0] != J.IN_PROGRESS.value:
+            return
+        criteria = rollout_mod.parse_retry(self._job_configs(e.job_id)[
+            "jobExecutionsRetryConfig"])
+        done = dict(self._db.execute(
+            "SELECT failure_type, count FROM retries WHERE job_id = ? AND thing_name = ?",
+            (e.job_id, e.thing_name)).fetchall())
+        criterion = rollout_mod.retry_due(criteria, e.status.value, done)
+        if criterion is None:
+            return
+        self._db.execute("INSERT INTO retries VALUES (?, ?, ?, 1) ON CONFLICT DO UPDATE SET"
+                         " count = count + 1", (e.job_id, e.thing_name, criterion))
+        now = self._now()
+        self._write_execution(Execution(
+            job_id=e.job_id, thing_name=e.thing_name, execution_number=e.execution_number + 1,
+            status=X.QUEUED, queued_at=now, last_updated_at=now, version_number=1,
+            seq=self._next_seq(), retry_attempt=e.retry_attempt + 1))
+        log.info("retry job_id=%s thing_name=%s attempt=%d", e.job_id, e.thing_name,
+                 e.retry_attempt + 1)
 
     def _remove_execution(self, e: Execution, *, event: bool = True) -> None:
         self._db.execute("DELETE FROM executions WHERE thing_name = ? AND job_id = ?",
@@ -467,15 +505,19 @@ class JobsStore:
                    in_progress_timeout_minutes: int | None = None,
                    namespace_id: str | None = None,
                    rollout_config: dict[str, Any] | None = None,
-                   abort_config: dict[str, Any] | None = None) -> Job:
+                   abort_config: dict[str, Any] | None = None,
+                   retry_config: dict[str, Any] | None = None) -> Job:
         """Create it; without a rollout configuration every target gets its QUEUED
         execution now, with one they are planned and released by :meth:`tick`."""
         validation.check_job_id(job_id)
         things = self._thing_names(targets)
         rollout = rollout_mod.parse_rollout(rollout_config)
         rollout_mod.parse_abort(abort_config)
+        rollout_mod.parse_retry(retry_config)
         configs = {k: v for k, v in (("jobExecutionsRolloutConfig", rollout_config),
-                                     ("abortConfig", abort_config)) if v is not None}
+                                     ("abortConfig", abort_config),
+                                     ("jobExecutionsRetryConfig", retry_config))
+                   if v is not None}
         validation.check_document(document)
         validation.check_text("description", description)
         if target_selection not in ("SNAPSHOT", "CONTINUOUS"):

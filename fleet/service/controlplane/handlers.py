@@ -45,9 +45,10 @@ Handler = Callable[[Context, Input], Json | None]
 def create_job(ctx: Context, inp: Input) -> Json:
     inp.allow(
         body=("targets", "document", "description", "targetSelection", "timeoutConfig",
-              "namespaceId", "jobExecutionsRolloutConfig", "abortConfig"),
+              "namespaceId", "jobExecutionsRolloutConfig", "abortConfig",
+              "jobExecutionsRetryConfig"),
         unsupported_body=("documentSource", "presignedUrlConfig", "tags", "jobTemplateArn",
-                          "jobExecutionsRetryConfig", "documentParameters", "schedulingConfig",
+                          "documentParameters", "schedulingConfig",
                           "destinationPackageVersions"))
     job_id = inp.job_id()
     targets = inp.body_string_list("targets")
@@ -64,7 +65,8 @@ def create_job(ctx: Context, inp: Input) -> Json:
         in_progress_timeout_minutes=_in_progress_timeout(inp),
         namespace_id=inp.body_namespace_id(),
         rollout_config=inp.body_object("jobExecutionsRolloutConfig"),
-        abort_config=inp.body_object("abortConfig"))
+        abort_config=inp.body_object("abortConfig"),
+        retry_config=inp.body_object("jobExecutionsRetryConfig"))
     return shapes.job_reference(job)
 
 

@@ -56,7 +56,8 @@ def job_object(job: Job) -> Json:
                            for status, name in PROCESS_DETAILS.items()},
         timeoutConfig=timeout, namespaceId=job.namespace_id, isConcurrent=job.planned > 0,
         jobExecutionsRolloutConfig=job.configs.get("jobExecutionsRolloutConfig"),
-        abortConfig=job.configs.get("abortConfig"))
+        abortConfig=job.configs.get("abortConfig"),
+        jobExecutionsRetryConfig=job.configs.get("jobExecutionsRetryConfig"))
 
 
 def job_summary(job: Job) -> Json:
@@ -77,10 +78,10 @@ def job_execution(e: Execution, *, thing_arn: str, now: float) -> Json:
 
 
 def job_execution_summary(e: Execution) -> Json:
-    """JobExecutionSummary. This emulator never retries, so ``retryAttempt`` is 0."""
+    """JobExecutionSummary."""
     return _present(status=e.status.value, queuedAt=e.queued_at, startedAt=e.started_at,
                     lastUpdatedAt=e.last_updated_at, executionNumber=e.execution_number,
-                    retryAttempt=0)
+                    retryAttempt=e.retry_attempt)
 
 
 def summary_for_job(e: Execution, *, thing_arn: str) -> Json:
