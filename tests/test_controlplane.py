@@ -206,8 +206,6 @@ UNSUPPORTED_CREATE_PARAMS: dict[str, Any] = {
     "presignedUrlConfig": {"roleArn": "arn:aws:iam::123456789012:role/r", "expiresInSec": 60},
     "tags": [{"Key": "k", "Value": "v"}],
     "jobTemplateArn": "arn:aws:iot:us-east-1:123456789012:jobtemplate/t",
-    "jobExecutionsRetryConfig": {"criteriaList": [{"failureType": "FAILED",
-                                                   "numberOfRetries": 1}]},
     "documentParameters": {"p": "v"},
     "schedulingConfig": {"startTime": "2030-01-01T00:00"},
     "destinationPackageVersions": [
