@@ -53,6 +53,11 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "CancelJobExecution": ("--job-id", "j", "--thing-name", "t"),
     "DeleteJobExecution": ("--job-id", "j", "--thing-name", "t", "--execution-number", "1"),
     "AssociateTargetsWithJob": ("--job-id", "j", "--targets", "t"),
+    "UpdateJob": ("--job-id", "j"),
+    "CreateJobTemplate": ("--job-template-id", "t", "--description", "d"),
+    "DescribeJobTemplate": ("--job-template-id", "t"),
+    "ListJobTemplates": (),
+    "DeleteJobTemplate": ("--job-template-id", "t"),
     "CreateThing": ("--thing-name", "t"),
     "DescribeThing": ("--thing-name", "t"),
     "UpdateThing": ("--thing-name", "t"),
@@ -323,10 +328,11 @@ def test_output_skeleton_is_the_aws_clis(operation: str,
         assert ours.out == theirs.out
     else:
         # The AWS CLI's stub validates its own sample and rejects it (min lengths) for
-        # describe-job and describe-job-execution; fleet prints the sample.
+        # describe-job, describe-job-execution and describe-job-template; fleet prints
+        # the sample.
         assert theirs.rc == 255
         assert "Parameter validation failed" in theirs.err
-        assert operation in ("DescribeJob", "DescribeJobExecution")
+        assert operation in ("DescribeJob", "DescribeJobExecution", "DescribeJobTemplate")
         output_members = model.operation_model(operation).output_shape.members
         assert list(ours.json) == list(output_members)
     if model.operation_model(operation).output_shape is None:
@@ -511,7 +517,8 @@ def test_every_mirrored_command_is_registered() -> None:
         "create-job", "describe-job", "list-jobs", "get-job-document", "cancel-job",
         "delete-job", "describe-job-execution", "list-job-executions-for-job",
         "list-job-executions-for-thing", "cancel-job-execution", "delete-job-execution",
-        "associate-targets-with-job", "create-thing", "describe-thing", "update-thing",
+        "associate-targets-with-job", "update-job", "create-job-template",
+        "describe-job-template", "list-job-templates", "delete-job-template", "create-thing", "describe-thing", "update-thing",
         "list-things", "delete-thing", "create-thing-group", "describe-thing-group",
         "update-thing-group", "delete-thing-group", "list-thing-groups",
         "add-thing-to-thing-group", "remove-thing-from-thing-group",

@@ -35,7 +35,9 @@ def test_every_route_has_a_handler_and_mutations_are_marked() -> None:
                         # membership changes queue or remove continuous jobs' executions
                         "AddThingToThingGroup", "RemoveThingFromThingGroup",
                         "UpdateThingGroupsForThing", "DeleteThingGroup", "DeleteThing",
-                        "AssociateTargetsWithJob"}
+                        "AssociateTargetsWithJob",
+                        # a new abort configuration is checked at once
+                        "UpdateJob"}
 
 
 @given(job_id=JOB_IDS, thing_name=THING_NAMES, execution_number=st.integers(0, 2**63 - 1))
@@ -70,7 +72,8 @@ def test_match(method: str, path: str, operation: str) -> None:
 
 
 @pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/thing-groups/g/things/t"), ("POST", "/jobs/j"), ("GET", "/jobs/j/k/l"), ("PATCH", "/jobs/j"),
+    ("GET", "/thing-groups/g/things/t"), ("POST", "/jobs/j"), ("GET", "/jobs/j/k/l"),
+    ("PATCH", "/jobs/j/cancel"),
     ("DELETE", "/things/t/jobs/j"), ("GET", "/"), ("GET", "/jobs//things"),
 ])
 def test_unknown_route(method: str, path: str) -> None:

@@ -2,16 +2,22 @@
 
 Rules are the control-plane and data-plane calls plus the chaos actions (advance the virtual
 clock and tick, close and reopen the SQLite file). After every rule the real store must
-equal the model: same jobs, same executions with the same status and versionNumber, the
-same error raised exactly when the model predicts one, and the same pushes: ``notify`` iff
-a thing's pending set changed, ``notify-next`` iff its head changed and naming the model's
-head, and the same jobs events.
+equal the model: same jobs (status, reasonCode, targets still planned), same executions
+with the same status, versionNumber and executionNumber, same thing groups and members,
+the same error raised exactly when the model predicts one, and the same pushes: ``notify``
+iff a thing's pending set changed, ``notify-next`` iff its head changed and naming the
+model's head, and the same jobs events.
+
+Jobs target things and two static thing groups (``g1`` a child of ``g0``), as SNAPSHOT or
+CONTINUOUS jobs (docs/control-plane.md, "Things and thing groups"), some paced by a
+rollout and some with an abort configuration ("Rollouts and automatic aborts").
 
 Deterministic: ``derandomize=True`` and a fixed seed for the store's own ``random.Random``.
 A few job ids and things keep collisions (jobId reuse, shared things) frequent. Deletions
 are swept in 0.01 s per execution and the clock moves by 0 s or whole seconds, so a sweep
 is either not started or finished at each tick (the partial sweep is covered in
-test_store.py).
+test_store.py); rollouts release one target per 1 s or 30 s, so a release is due at a tick
+or not, never in between.
 """
 
 from __future__ import annotations
@@ -51,15 +57,57 @@ from fleet.service.store import JobsStore, Publish
 SEED = 1234
 T0 = 1_700_000_000.0
 THINGS = ("t0", "t1")
+#: The static thing groups and their parents: g1 is below g0.
+GROUPS: dict[str, str | None] = {"g0": None, "g1": "g0"}
 JOB_IDS = ("j0", "j1", "j2", "j3", "j4", "j5")
 DOC = json.dumps({"operation": "noop"})
 SERVICE_ONLY = (X.CANCELED, X.REMOVED, X.TIMED_OUT)
+#: abortConfig failureType -> the execution statuses it counts (docs/control-plane.md)
+FAILURES = {"FAILED": (X.FAILED,), "ALL": (X.FAILED, X.REJECTED, X.TIMED_OUT)}
 
 Error = type[JobsError] | None
+STORE_KEEPS_PLANNED_LEAVERS = True  # TEMPORARY exploration switch
 
 
-def arn(thing: str) -> str:
-    return f"arn:aws:iot:us-east-1:123456789012:thing/{thing}"
+def arn(target: str) -> str:
+    """The ARN of a thing or (``g...``) of a thing group."""
+    kind = "thinggroup" if target in GROUPS else "thing"
+    return f"arn:aws:iot:us-east-1:123456789012:{kind}/{target}"
+
+
+@dataclass(frozen=True)
+class Abort:
+    """One abortConfig criterion (action CANCEL)."""
+
+    failure_type: str
+    threshold_percentage: int
+    min_executed_things: int
+
+    def config(self) -> dict[str, Any]:
+        return {"criteriaList": [{
+            "failureType": self.failure_type, "action": "CANCEL",
+            "thresholdPercentage": self.threshold_percentage,
+            "minNumberOfExecutedThings": self.min_executed_things}]}
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What CreateJob is asked for."""
+
+    on: tuple[str, ...]  # things and groups (``targets`` is reserved by Hypothesis' rules)
+    timeout: int | None = None
+    continuous: bool = False
+    #: jobExecutionsRolloutConfig.maximumPerMinute: 60 (one a second) or 2 (one in 30 s)
+    rate: int | None = None
+    abort: Abort | None = None
+
+    def create(self, store: JobsStore, job_id: str) -> Any:
+        return store.create_job(
+            job_id, targets=[arn(t) for t in self.on], document=DOC,
+            in_progress_timeout_minutes=self.timeout,
+            target_selection="CONTINUOUS" if self.continuous else "SNAPSHOT",
+            rollout_config=None if self.rate is None else {"maximumPerMinute": self.rate},
+            abort_config=None if self.abort is None else self.abort.config())
 
 
 # -- the model --------------------------------------------------------------------------------
@@ -73,6 +121,7 @@ class MExecution:
     status: X
     version: int
     seq: int
+    number: int = 1
     in_progress_deadline: float | None = None
     step_deadline: float | None = None
 
@@ -83,21 +132,46 @@ class MExecution:
 
 
 @dataclass
+class MRollout:
+    """A paced job's targets not released yet, and when the next release is due."""
+
+    rate: int
+    next_at: float | None
+    planned: dict[str, int] = field(default_factory=dict)  # thing -> seq
+
+
+@dataclass
 class MJob:
     status: J
     timeout_minutes: int | None
     incarnation: int
+    seq: int = 0
+    continuous: bool = False
+    targets: tuple[str, ...] = ()
+    rollout: MRollout | None = None  # dropped by a cancel or delete
+    abort: Abort | None = None
+    reason_code: str | None = None
     deletion_started: float | None = None
+
+    @property
+    def planned(self) -> int:
+        return 0 if self.rollout is None else len(self.rollout.planned)
 
 
 @dataclass
 class Model:
-    """What AWS IoT Jobs should hold, in a few dicts; every rule of spec §2-§6, §13."""
+    """What AWS IoT Jobs should hold, in a few dicts; every rule of spec §2-§6, §13, and of
+    docs/control-plane.md on thing groups, rollouts and aborts."""
 
     settings: ServiceSettings
     now: float = T0
     jobs: dict[str, MJob] = field(default_factory=dict)
     executions: dict[tuple[str, str], MExecution] = field(default_factory=dict)
+    #: group -> parent, for the groups that exist
+    groups: dict[str, str | None] = field(default_factory=dict)
+    members: dict[str, set[str]] = field(default_factory=dict)
+    #: jobs with an abort configuration to check at the next tick
+    abort_checks: set[str] = field(default_factory=set)
     events: list[str] = field(default_factory=list)
     seq: int = 0
     incarnations: int = 0
@@ -114,6 +188,43 @@ class Model:
     def deleting(self) -> int:
         return sum(job.status is J.DELETION_IN_PROGRESS for job in self.jobs.values())
 
+    def _next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    # -- groups: who a target reaches
+
+    def _below(self, group: str) -> list[str]:
+        """``group`` and every group under it."""
+        return [g for g in self.groups if g == group or group in self._ancestors(g)]
+
+    def _ancestors(self, group: str) -> list[str]:
+        chain, parent = [], self.groups.get(group)
+        while parent is not None:
+            chain.append(parent)
+            parent = self.groups.get(parent)
+        return chain
+
+    def _containing(self, thing: str) -> set[str]:
+        direct = {g for g, things in self.members.items() if thing in things}
+        return direct | {a for g in direct for a in self._ancestors(g)}
+
+    def _reached(self, on: tuple[str, ...]) -> list[str]:
+        """The things ``on`` reaches now, in the order they get their executions."""
+        things: dict[str, None] = {}
+        for target in on:
+            if target in GROUPS:
+                things.update(dict.fromkeys(sorted(
+                    {t for g in self._below(target) for t in self.members[g]})))
+            else:
+                things[target] = None
+        return list(things)
+
+    def _missing_group(self, on: tuple[str, ...]) -> bool:
+        return any(t in GROUPS and t not in self.groups for t in on)
+
+    # -- changes
+
     def _job_event(self, job_id: str, operation: str) -> None:
         self.events.append(topics.job_event(job_id, operation))
 
@@ -121,8 +232,10 @@ class Model:
         self.events.append(topics.execution_event(e.job_id, operation))
 
     def _maybe_complete(self, job_id: str) -> None:
+        """A SNAPSHOT job completes once nothing is pending and nothing planned; a
+        CONTINUOUS job never completes by itself."""
         job = self.jobs[job_id]
-        if job.status is J.IN_PROGRESS and not any(
+        if job.status is J.IN_PROGRESS and not job.continuous and not job.planned and not any(
                 e.status in (X.QUEUED, X.IN_PROGRESS) for e in self.of_job(job_id)):
             job.status = J.COMPLETED
             self._job_event(job_id, "completed")
@@ -141,24 +254,138 @@ class Model:
         if status.is_terminal and status is not old:
             self._execution_event(e, status.value.lower())
             self._maybe_complete(e.job_id)
+            if self.jobs[e.job_id].abort is not None:
+                self.abort_checks.add(e.job_id)
 
     def _remove(self, e: MExecution, event: bool = True) -> None:
         del self.executions[(e.job_id, e.thing)]
         if event:
             self._execution_event(e, "deleted")
 
+    def _queue(self, job_id: str, thing: str, number: int) -> None:
+        """A QUEUED execution (replacing a REMOVED one)."""
+        self.executions[(job_id, thing)] = MExecution(
+            job_id, thing, self.jobs[job_id].incarnation, X.QUEUED, 1, self._next_seq(),
+            number)
+
+    def _plan_or_queue(self, job_id: str, thing: str, number: int) -> None:
+        """Queue now, or plan it for the rollout to release (once)."""
+        rollout = self.jobs[job_id].rollout
+        if rollout is None:
+            self._queue(job_id, thing, number)
+            return
+        rollout.planned.setdefault(thing, self._next_seq())
+        if rollout.next_at is None:
+            rollout.next_at = self.now
+
+    def _target_again(self, job_id: str, thing: str) -> None:
+        """A continuous job reaches ``thing``: a job runs once per thing, unless its
+        execution was REMOVED (then again, with the next executionNumber)."""
+        e = self.executions.get((job_id, thing))
+        if e is None or e.status is X.REMOVED:
+            self._plan_or_queue(job_id, thing, 1 if e is None else e.number + 1)
+
+    def _reconcile(self, thing: str) -> None:
+        """``thing``'s groups changed: each IN_PROGRESS CONTINUOUS job reaching it targets
+        it (again); one that no longer does removes its QUEUED execution."""
+        containing = self._containing(thing)
+        for job_id, job in sorted(self.jobs.items(), key=lambda item: item[1].seq):
+            if not job.continuous or job.status is not J.IN_PROGRESS:
+                continue
+            if any(t == thing or t in containing for t in job.targets):
+                self._target_again(job_id, thing)
+                continue
+            if not STORE_KEEPS_PLANNED_LEAVERS and job.rollout is not None:
+                job.rollout.planned.pop(thing, None)  # not targeted: never released
+            e = self.executions.get((job_id, thing))
+            if e is not None and e.status is X.QUEUED:
+                self._change(e, X.REMOVED)
+
+    def _cancel(self, job_id: str, force: bool, reason_code: str | None) -> None:
+        job = self.jobs[job_id]
+        job.status, job.reason_code, job.rollout = J.CANCELED, reason_code, None
+        self._job_event(job_id, "cancellation_in_progress")
+        for e in self.of_job(job_id):
+            if e.status is X.QUEUED or (e.status is X.IN_PROGRESS and force):
+                self._change(e, X.CANCELED)
+        self._job_event(job_id, "canceled")
+
+    def _abort_met(self, job_id: str) -> bool:
+        """At least min things have an execution, and those of the failure type are at
+        least threshold % of them."""
+        criterion = self.jobs[job_id].abort
+        assert criterion is not None
+        statuses = [e.status for e in self.of_job(job_id)]
+        failures = sum(s in FAILURES[criterion.failure_type] for s in statuses)
+        return (len(statuses) >= criterion.min_executed_things
+                and failures * 100 >= criterion.threshold_percentage * len(statuses))
+
     # -- operations: each returns the error AWS (per the spec and settings) gives, or None
 
-    def create_job(self, job_id: str, things: list[str], timeout: int | None) -> Error:
+    def create_job(self, job_id: str, spec: JobSpec) -> Error:
+        if self._missing_group(spec.on):
+            return ResourceNotFoundException
         if job_id in self.jobs:
             return ResourceAlreadyExistsException
-        self.seq += 1
         self.incarnations += 1
-        self.jobs[job_id] = MJob(J.IN_PROGRESS, timeout, self.incarnations)
-        for thing in dict.fromkeys(things):
-            self.seq += 1
-            self.executions[(job_id, thing)] = MExecution(
-                job_id, thing, self.incarnations, X.QUEUED, 1, self.seq)
+        self.jobs[job_id] = job = MJob(
+            J.IN_PROGRESS, spec.timeout, self.incarnations, self._next_seq(),
+            spec.continuous, spec.on,
+            None if spec.rate is None else MRollout(spec.rate, next_at=self.now), spec.abort)
+        things = self._reached(spec.on)
+        for thing in things:
+            self._plan_or_queue(job_id, thing, 1)
+        if not things:  # a snapshot of empty groups
+            self._maybe_complete(job_id)
+        assert job.status is J.IN_PROGRESS or not job.continuous
+        return None
+
+    def associate_targets(self, job_id: str, on: tuple[str, ...]) -> Error:
+        job = self.jobs.get(job_id)
+        if job is None:
+            return ResourceNotFoundException
+        if not job.continuous or job.status is not J.IN_PROGRESS:
+            return InvalidRequestException
+        if self._missing_group(on):
+            return ResourceNotFoundException
+        job.targets = (*job.targets, *(t for t in dict.fromkeys(on) if t not in job.targets))
+        for thing in self._reached(on):
+            self._target_again(job_id, thing)
+        return None
+
+    def create_group(self, group: str) -> Error:
+        parent = GROUPS[group]
+        if group in self.groups:
+            return None  # the same group again: returned as it is
+        if parent is not None and parent not in self.groups:
+            return ResourceNotFoundException
+        self.groups[group], self.members[group] = parent, set()
+        return None
+
+    def add_to_group(self, group: str, thing: str) -> Error:
+        if group not in self.groups:
+            return ResourceNotFoundException
+        if thing not in self.members[group]:
+            self.members[group].add(thing)
+            self._reconcile(thing)
+        return None
+
+    def remove_from_group(self, group: str, thing: str) -> Error:
+        if group not in self.groups:
+            return ResourceNotFoundException
+        if thing in self.members[group]:
+            self.members[group].discard(thing)
+            self._reconcile(thing)
+        return None
+
+    def delete_group(self, group: str) -> Error:
+        if group not in self.groups:
+            return None
+        if group in self.groups.values():
+            return InvalidRequestException  # it has a child group
+        del self.groups[group]
+        for thing in sorted(self.members.pop(group)):
+            self._reconcile(thing)
         return None
 
     def start_next(self, thing: str, step_timeout: int | None) -> MExecution | None:
@@ -196,12 +423,7 @@ class Model:
             return ResourceNotFoundException
         if job.status is not J.IN_PROGRESS:  # deleting, or already terminal
             return BY_NAME[self.settings.cancel_in_progress_error]
-        job.status = J.CANCELED
-        self._job_event(job_id, "cancellation_in_progress")
-        for e in self.of_job(job_id):
-            if e.status is X.QUEUED or (e.status is X.IN_PROGRESS and force):
-                self._change(e, X.CANCELED)
-        self._job_event(job_id, "canceled")
+        self._cancel(job_id, force, reason_code=None)
         return None
 
     def cancel_job_execution(self, job_id: str, thing: str, force: bool,
@@ -218,7 +440,7 @@ class Model:
 
     def delete_job_execution(self, job_id: str, thing: str, number: int, force: bool) -> Error:
         e = self.executions.get((job_id, thing))
-        if e is None or number != 1:
+        if e is None or number != e.number:
             return ResourceNotFoundException
         if not e.status.is_terminal and not force:
             return InvalidStateTransitionException
@@ -236,10 +458,16 @@ class Model:
             return InvalidStateTransitionException
         if self.deleting() >= self.settings.max_concurrent_deletions:
             return LimitExceededException
-        job.status = J.DELETION_IN_PROGRESS
+        job.status, job.rollout = J.DELETION_IN_PROGRESS, None
         job.deletion_started = self.now
         self._job_event(job_id, "deletion_in_progress")
         return None
+
+    def reopened(self) -> None:
+        """A restarted store checks every IN_PROGRESS job with an abort configuration at
+        its first tick (store.py: it does not know which had executions finish)."""
+        self.abort_checks = {job_id for job_id, job in self.jobs.items()
+                             if job.status is J.IN_PROGRESS and job.abort is not None}
 
     def tick(self) -> None:
         for job_id, job in self.jobs.items():
@@ -251,10 +479,36 @@ class Model:
                        if job.status is J.DELETION_IN_PROGRESS and not self.of_job(j)]:
             del self.jobs[job_id]
             self._job_event(job_id, "deleted")
+        self._release()
+        for job_id in sorted(self.abort_checks):
+            self.abort_checks.discard(job_id)
+            job = self.jobs.get(job_id)
+            if job is not None and job.status is J.IN_PROGRESS and self._abort_met(job_id):
+                self._cancel(job_id, self.settings.abort_force,
+                             self.settings.abort_reason_code)
         for e in sorted(self.executions.values(), key=lambda e: e.seq):
             deadline = e.deadline
             if e.status is X.IN_PROGRESS and deadline is not None and deadline <= self.now:
                 self._change(e, X.TIMED_OUT)
+
+    def _release(self) -> None:
+        """Each due rollout releases its first planned target (a QUEUED execution; one
+        REMOVED before is queued with the next executionNumber); the next is due 60 / rate
+        s after this tick. One with nothing planned idles until a thing is planned."""
+        due = sorted((r.next_at, job.seq, job_id) for job_id, job in self.jobs.items()
+                     if (r := job.rollout) is not None and r.next_at is not None
+                     and r.next_at <= self.now)
+        for _, _, job_id in due:  # (ties in order of creation)
+            rollout = self.jobs[job_id].rollout
+            assert rollout is not None
+            if not rollout.planned:
+                rollout.next_at = None
+                continue
+            thing = min(rollout.planned, key=rollout.planned.__getitem__)
+            del rollout.planned[thing]
+            old = self.executions.get((job_id, thing))
+            self._queue(job_id, thing, 1 if old is None else old.number + 1)
+            rollout.next_at = self.now + 60 / rollout.rate
 
 
 # -- reading pushes back ----------------------------------------------------------------------
@@ -287,6 +541,16 @@ def listed(pending: list[MExecution], limit: int) -> dict[str, list[str]]:
 
 job_ids = st.sampled_from(JOB_IDS)
 things = st.sampled_from(THINGS)
+groups = st.sampled_from(sorted(GROUPS))
+#: Things and groups, as job targets.
+on = st.lists(st.sampled_from((*THINGS, *GROUPS)), min_size=1, max_size=2).map(tuple)
+#: Mostly plain SNAPSHOT jobs; a paced rollout releases one target a second or one in 30 s;
+#: the abort criteria: FAILED >= 50 % of at least 1 thing, or all failures >= 40 % of 2.
+job_specs = st.builds(
+    JobSpec, on=on, timeout=st.sampled_from([None, None, 1, 2]),
+    continuous=st.booleans(),
+    rate=st.sampled_from([None, None, 60, 2]),
+    abort=st.sampled_from([None, Abort("FAILED", 50, 1), Abort("ALL", 40, 2)]))
 deltas = st.sampled_from([None, None, 0, 0, -1, 1])
 #: Mostly what devices send, sometimes what they must not.
 device_statuses = st.sampled_from([
@@ -307,7 +571,7 @@ class JobsStoreMachine(RuleBasedStateMachine):
         self.path = self.dir / "jobs.db"
         self.model = Model(self.service_settings)
         self.store = self._open()
-        #: (job_id, thing, incarnation) -> last (status, version) the store showed
+        #: (job_id, thing, seq) -> last (status, version) the store showed
         self.observed: dict[tuple[str, str, int], tuple[X, int]] = {}
         #: each thing's pending jobIds (model) before the current operation
         self.before: dict[str, list[str]] = {}
@@ -382,33 +646,77 @@ class JobsStoreMachine(RuleBasedStateMachine):
             return data.draw(st.sampled_from(ids), label="job")
         return job_id
 
+    def _create_job(self, job_id: str, spec: JobSpec) -> None:
+        self._begin()
+        expected = self.model.create_job(job_id, spec)
+        self._run(expected, lambda: spec.create(self.store, job_id))
+
     # -- rules ------------------------------------------------------------------------------
 
-    # (``targets`` is reserved by Hypothesis' rule decorators, hence ``on``)
-    @initialize(first=st.lists(st.tuples(st.lists(things, min_size=1, max_size=2),
-                                          st.sampled_from([None, 1, 2])),
-                                min_size=1, max_size=3))
-    def first_jobs(self, first: list[tuple[list[str], int | None]]) -> None:
-        """Start with a few jobs queued on shared things (heads and queues to reorder)."""
-        for job_id, (on, timeout) in zip(JOB_IDS, first, strict=False):
+    @initialize(joined=st.lists(st.tuples(groups, things), min_size=1, max_size=4),
+                first=st.lists(job_specs, min_size=1, max_size=3))
+    def first_groups_and_jobs(self, joined: list[tuple[str, str]],
+                              first: list[JobSpec]) -> None:
+        """Start with the two groups, a few members, and a few jobs on shared things and
+        groups (heads and queues to reorder)."""
+        for group in GROUPS:
             self._begin()
-            expected = self.model.create_job(job_id, on, timeout)
-            self._run(expected, lambda job_id=job_id, on=on, timeout=timeout:
-                      self.store.create_job(job_id, targets=[arn(t) for t in on],
-                                            document=DOC, in_progress_timeout_minutes=timeout))
+            expected = self.model.create_group(group)
+            self._run(expected, lambda group=group: self.store.groups.create(
+                group, parent=GROUPS[group]))
+        for group, thing in joined:
+            self._begin()
+            expected = self.model.add_to_group(group, thing)
+            self._run(expected, lambda group=group, thing=thing:
+                      self.store.add_thing_to_group(group, thing))
+        for job_id, spec in zip(JOB_IDS, first, strict=False):
+            self._create_job(job_id, spec)
 
-    @rule(job_id=job_ids, on=st.lists(things, min_size=1, max_size=2),
-          timeout=st.sampled_from([None, None, 1, 2]), data=st.data())
-    def create_job(self, job_id: str, on: list[str], timeout: int | None,
-                   data: st.DataObject) -> None:
+    @rule(job_id=job_ids, spec=job_specs, data=st.data())
+    def create_job(self, job_id: str, spec: JobSpec, data: st.DataObject) -> None:
         free = [j for j in JOB_IDS if j not in self.model.jobs]
         if free and data.draw(aims, label="aim") < 8:  # mostly a new job, sometimes one in use
             job_id = data.draw(st.sampled_from(free), label="free job_id")
+        self._create_job(job_id, spec)
+
+    @rule(job_id=job_ids, more=on, data=st.data())
+    def associate_targets(self, job_id: str, more: tuple[str, ...],
+                          data: st.DataObject) -> None:
+        continuous = sorted(j for j, job in self.model.jobs.items() if job.continuous)
+        if continuous and data.draw(aims, label="aim") < 8:
+            job_id = data.draw(st.sampled_from(continuous), label="continuous job")
         self._begin()
-        expected = self.model.create_job(job_id, on, timeout)
-        self._run(expected, lambda: self.store.create_job(
-            job_id, targets=[arn(t) for t in on], document=DOC,
-            in_progress_timeout_minutes=timeout))
+        expected = self.model.associate_targets(job_id, more)
+        self._run(expected, lambda: self.store.associate_targets(
+            job_id, [arn(t) for t in more]))
+
+    @rule(group=groups, thing=things)
+    def add_thing_to_group(self, group: str, thing: str) -> None:
+        self._begin()
+        expected = self.model.add_to_group(group, thing)
+        self._run(expected, lambda: self.store.add_thing_to_group(group, thing))
+
+    @rule(group=groups, thing=things, data=st.data())
+    def remove_thing_from_group(self, group: str, thing: str, data: st.DataObject) -> None:
+        joined = sorted((g, t) for g, members in self.model.members.items() for t in members)
+        if joined and data.draw(aims, label="aim") < 8:
+            group, thing = data.draw(st.sampled_from(joined), label="member")
+        self._begin()
+        expected = self.model.remove_from_group(group, thing)
+        self._run(expected, lambda: self.store.remove_thing_from_group(group, thing))
+
+    @rule(group=groups)
+    def delete_thing_group(self, group: str) -> None:
+        self._begin()
+        expected = self.model.delete_group(group)
+        self._run(expected, lambda: self.store.delete_thing_group(group))
+
+    @rule(group=groups)
+    def create_thing_group(self, group: str) -> None:
+        """(Again: the same group is returned as it is; a deleted one comes back empty.)"""
+        self._begin()
+        expected = self.model.create_group(group)
+        self._run(expected, lambda: self.store.groups.create(group, parent=GROUPS[group]))
 
     @rule(thing=things, step_timeout=step_timeouts,
           details=st.sampled_from([None, {"step": "download"}]))
@@ -525,11 +833,14 @@ class JobsStoreMachine(RuleBasedStateMachine):
         self._run(expected, lambda: self.store.cancel_job_execution(
             job_id, thing, force=force, expected_version=expected_version))
 
-    @rule(job_id=job_ids, thing=things, number=st.sampled_from([1, 1, 2]),
+    @rule(job_id=job_ids, thing=things, off_by=st.sampled_from([0, 0, 1]),
           force=st.booleans(), data=st.data())
-    def delete_job_execution(self, job_id: str, thing: str, number: int, force: bool,
+    def delete_job_execution(self, job_id: str, thing: str, off_by: int, force: bool,
                              data: st.DataObject) -> None:
+        """Mostly the execution's own executionNumber, sometimes the next one."""
         job_id, thing = self._execution_key(job_id, thing, data)
+        e = self.model.executions.get((job_id, thing))
+        number = (1 if e is None else e.number) + off_by
         self._begin()
         expected = self.model.delete_job_execution(job_id, thing, number, force)
         self._run(expected, lambda: self.store.delete_job_execution(
@@ -562,25 +873,33 @@ class JobsStoreMachine(RuleBasedStateMachine):
         assert self.store.drain() == []
         self.store.close()
         self.store = self._open()
+        self.model.reopened()
 
     # -- invariants -------------------------------------------------------------------------
 
     @invariant()
     def store_equals_model(self) -> None:
         jobs, _ = self.store.list_jobs()
-        assert {j.job_id: j.status for j in jobs} == {
-            job_id: job.status for job_id, job in self.model.jobs.items()}
+        assert {j.job_id: (j.status, j.reason_code, j.planned) for j in jobs} == {
+            job_id: (job.status, job.reason_code, job.planned)
+            for job_id, job in self.model.jobs.items()}
         executions = self.store.all_executions()
-        assert {(e.job_id, e.thing_name): (e.status, e.version_number) for e in executions} == {
-            key: (e.status, e.version) for key, e in self.model.executions.items()}
+        assert {(e.job_id, e.thing_name): (e.status, e.version_number, e.execution_number)
+                for e in executions} == {
+            key: (e.status, e.version, e.number) for key, e in self.model.executions.items()}
         for e in executions:
             m = self.model.executions[(e.job_id, e.thing_name)]
             assert e.deadline == m.deadline, (e, m)
+        groups = {g: self.store.groups.find(g) for g in GROUPS}
+        assert {g: found.parent for g, found in groups.items() if found is not None} == (
+            self.model.groups)
+        assert {g: set(self.store.groups.members(g, recursive=False))
+                for g in self.model.groups} == self.model.members
 
     @invariant()
     def terminal_stays_terminal_and_versions_only_grow(self) -> None:
         for e in self.store.all_executions():
-            key = (e.job_id, e.thing_name, self.model.jobs[e.job_id].incarnation)
+            key = (e.job_id, e.thing_name, e.seq)  # (a REMOVED one queued again: a new seq)
             previous = self.observed.get(key)
             if previous is not None:
                 status, version = previous
@@ -610,10 +929,12 @@ class AlternativeSettingsMachine(JobsStoreMachine):
         cancel_in_progress_error="InvalidStateTransitionException",
         execution_deleted_events=False,
         max_pending_listed=2,
+        abort_force=True,
+        abort_reason_code="TOO_MANY_FAILURES",
     )
 
 
-MACHINE_SETTINGS = settings(max_examples=60, stateful_step_count=30, deadline=None,
+MACHINE_SETTINGS = settings(max_examples=100, stateful_step_count=50, deadline=None,
                             derandomize=True, database=None,
                             suppress_health_check=[HealthCheck.too_slow])
 

@@ -25,7 +25,8 @@ SERVICE = "iot"
 OPERATIONS: tuple[str, ...] = (
     "CreateJob", "DescribeJob", "ListJobs", "GetJobDocument", "CancelJob", "DeleteJob",
     "DescribeJobExecution", "ListJobExecutionsForJob", "ListJobExecutionsForThing",
-    "CancelJobExecution", "DeleteJobExecution", "AssociateTargetsWithJob",
+    "CancelJobExecution", "DeleteJobExecution", "AssociateTargetsWithJob", "UpdateJob",
+    "CreateJobTemplate", "DescribeJobTemplate", "ListJobTemplates", "DeleteJobTemplate",
     "CreateThing", "DescribeThing", "UpdateThing", "ListThings", "DeleteThing",
     "CreateThingGroup", "DescribeThingGroup", "UpdateThingGroup", "DeleteThingGroup",
     "ListThingGroups", "AddThingToThingGroup", "RemoveThingFromThingGroup",

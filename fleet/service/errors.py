@@ -14,7 +14,8 @@
     ├── ServiceUnavailableException        503  InternalError
     ├── InternalFailureException           500  InternalError
     ├── CertificateStateException          406  (control plane only: the registry)
-    └── DeleteConflictException            409  (control plane only: the registry)
+    ├── DeleteConflictException            409  (control plane only: the registry)
+    └── ConflictException                  409  (control plane only: +resourceId)
 
 The control plane turns an error into ``x-amzn-ErrorType`` + ``{"message"}`` with
 ``http_status``; the data plane into a ``/rejected`` message with ``mqtt_code``. Those two
@@ -103,6 +104,16 @@ class DeleteConflictException(JobsError):
     """Deleting what is still attached (a certificate to a thing or a policy)."""
 
     http_status = 409
+
+
+class ConflictException(JobsError):
+    """A resource with that id already exists (a job template)."""
+
+    http_status = 409
+
+    def __init__(self, message: str, *, resource_id: str) -> None:
+        super().__init__(message)
+        self.resource_id = resource_id
 
 
 #: Settings name these by their AWS names.

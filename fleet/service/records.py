@@ -31,7 +31,8 @@ class Job:
     comment: str | None = None
     in_progress_timeout_minutes: int | None = None
     namespace_id: str | None = None
-    #: jobExecutionsRolloutConfig and abortConfig, as given
+    #: jobExecutionsRolloutConfig, abortConfig, jobExecutionsRetryConfig, jobTemplateArn,
+    #: documentParameters: as given
     configs: dict[str, Any] = field(default_factory=dict)
     #: counts by execution status, filled by DescribeJob
     process_details: dict[str, int] = field(default_factory=dict)

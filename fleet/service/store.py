@@ -52,6 +52,7 @@ from fleet.service.errors import (
 from fleet.service.groups import ThingGroups, check_group_name
 from fleet.service.records import Execution, Job
 from fleet.service.settings import ServiceSettings, TerminalDescribe
+from fleet.service.templates import JobTemplates
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,8 @@ class JobsStore:
         #: static thing groups, on this connection: a membership change and the
         #: executions it makes or removes commit together
         self.groups = ThingGroups(self._db, now=now)
+        #: job templates, on this connection too
+        self.templates = JobTemplates(self._db, now=now)
         self._configs: dict[str, dict[str, Any]] = {}  # parsed, per existing job
         #: jobs with an abort configuration whose executions finished since the last tick
         #: (all of them after a restart: one check each costs nothing)
@@ -506,7 +509,9 @@ class JobsStore:
                    namespace_id: str | None = None,
                    rollout_config: dict[str, Any] | None = None,
                    abort_config: dict[str, Any] | None = None,
-                   retry_config: dict[str, Any] | None = None) -> Job:
+                   retry_config: dict[str, Any] | None = None,
+                   template_arn: str | None = None,
+                   document_parameters: dict[str, str] | None = None) -> Job:
         """Create it; without a rollout configuration every target gets its QUEUED
         execution now, with one they are planned and released by :meth:`tick`."""
         validation.check_job_id(job_id)
@@ -516,16 +521,15 @@ class JobsStore:
         rollout_mod.parse_retry(retry_config)
         configs = {k: v for k, v in (("jobExecutionsRolloutConfig", rollout_config),
                                      ("abortConfig", abort_config),
-                                     ("jobExecutionsRetryConfig", retry_config))
+                                     ("jobExecutionsRetryConfig", retry_config),
+                                     ("jobTemplateArn", template_arn),
+                                     ("documentParameters", document_parameters))
                    if v is not None}
         validation.check_document(document)
         validation.check_text("description", description)
         if target_selection not in ("SNAPSHOT", "CONTINUOUS"):
             raise InvalidRequestException("targetSelection: must be SNAPSHOT or CONTINUOUS")
-        if in_progress_timeout_minutes is not None and not (
-                1 <= in_progress_timeout_minutes <= validation.MAX_TIMEOUT_MINUTES):
-            raise InvalidRequestException(
-                "timeoutConfig.inProgressTimeoutInMinutes: must be between 1 and 10080")
+        check_timeout(in_progress_timeout_minutes)
         now = self._now()
         with self._tx(things):
             if self._db.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone():
@@ -771,6 +775,41 @@ class JobsStore:
                     (now + (position + 1) * step, e.thing_name, job_id))
             self._job_event(job_id, "deletion_in_progress")
         log.info("delete_job job_id=%s force=%s executions=%d", job_id, force, len(executions))
+
+    def update_job(self, job_id: str, *, description: str | None = None,
+                   timeout_minutes: int | None = None,
+                   configs: dict[str, dict[str, Any]] | None = None) -> None:
+        """UpdateJob: a new description, in-progress timeout (for executions that start
+        from now on) or rollout / abort / retry configuration (each replaces the old one; a
+        rollout under way continues at the new configuration's initial rate)."""
+        validation.check_text("description", description)
+        check_timeout(timeout_minutes)
+        configs = configs or {}
+        rollout = rollout_mod.parse_rollout(configs.get("jobExecutionsRolloutConfig"))
+        rollout_mod.parse_abort(configs.get("abortConfig"))
+        rollout_mod.parse_retry(configs.get("jobExecutionsRetryConfig"))
+        job = self._get_job(job_id)
+        if job.status is J.DELETION_IN_PROGRESS:
+            raise InvalidRequestException(f"Job {job_id} is being deleted: it cannot be "
+                                          "updated")
+        columns: dict[str, Any] = {}
+        if description is not None:
+            columns["description"] = description
+        if timeout_minutes is not None:
+            columns["in_progress_timeout_minutes"] = timeout_minutes
+        merged = {**job.configs, **configs}
+        if configs:
+            columns["configs"] = orjson.dumps(merged).decode()
+        with self._tx():
+            self._set_job(job_id, **columns)
+            if rollout is not None:
+                self._db.execute("UPDATE rollouts SET rate = ?, mark_released = released"
+                                 " WHERE job_id = ?", (rollout.initial_rate, job_id))
+        self._configs[job_id] = merged
+        if "abortConfig" in configs:
+            self._abort_checks.add(job_id)
+        log.info("update_job job_id=%s members=%s", job_id, ",".join(sorted(
+            [*columns, *configs])))
 
     def _stop_rollout(self, job_id: str) -> None:
         """The job is canceled or deleted: targets not released yet never will be."""
@@ -1038,6 +1077,12 @@ class JobsStore:
                         reason_code=self.settings.abort_reason_code,
                         comment=f"abortConfig met: {met.describe()}")
         log.info("abort job_id=%s criterion=%r", job_id, met.describe())
+
+
+def check_timeout(minutes: int | None) -> None:
+    if minutes is not None and not 1 <= minutes <= validation.MAX_TIMEOUT_MINUTES:
+        raise InvalidRequestException(
+            "timeoutConfig.inProgressTimeoutInMinutes: must be between 1 and 10080")
 
 
 def _asdict(job: Job) -> dict[str, Any]:

@@ -12,13 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from devicesim.wire.enums import JobExecutionStatus, JobStatus
-from fleet.service.controlplane import shapes
+from fleet.service.controlplane import shapes, templates
 from fleet.service.controlplane.inputs import Input, unsupported
 from fleet.service.controlplane.shapes import Json
 from fleet.service.errors import InvalidRequestException
 from fleet.service.groups import check_group_name
 from fleet.service.registry import Registry
 from fleet.service.store import JobsStore
+from fleet.service.templates import fill
 
 MAX_RESULTS = (1, 250)
 TARGET_SELECTIONS = ("SNAPSHOT", "CONTINUOUS")
@@ -45,29 +46,48 @@ Handler = Callable[[Context, Input], Json | None]
 def create_job(ctx: Context, inp: Input) -> Json:
     inp.allow(
         body=("targets", "document", "description", "targetSelection", "timeoutConfig",
-              "namespaceId", "jobExecutionsRolloutConfig", "abortConfig",
-              "jobExecutionsRetryConfig"),
-        unsupported_body=("documentSource", "presignedUrlConfig", "tags", "jobTemplateArn",
-                          "documentParameters", "schedulingConfig",
+              "namespaceId", "jobTemplateArn", "documentParameters", *templates.CONFIGS),
+        unsupported_body=("documentSource", "presignedUrlConfig", "tags", "schedulingConfig",
                           "destinationPackageVersions"))
     job_id = inp.job_id()
     targets = inp.body_string_list("targets")
     if targets is None:
         raise InvalidRequestException("targets: required")
-    document = inp.body_string("document")
+    document, description = inp.body_string("document"), inp.body_string("description")
+    configs, timeout = templates.configs_of(inp), templates.timeout_of(inp)
+    parameters = inp.body_string_map("documentParameters")
+    template_arn = inp.body_string("jobTemplateArn")
+    if template_arn is not None:  # the template's, unless the request gives its own
+        template = templates.template_of(ctx, template_arn)
+        document = template.document if document is None else document
+        description = template.description if description is None else description
+        configs = {**template.configs, **configs}
+        timeout = template.timeout_minutes if timeout is None else timeout
+        document = fill(document, parameters)
+    elif parameters is not None:
+        raise InvalidRequestException("documentParameters: only with a jobTemplateArn")
     if document is None:
         raise InvalidRequestException(
             "document: required (documentSource is not supported by this emulator)")
     _check_registered(ctx, targets)
     job = ctx.store.create_job(
-        job_id, targets=targets, document=document, description=inp.body_string("description"),
+        job_id, targets=targets, document=document, description=description,
         target_selection=_target_selection(inp.body_string("targetSelection")),
-        in_progress_timeout_minutes=_in_progress_timeout(inp),
-        namespace_id=inp.body_namespace_id(),
-        rollout_config=inp.body_object("jobExecutionsRolloutConfig"),
-        abort_config=inp.body_object("abortConfig"),
-        retry_config=inp.body_object("jobExecutionsRetryConfig"))
+        in_progress_timeout_minutes=timeout, namespace_id=inp.body_namespace_id(),
+        rollout_config=configs.get("jobExecutionsRolloutConfig"),
+        abort_config=configs.get("abortConfig"),
+        retry_config=configs.get("jobExecutionsRetryConfig"),
+        template_arn=template_arn, document_parameters=parameters)
     return shapes.job_reference(job)
+
+
+def update_job(ctx: Context, inp: Input) -> None:
+    inp.allow(query=("namespaceId",), body=("description", "timeoutConfig", *templates.CONFIGS),
+              unsupported_body=("presignedUrlConfig",))
+    inp.query_namespace_id()
+    ctx.store.update_job(inp.job_id(), description=inp.body_string("description"),
+                         timeout_minutes=templates.timeout_of(inp),
+                         configs=templates.configs_of(inp))
 
 
 def describe_job(ctx: Context, inp: Input) -> Json:
@@ -212,6 +232,7 @@ def describe_event_configurations(ctx: Context, inp: Input) -> Json:
 
 from fleet.service.controlplane.groups import GROUP_HANDLERS  # noqa: E402 (cycle)
 from fleet.service.controlplane.identity import IDENTITY_HANDLERS  # noqa: E402 (cycle)
+from fleet.service.controlplane.templates import TEMPLATE_HANDLERS  # noqa: E402 (cycle)
 
 HANDLERS: dict[str, Handler] = {
     "CreateJob": create_job,
@@ -220,6 +241,7 @@ HANDLERS: dict[str, Handler] = {
     "GetJobDocument": get_job_document,
     "CancelJob": cancel_job,
     "DeleteJob": delete_job,
+    "UpdateJob": update_job,
     "AssociateTargetsWithJob": associate_targets_with_job,
     "DescribeJobExecution": describe_job_execution,
     "ListJobExecutionsForJob": list_job_executions_for_job,
@@ -230,6 +252,7 @@ HANDLERS: dict[str, Handler] = {
     "DescribeEventConfigurations": describe_event_configurations,
     **IDENTITY_HANDLERS,
     **GROUP_HANDLERS,
+    **TEMPLATE_HANDLERS,
 }
 
 
@@ -249,18 +272,3 @@ def _target_selection(value: str | None) -> str:
     if value not in TARGET_SELECTIONS:
         raise InvalidRequestException("targetSelection: must be SNAPSHOT or CONTINUOUS")
     return value
-
-
-def _in_progress_timeout(inp: Input) -> int | None:
-    config = inp.body_object("timeoutConfig")
-    if config is None:
-        return None
-    for member in config:
-        if member != "inProgressTimeoutInMinutes":
-            raise InvalidRequestException(
-                f"timeoutConfig.{member:.100} is not a member of TimeoutConfig")
-    minutes = config.get("inProgressTimeoutInMinutes")
-    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, int)):
-        raise InvalidRequestException("timeoutConfig.inProgressTimeoutInMinutes: must be an "
-                                      "integer")
-    return minutes

@@ -99,6 +99,11 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/things/{thingName}/thing-groups", "ListThingGroupsForThing"),
     Route("POST", "/dynamic-thing-groups/{thingGroupName}", "CreateDynamicThingGroup"),
     Route("POST", "/jobs/{jobId}/targets", "AssociateTargetsWithJob", mutating=True),
+    Route("PATCH", "/jobs/{jobId}", "UpdateJob", mutating=True),
+    Route("PUT", "/job-templates/{jobTemplateId}", "CreateJobTemplate"),
+    Route("GET", "/job-templates/{jobTemplateId}", "DescribeJobTemplate"),
+    Route("GET", "/job-templates", "ListJobTemplates"),
+    Route("DELETE", "/job-templates/{jobTemplateId}", "DeleteJobTemplate"),
     Route("DELETE", "/certificates/{certificateId}", "DeleteCertificate"),
 )
 

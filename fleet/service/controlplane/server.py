@@ -33,6 +33,7 @@ from fleet.service.controlplane.inputs import Input, parse_body
 from fleet.service.controlplane.shapes import Json
 from fleet.service.controlplane.sigv4 import Verifier
 from fleet.service.errors import (
+    ConflictException,
     InternalFailureException,
     InvalidRequestException,
     JobsError,
@@ -54,6 +55,8 @@ def error_response(err: JobsError, *, request_id: str, labels: dict[str, str],
     if isinstance(err, ResourceAlreadyExistsException) and "jobId" in labels:
         body["resourceId"] = labels["jobId"]
         body["resourceArn"] = store.job_arn(labels["jobId"])
+    if isinstance(err, ConflictException):
+        body["resourceId"] = err.resource_id
     return web.Response(
         status=err.http_status, body=json.dumps(body).encode(),
         content_type=JSON_CONTENT_TYPE,

@@ -57,7 +57,9 @@ def job_object(job: Job) -> Json:
         timeoutConfig=timeout, namespaceId=job.namespace_id, isConcurrent=job.planned > 0,
         jobExecutionsRolloutConfig=job.configs.get("jobExecutionsRolloutConfig"),
         abortConfig=job.configs.get("abortConfig"),
-        jobExecutionsRetryConfig=job.configs.get("jobExecutionsRetryConfig"))
+        jobExecutionsRetryConfig=job.configs.get("jobExecutionsRetryConfig"),
+        jobTemplateArn=job.configs.get("jobTemplateArn"),
+        documentParameters=job.configs.get("documentParameters"))
 
 
 def job_summary(job: Job) -> Json:
