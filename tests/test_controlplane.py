@@ -205,7 +205,6 @@ UNSUPPORTED_CREATE_PARAMS: dict[str, Any] = {
     "documentSource": "https://s3.amazonaws.com/bucket/job.json",
     "presignedUrlConfig": {"roleArn": "arn:aws:iam::123456789012:role/r", "expiresInSec": 60},
     "tags": [{"Key": "k", "Value": "v"}],
-    "schedulingConfig": {"startTime": "2030-01-01T00:00"},
     "destinationPackageVersions": [
         "arn:aws:iot:us-east-1:123456789012:package/p/version/1"],
 }

@@ -367,3 +367,88 @@ async def test_boto3_sees_the_configurations_and_the_retry_attempts(tmp_path: Pa
         assert (code, status) == ("InvalidRequestException", 400)
         assert message == ("jobExecutionsRetryConfig.criteriaList[1].failureType: FAILED "
                            "given twice")
+
+
+def at(seconds: float) -> str:
+    """T0 + seconds as a schedulingConfig time (with seconds: the emulator's extension)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(T0 + seconds))
+
+
+@pytest.mark.parametrize(("behavior", "status", "a_after"), [
+    ("STOP_ROLLOUT", "IN_PROGRESS", "IN_PROGRESS"),
+    ("CANCEL", "CANCELED", "IN_PROGRESS"),
+    ("FORCE_CANCEL", "CANCELED", "CANCELED"),
+])
+def test_a_scheduled_job_starts_at_its_start_and_ends_by_its_end_behavior(
+        tmp_path: Path, behavior: str, status: str, a_after: str) -> None:
+    store, clock = make(tmp_path, schedule_minimum_minutes=0)
+    store.create_job("night", targets=[arn(t) for t in THINGS[:3]], document=DOC,
+                     rollout_config={"maximumPerMinute": 60}, scheduling_config={
+                         "startTime": at(100), "endTime": at(101), "endBehavior": behavior})
+    assert store.describe_job("night").status.value == "SCHEDULED"
+    assert store.next_due() == int(T0) + 100  # (times are whole seconds)
+    store.tick()
+    assert released(store, "night") == {}  # nothing before the start
+    clock.advance(100)
+    store.tick()
+    assert store.describe_job("night").status.value == "IN_PROGRESS"
+    assert set(released(store, "night")) == {"t0"}
+    store.start_next("t0")
+    clock.advance(1)
+    store.tick()  # the end: t1 may have been released, t2 never is
+    job = store.describe_job("night")
+    assert (job.status.value, job.planned) == (status, 0)
+    assert store.describe_job_execution("night", "t0").status.value == a_after
+    clock.advance(60)
+    store.tick()
+    assert "t2" not in released(store, "night")
+
+
+def test_an_unpaced_scheduled_job_releases_everything_at_its_start(tmp_path: Path) -> None:
+    store, clock = make(tmp_path, schedule_minimum_minutes=0)
+    store.groups.create("fleet")
+    store.add_thing_to_group("fleet", "a")
+    store.create_job("night", targets=["arn:aws:iot:us-east-1:123456789012:thinggroup/fleet"],
+                     document=DOC, target_selection="CONTINUOUS",
+                     scheduling_config={"startTime": at(60)})
+    store.add_thing_to_group("fleet", "b")  # joins before the start: planned too
+    assert released(store, "night") == {}
+    clock.advance(60)
+    store.tick()
+    assert set(released(store, "night")) == {"a", "b"}
+    store.cancel_job("night")
+    assert store.next_due() is None
+
+
+def test_schedules_aws_refuses(tmp_path: Path) -> None:
+    store, _ = make(tmp_path)  # AWS's minimum: 30 minutes
+    with pytest.raises(InvalidRequestException, match="startTime: at least 30 minutes"):
+        store.create_job("j", targets=[arn("a")], document=DOC,
+                         scheduling_config={"startTime": at(60)})
+    with pytest.raises(InvalidRequestException, match="endTime: at least 30 minutes after"):
+        store.create_job("j", targets=[arn("a")], document=DOC, scheduling_config={
+            "startTime": at(3600), "endTime": at(3660)})
+    with pytest.raises(InvalidRequestException, match="is not YYYY-MM-DDTHH:MM"):
+        store.create_job("j", targets=[arn("a")], document=DOC,
+                         scheduling_config={"startTime": "tomorrow"})
+    with pytest.raises(InvalidRequestException, match="maintenanceWindows is not supported"):
+        store.create_job("j", targets=[arn("a")], document=DOC, scheduling_config={
+            "startTime": at(3600), "maintenanceWindows": []})
+    store.create_job("j", targets=[arn("a")], document=DOC, scheduling_config={
+        "startTime": time.strftime("%Y-%m-%dT%H:%M", time.gmtime(T0 + 3600))})
+    assert store.describe_job("j").status.value == "SCHEDULED"
+
+
+async def test_boto3_schedules_a_job(tmp_path: Path) -> None:
+    async with running(tmp_path, schedule_minimum_minutes=0) as env:
+        schedule = {"startTime": at(120), "endTime": at(180), "endBehavior": "CANCEL"}
+        await env.call("create_job", jobId="night", targets=[arn("a")], document=DOC,
+                       schedulingConfig=schedule)
+        job = (await env.call("describe_job", jobId="night"))["job"]
+        assert (job["status"], job["schedulingConfig"]) == ("SCHEDULED", schedule)
+        assert [j["jobId"] for j in (await env.call("list_jobs", status="SCHEDULED"))[
+            "jobs"]] == ["night"]
+        env.sweep(120)
+        assert await env.status("night") == "IN_PROGRESS"
+        env.sweep(60)
+        assert await env.status("night") == "CANCELED"

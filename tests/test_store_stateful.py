@@ -775,6 +775,20 @@ class JobsStoreMachine(RuleBasedStateMachine):
         self._run(expected, lambda: self.store.update(
             thing, job_id, status=status, expected_version=version, step_timeout=step_timeout))
 
+    @rule(data=st.data(), status=st.sampled_from([X.FAILED, X.FAILED, X.REJECTED]))
+    def device_fails_an_aborting_job(self, data: st.DataObject, status: X) -> None:
+        """A device failing one of its executions of a job with an abort configuration
+        (the next tick may cancel the job)."""
+        pending = sorted(key for key, e in self.model.executions.items()
+                         if e.status in (X.QUEUED, X.IN_PROGRESS)
+                         and self.model.jobs[e.job_id].abort is not None)
+        if not pending:
+            return
+        job_id, thing = data.draw(st.sampled_from(pending), label="pending execution")
+        self._begin()
+        expected = self.model.update(thing, job_id, status, None, None)
+        self._run(expected, lambda: self.store.update(thing, job_id, status=status))
+
     @rule(data=st.data(), step_timeout=step_timeouts)
     def device_starts_a_queued_job(self, data: st.DataObject, step_timeout: int | None) -> None:
         """A device starting a job by its jobId (from notify), not necessarily the head."""
@@ -934,7 +948,7 @@ class AlternativeSettingsMachine(JobsStoreMachine):
     )
 
 
-MACHINE_SETTINGS = settings(max_examples=100, stateful_step_count=50, deadline=None,
+MACHINE_SETTINGS = settings(max_examples=200, stateful_step_count=50, deadline=None,
                             derandomize=True, database=None,
                             suppress_health_check=[HealthCheck.too_slow])
 

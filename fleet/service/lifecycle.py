@@ -40,6 +40,9 @@ SERVICE_TRANSITIONS: dict[tuple[X, str, bool], X] = {
 
 #: Job events: (status, event) -> new status. Deleting a non-terminal job needs force.
 JOB_TRANSITIONS: dict[tuple[J, str], J] = {
+    (J.SCHEDULED, "start"): J.IN_PROGRESS,
+    (J.SCHEDULED, "cancel"): J.CANCELED,
+    (J.SCHEDULED, "delete"): J.DELETION_IN_PROGRESS,
     (J.IN_PROGRESS, "complete"): J.COMPLETED,
     (J.IN_PROGRESS, "cancel"): J.CANCELED,
     (J.IN_PROGRESS, "delete"): J.DELETION_IN_PROGRESS,

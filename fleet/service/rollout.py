@@ -1,5 +1,5 @@
-"""A job's rollout, abort and retry configurations: parsing (the botocore model's limits)
-and the rules, pure (the store keeps the state and applies them).
+"""A job's rollout, abort, retry and scheduling configurations: parsing (the botocore
+model's limits) and the rules, pure (the store keeps the state and applies them).
 
 Rollout (``jobExecutionsRolloutConfig``): without it every target gets its QUEUED execution
 at CreateJob. With it the targets are *planned* and released one at a time, evenly spaced
@@ -21,10 +21,19 @@ again while its thing has retries left: the criterion for that failure type (els
 ``ALL`` one) allows ``numberOfRetries`` per thing; an ``ALL`` criterion counts the retries of
 both types. AWS does not say how a retry looks to the device; here it is a new QUEUED
 execution with the next ``executionNumber`` and ``retryAttempt`` + 1, notified as any.
+
+Scheduling (``schedulingConfig``): the job is SCHEDULED, its targets planned, until
+``startTime``; then IN_PROGRESS and released (at once, or by its rollout). At ``endTime``
+its ``endBehavior`` applies: ``STOP_ROLLOUT`` drops what was not released yet,
+``CANCEL`` / ``FORCE_CANCEL`` cancel the job (with force). Times are UTC,
+``YYYY-MM-DDTHH:MM`` as AWS writes them (seconds may follow, an emulator extension for
+short drills); AWS wants the start at least 30 minutes ahead and the end 30 minutes after
+the start: the ``schedule_minimum_minutes`` setting.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,3 +223,50 @@ def retry_due(criteria: dict[str, int], status: str, done: dict[str, int]) -> st
         return None
     used = sum(done.values()) if kind == "ALL" else done.get(kind, 0)
     return kind if used < criteria[kind] else None
+
+
+END_BEHAVIORS = ("STOP_ROLLOUT", "CANCEL", "FORCE_CANCEL")
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    start: float | None
+    end: float | None
+    end_behavior: str = "STOP_ROLLOUT"
+
+
+def _time(value: Any, name: str) -> float:
+    for fmt in ("%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"):
+        try:
+            parsed = dt.datetime.strptime(str(value), fmt)
+        except ValueError:
+            continue
+        return parsed.replace(tzinfo=dt.UTC).timestamp()
+    raise InvalidRequestException(f"schedulingConfig.{name}: {value!r:.70} is not "
+                                  "YYYY-MM-DDTHH:MM (UTC)")
+
+
+def parse_schedule(value: Any, *, now: float, minimum_minutes: float) -> Schedule | None:
+    """``schedulingConfig`` (None if absent); maintenance windows are refused by name."""
+    if value is None:
+        return None
+    name = "schedulingConfig"
+    config = _object(value, name, ("startTime", "endTime", "endBehavior",
+                                   "maintenanceWindows"))
+    if "maintenanceWindows" in config:
+        raise InvalidRequestException(f"{name}.maintenanceWindows is not supported by this "
+                                      "emulator")
+    start = None if config.get("startTime") is None else _time(config["startTime"],
+                                                                 "startTime")
+    end = None if config.get("endTime") is None else _time(config["endTime"], "endTime")
+    behavior = config.get("endBehavior", "STOP_ROLLOUT")
+    if behavior not in END_BEHAVIORS:
+        raise InvalidRequestException(f"{name}.endBehavior: one of {', '.join(END_BEHAVIORS)}")
+    lead = minimum_minutes * 60
+    if start is not None and start < now + lead:
+        raise InvalidRequestException(f"{name}.startTime: at least {minimum_minutes:g} "
+                                      "minutes from now")
+    if end is not None and end < (now if start is None else start) + lead:
+        raise InvalidRequestException(f"{name}.endTime: at least {minimum_minutes:g} "
+                                      "minutes after the start")
+    return Schedule(start, end, behavior)

@@ -60,6 +60,9 @@ class ServiceSettings:
     #: Whether an abort cancels IN_PROGRESS executions too (as CancelJob --force); AWS
     #: documents only that the job is canceled, so by default as CancelJob: QUEUED only.
     abort_force: bool = False
+    #: schedulingConfig: the start at least this many minutes ahead, the end this many
+    #: after the start (AWS: 30; a drill lowers it to schedule within seconds).
+    schedule_minimum_minutes: float = 30.0
     region: str = "us-east-1"
     account_id: str = "123456789012"
 

@@ -88,6 +88,8 @@ CREATE TABLE IF NOT EXISTS rollouts (
     job_id TEXT PRIMARY KEY, next_at REAL, rate REAL NOT NULL,
     released INTEGER NOT NULL, mark_released INTEGER NOT NULL,
     mark_succeeded INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS schedules (
+    job_id TEXT PRIMARY KEY, start REAL, end_at REAL, end_behavior TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS retries (
     job_id TEXT NOT NULL, thing_name TEXT NOT NULL, failure_type TEXT NOT NULL,
     count INTEGER NOT NULL, PRIMARY KEY (job_id, thing_name, failure_type));
@@ -511,7 +513,8 @@ class JobsStore:
                    abort_config: dict[str, Any] | None = None,
                    retry_config: dict[str, Any] | None = None,
                    template_arn: str | None = None,
-                   document_parameters: dict[str, str] | None = None) -> Job:
+                   document_parameters: dict[str, str] | None = None,
+                   scheduling_config: dict[str, Any] | None = None) -> Job:
         """Create it; without a rollout configuration every target gets its QUEUED
         execution now, with one they are planned and released by :meth:`tick`."""
         validation.check_job_id(job_id)
@@ -519,18 +522,23 @@ class JobsStore:
         rollout = rollout_mod.parse_rollout(rollout_config)
         rollout_mod.parse_abort(abort_config)
         rollout_mod.parse_retry(retry_config)
+        now = self._now()
+        schedule = rollout_mod.parse_schedule(
+            scheduling_config, now=now,
+            minimum_minutes=self.settings.schedule_minimum_minutes)
+        scheduled = schedule is not None and schedule.start is not None and schedule.start > now
         configs = {k: v for k, v in (("jobExecutionsRolloutConfig", rollout_config),
                                      ("abortConfig", abort_config),
                                      ("jobExecutionsRetryConfig", retry_config),
                                      ("jobTemplateArn", template_arn),
-                                     ("documentParameters", document_parameters))
+                                     ("documentParameters", document_parameters),
+                                     ("schedulingConfig", scheduling_config))
                    if v is not None}
         validation.check_document(document)
         validation.check_text("description", description)
         if target_selection not in ("SNAPSHOT", "CONTINUOUS"):
             raise InvalidRequestException("targetSelection: must be SNAPSHOT or CONTINUOUS")
         check_timeout(in_progress_timeout_minutes)
-        now = self._now()
         with self._tx(things):
             if self._db.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone():
                 raise ResourceAlreadyExistsException(f"Job {job_id} already exists")
@@ -539,15 +547,19 @@ class JobsStore:
                 " targets, created_at, last_updated_at, completed_at, force_canceled,"
                 " reason_code, comment, in_progress_timeout_minutes, namespace_id, seq,"
                 " configs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, 0, NULL, NULL, ?, ?, ?, ?)",
-                (job_id, J.IN_PROGRESS.value, document, description, target_selection,
+                (job_id, (J.SCHEDULED if scheduled else J.IN_PROGRESS).value, document,
+                 description, target_selection,
                  orjson.dumps(list(targets)).decode(), now, now, in_progress_timeout_minutes,
                  namespace_id, self._next_seq(), orjson.dumps(configs).decode()))
             self._configs[job_id] = configs
             if rollout is not None:
                 self._db.execute("INSERT INTO rollouts VALUES (?, ?, ?, 0, 0, 0)",
-                                 (job_id, now, rollout.initial_rate))
+                                 (job_id, None if scheduled else now, rollout.initial_rate))
+            if schedule is not None:
+                self._db.execute("INSERT INTO schedules VALUES (?, ?, ?, ?)",
+                                 (job_id, schedule.start, schedule.end, schedule.end_behavior))
             for thing in things:
-                self._plan_or_queue(job_id, thing, rollout is not None)
+                self._plan_or_queue(job_id, thing, rollout is not None or scheduled)
             if not things:  # a snapshot of empty groups: nothing to wait for
                 self._maybe_complete(job_id)
         log.info("create_job job_id=%s targets=%d", job_id, len(things))
@@ -625,18 +637,22 @@ class JobsStore:
                 self._reconcile(thing)
 
     def _reconcile(self, thing: str) -> None:
-        """After ``thing``'s groups changed: each in-progress CONTINUOUS job that now
-        targets it and never ran on it queues an execution for it (one REMOVED earlier is
-        queued again, with the next executionNumber); one that no longer targets it removes
-        its QUEUED execution (REMOVED, as AWS does; one already IN_PROGRESS runs on)."""
+        """After ``thing``'s groups changed: each in-progress (or scheduled) CONTINUOUS job
+        that now targets it and never ran on it queues (plans) an execution for it (one
+        REMOVED earlier is queued again, with the next executionNumber); one that no longer
+        targets it drops it from its plan and removes its QUEUED execution (REMOVED, as AWS
+        does; one already IN_PROGRESS runs on)."""
         groups = self.groups.containing(thing)
         rows = self._db.execute(
             "SELECT job_id, targets FROM jobs WHERE target_selection = 'CONTINUOUS' AND "
-            "status = ? ORDER BY seq", (J.IN_PROGRESS.value,)).fetchall()
+            "status IN (?, ?) ORDER BY seq", (J.IN_PROGRESS.value, J.SCHEDULED.value)
+        ).fetchall()
         for job_id, targets in rows:
             if self._reaches(orjson.loads(targets), thing, groups):
                 self._target_again(job_id, thing)
                 continue
+            self._db.execute("DELETE FROM planned WHERE job_id = ? AND thing_name = ?",
+                             (job_id, thing))
             e = self._find_execution(job_id, thing)
             if e is not None and e.status is X.QUEUED:
                 self._change_execution(e, X.REMOVED, details=None)
@@ -646,8 +662,10 @@ class JobsStore:
         one that was not REMOVED (a job runs once per thing)."""
         e = self._find_execution(job_id, thing)
         if e is None or e.status is X.REMOVED:
-            self._plan_or_queue(job_id, thing, "jobExecutionsRolloutConfig" in
-                         self._job_configs(job_id), 1 if e is None else e.execution_number + 1)
+            paced = "jobExecutionsRolloutConfig" in self._job_configs(job_id) or \
+                self._job_column(job_id, "status") == J.SCHEDULED.value
+            self._plan_or_queue(job_id, thing, paced,
+                                1 if e is None else e.execution_number + 1)
 
     def _plan_or_queue(self, job_id: str, thing: str, paced: bool,
                        execution_number: int = 1) -> None:
@@ -659,8 +677,9 @@ class JobsStore:
             return
         self._db.execute("INSERT OR IGNORE INTO planned VALUES (?, ?, ?)",
                          (job_id, thing, self._next_seq()))
-        self._db.execute("UPDATE rollouts SET next_at = ? WHERE job_id = ? AND next_at IS NULL",
-                         (self._now(), job_id))
+        if self._job_column(job_id, "status") == J.IN_PROGRESS.value:  # not before its start
+            self._db.execute("UPDATE rollouts SET next_at = ? WHERE job_id = ? AND next_at IS"
+                             " NULL", (self._now(), job_id))
 
     def _queue(self, job_id: str, thing: str, execution_number: int = 1) -> None:
         now = self._now()
@@ -815,6 +834,7 @@ class JobsStore:
         """The job is canceled or deleted: targets not released yet never will be."""
         self._db.execute("DELETE FROM planned WHERE job_id = ?", (job_id,))
         self._db.execute("DELETE FROM rollouts WHERE job_id = ?", (job_id,))
+        self._db.execute("DELETE FROM schedules WHERE job_id = ?", (job_id,))
 
     def _executions_of(self, job_id: str) -> list[Execution]:
         rows = self._db.execute(f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE job_id = ?"
@@ -976,9 +996,12 @@ class JobsStore:
         deadline = self._db.execute("SELECT min(deadline) FROM executions"
                                     " WHERE deadline IS NOT NULL").fetchone()[0]
         rollout = self._db.execute("SELECT min(next_at) FROM rollouts").fetchone()[0]
+        start, end = self._db.execute(
+            "SELECT min(CASE WHEN j.status = ? THEN s.start END), min(s.end_at) FROM schedules"
+            " s JOIN jobs j USING (job_id)", (J.SCHEDULED.value,)).fetchone()
         if self._abort_checks:
             return self._now()
-        due = [t for t in (sweep, deadline, rollout) if t is not None]
+        due = [t for t in (sweep, deadline, rollout, start, end) if t is not None]
         return min(due) if due else None
 
     def _empty_deleting_jobs(self) -> list[str]:
@@ -1010,6 +1033,7 @@ class JobsStore:
             self._documents.pop(job_id, None)
             self._configs.pop(job_id, None)
             log.info("delete_job done job_id=%s", job_id)
+        self._follow_schedules(now)
         more = self._release(now, limit) or more
         for job_id in sorted(self._abort_checks):
             self._abort_checks.discard(job_id)
@@ -1063,6 +1087,45 @@ class JobsStore:
                              (now + 60.0 / rate, rate, count, mark_released, mark_succeeded,
                               job_id))
         return False
+
+    def _follow_schedules(self, now: float) -> None:
+        """Start the scheduled jobs whose startTime came (their targets released at once,
+        or by their rollout) and apply the endBehavior of those whose endTime came."""
+        for job_id, in self._db.execute(
+                "SELECT job_id FROM schedules JOIN jobs USING (job_id) WHERE jobs.status = ?"
+                " AND start <= ? ORDER BY start", (J.SCHEDULED.value, now)).fetchall():
+            things = [r[0] for r in self._db.execute(
+                "SELECT thing_name FROM planned WHERE job_id = ? ORDER BY seq", (job_id,))]
+            paced = "jobExecutionsRolloutConfig" in self._job_configs(job_id)
+            with self._tx([] if paced else things):
+                self._set_job(job_id, status=lifecycle.job_event(
+                    J.SCHEDULED, "start", job_id=job_id, force=False,
+                    settings=self.settings).value)
+                if paced:
+                    self._db.execute("UPDATE rollouts SET next_at = ? WHERE job_id = ?",
+                                     (now, job_id))
+                else:
+                    self._db.execute("DELETE FROM planned WHERE job_id = ?", (job_id,))
+                    for thing in things:
+                        old = self._find_execution(job_id, thing)
+                        self._queue(job_id, thing,
+                                    1 if old is None else old.execution_number + 1)
+                    self._maybe_complete(job_id)
+            log.info("scheduled job started job_id=%s targets=%d", job_id, len(things))
+        for job_id, behavior in self._db.execute(
+                "SELECT job_id, end_behavior FROM schedules WHERE end_at <= ? ORDER BY end_at",
+                (now,)).fetchall():
+            status = self._job_column(job_id, "status")
+            if behavior == "STOP_ROLLOUT" or status not in (J.SCHEDULED.value,
+                                                            J.IN_PROGRESS.value):
+                with self._tx():
+                    self._stop_rollout(job_id)
+                    self._maybe_complete(job_id)
+            else:
+                self.cancel_job(job_id, force=behavior == "FORCE_CANCEL",
+                                reason_code="SCHEDULED_END",
+                                comment=f"schedulingConfig endTime: {behavior}")
+            log.info("scheduled job ended job_id=%s end_behavior=%s", job_id, behavior)
 
     def _maybe_abort(self, job_id: str) -> None:
         """Cancel the job if its abort configuration says so."""

@@ -46,8 +46,9 @@ Handler = Callable[[Context, Input], Json | None]
 def create_job(ctx: Context, inp: Input) -> Json:
     inp.allow(
         body=("targets", "document", "description", "targetSelection", "timeoutConfig",
-              "namespaceId", "jobTemplateArn", "documentParameters", *templates.CONFIGS),
-        unsupported_body=("documentSource", "presignedUrlConfig", "tags", "schedulingConfig",
+              "namespaceId", "jobTemplateArn", "documentParameters", "schedulingConfig",
+              *templates.CONFIGS),
+        unsupported_body=("documentSource", "presignedUrlConfig", "tags",
                           "destinationPackageVersions"))
     job_id = inp.job_id()
     targets = inp.body_string_list("targets")
@@ -77,7 +78,8 @@ def create_job(ctx: Context, inp: Input) -> Json:
         rollout_config=configs.get("jobExecutionsRolloutConfig"),
         abort_config=configs.get("abortConfig"),
         retry_config=configs.get("jobExecutionsRetryConfig"),
-        template_arn=template_arn, document_parameters=parameters)
+        template_arn=template_arn, document_parameters=parameters,
+        scheduling_config=inp.body_object("schedulingConfig"))
     return shapes.job_reference(job)
 
 

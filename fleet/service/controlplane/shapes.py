@@ -59,7 +59,8 @@ def job_object(job: Job) -> Json:
         abortConfig=job.configs.get("abortConfig"),
         jobExecutionsRetryConfig=job.configs.get("jobExecutionsRetryConfig"),
         jobTemplateArn=job.configs.get("jobTemplateArn"),
-        documentParameters=job.configs.get("documentParameters"))
+        documentParameters=job.configs.get("documentParameters"),
+        schedulingConfig=job.configs.get("schedulingConfig"))
 
 
 def job_summary(job: Job) -> Json:
