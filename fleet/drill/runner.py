@@ -480,7 +480,8 @@ class _Run:
         where = self.proxy_address or self.broker.tls_address or self.broker.address
         devices = self.workdir / "devices"
         info = ready_info(self.broker.address, self.service.endpoint, self.workdir,
-                          tls=self.broker.tls_address, certs=self.certs)
+                          tls=self.broker.tls_address, certs=self.certs,
+                          jobs_data=self.service.jobs_data_endpoint)
         info["drill"] = {"name": self.drill.name, "pid": os.getpid()}
         info["external"] = external = {}
         for thing in self.external:
@@ -1039,12 +1040,14 @@ class _Run:
             raise ValueError("restart-service: needs the drill's own jobs service")
         assert self.service.endpoint is not None
         port = urllib.parse.urlsplit(self.service.endpoint).port
+        data_port = urllib.parse.urlsplit(self.service.jobs_data_endpoint or "").port
         start = time.time()
         await self.service.crash()
         self.status(f"jobs service killed; restarting in {down:g} s")
         await asyncio.sleep(down)  # the outage itself
-        self.service = JobsService(dataclasses.replace(self.service_config, http_port=port or 0),
-                                   on_failure=self.fail, record=self.record)
+        self.service = JobsService(dataclasses.replace(
+            self.service_config, http_port=port or 0, jobs_data_port=data_port or 0),
+            on_failure=self.fail, record=self.record)
         end = time.time()  # it is back: what it answers from here on counts after the outage
         await self.service.start()
         self.mark("service-outage", start=start, end=end, kill=True)

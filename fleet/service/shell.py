@@ -28,7 +28,7 @@ from devicesim.wire import topics
 from devicesim.wire.history import Op, OpType, classify
 from fleet.broker import BrokerAddress
 from fleet.certs import Authority
-from fleet.service.controlplane.server import ControlPlane
+from fleet.service.controlplane.server import JOBS_DATA, ControlPlane
 from fleet.service.controlplane.sigv4 import Verifier
 from fleet.service.dataplane import DataPlane
 from fleet.service.faults import MessageFault
@@ -54,6 +54,8 @@ class ServiceConfig:
     http_host: str = "127.0.0.1"
     http_port: int = 0
     http: bool = True
+    #: the HTTPS data plane (``iot-jobs-data``): its own port (0: a free one), with ``http``
+    jobs_data_port: int = 0
     seed: int = 0
     #: access key id -> secret: the control plane then requires SigV4 signatures
     credentials: Mapping[str, str] | None = None
@@ -99,7 +101,10 @@ class JobsService:
         self._inbox: list[tuple[str, bytes, str | None]] = []
         self._timer: asyncio.Task[None] | None = None
         self._control: ControlPlane | None = None
+        self._jobs_data: ControlPlane | None = None
         self.endpoint: str | None = None
+        #: the HTTPS data plane's URL once started
+        self.jobs_data_endpoint: str | None = None
 
     async def start(self) -> None:
         b = self.config.broker
@@ -116,20 +121,30 @@ class JobsService:
         if self.config.http:
             verifier = None if self.config.credentials is None else \
                 Verifier(self.config.credentials)
-            control = ControlPlane(self.store, on_change=self.flush, verifier=verifier,
-                                   registry=self.registry, endpoint_address=b.host)
             context = None
             if self.config.https is not None:
                 context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
                 context.load_cert_chain(*self.config.https)
+            jobs_data = ControlPlane(self.store, on_change=self.flush, verifier=verifier,
+                                     api=JOBS_DATA)
+            self.jobs_data_endpoint = await jobs_data.start(
+                self.config.http_host, self.config.jobs_data_port, ssl_context=context)
+            self._jobs_data = jobs_data
+            control = ControlPlane(self.store, on_change=self.flush, verifier=verifier,
+                                   registry=self.registry, endpoint_address=b.host,
+                                   jobs_endpoint=self.jobs_data_endpoint.split("://", 1)[1])
             self.endpoint = await control.start(self.config.http_host, self.config.http_port,
                                                 ssl_context=context)
             self._control = control
         log.info("jobs service ready broker=%s endpoint=%s", b.url, self.endpoint)
 
+    async def _stop_http(self) -> None:
+        for server in (self._control, self._jobs_data):
+            if server is not None:
+                await server.stop()
+
     async def stop(self) -> None:
-        if self._control is not None:
-            await self._control.stop()
+        await self._stop_http()
         await self._halt()  # what a fault held back is lost with it
         if self._client is not None:
             await self._client.close()
@@ -147,8 +162,7 @@ class JobsService:
         before its FIN). A new service started from the same state carries on."""
         if self._client is not None:
             await self._client.flushed()
-        if self._control is not None:
-            await self._control.stop()
+        await self._stop_http()
         await self._halt(record_lost=True)
         self._inbox = []  # not acknowledged: the broker sends them again
         if self._client is not None:

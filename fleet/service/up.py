@@ -1,9 +1,12 @@
 """``fleet up``: a broker (embedded or external) and the jobs service, in the foreground.
 
-Writes a ready file (JSON) once MQTT and HTTP accept connections::
+Writes a ready file (JSON) once MQTT and HTTP accept connections (``jobs_data``: the HTTPS
+data plane)::
 
     {"mqtt": {"host": "127.0.0.1", "port": 41234, "url": "mqtt://127.0.0.1:41234"},
-     "http": {"endpoint": "http://127.0.0.1:41235"}, "state": ".state/jobs.db", "pid": 123}
+     "http": {"endpoint": "http://127.0.0.1:41235"},
+     "jobs_data": {"endpoint": "http://127.0.0.1:41236"},
+     "state": ".state/jobs.db", "pid": 123}
 
 Restarted on the same ``--state`` it continues where it stopped. A failure some component
 survived (a raising handler, a failed timer iteration, ...) is logged at ERROR and counted
@@ -87,6 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="port of the embedded broker (default: a free port)")
     parser.add_argument("--http-port", type=int, default=0,
                         help="port of the control plane on 127.0.0.1 (default: a free port)")
+    parser.add_argument("--jobs-data-port", type=int, default=0,
+                        help="port of the HTTPS data plane (iot-jobs-data) on 127.0.0.1 "
+                             "(default: a free port)")
     parser.add_argument("--state", type=Path, default=DEFAULT_STATE,
                         help=f"SQLite file of the jobs service (default: {DEFAULT_STATE})")
     parser.add_argument("--ready-file", type=Path, default=DEFAULT_READY_FILE,
@@ -143,6 +149,7 @@ async def _serve(args: argparse.Namespace, settings: ServiceSettings,
     metrics = LiveMetrics() if args.metrics_port is not None else None
     service = JobsService(ServiceConfig(
         broker=service_address, state=state, settings=settings, http_port=args.http_port,
+        jobs_data_port=args.jobs_data_port,
         seed=args.seed, credentials=credentials,
         authority=None if ca is None else certs.Authority.load(ca),
         https=(ca.server, ca.server_key) if ca is not None and args.secure else None,
@@ -155,10 +162,12 @@ async def _serve(args: argparse.Namespace, settings: ServiceSettings,
         loop.add_signal_handler(sig, stop.set)
     try:
         await service.start()
-        write_ready_file(args.ready_file, address, service.endpoint, state, tls=tls, certs=ca)
+        write_ready_file(args.ready_file, address, service.endpoint, state, tls=tls, certs=ca,
+                         jobs_data=service.jobs_data_endpoint)
         devices = f"  devices {tls.url} (mutual TLS, CA {ca.ca})" if tls and ca else ""
         print(f"fleet up: broker {address.url}{devices}  control plane {service.endpoint}  "
-              f"state {state}  (Ctrl-C to stop)", flush=True)
+              f"jobs data {service.jobs_data_endpoint}  state {state}  (Ctrl-C to stop)",
+              flush=True)
         if metrics is not None:
             port = metrics.serve(args.metrics_port)
             print(f"fleet up: metrics http://127.0.0.1:{port}/metrics", flush=True)
@@ -178,7 +187,8 @@ async def _serve(args: argparse.Namespace, settings: ServiceSettings,
 
 
 def ready_info(address: BrokerAddress, endpoint: str | None, state: Path, *,
-               tls: BrokerAddress | None = None, certs: CertDir | None = None) -> dict[str, Any]:
+               tls: BrokerAddress | None = None, certs: CertDir | None = None,
+               jobs_data: str | None = None) -> dict[str, Any]:
     """What a ready file says: where MQTT (and, in the secure profile, MQTTS with its CA)
     and the control plane are, the state, this process; the privileged identity's secret
     (so the file is written 0600)."""
@@ -191,6 +201,8 @@ def ready_info(address: BrokerAddress, endpoint: str | None, state: Path, *,
                                       "password": address.secret}
     if endpoint is not None:
         info["http"] = {"endpoint": endpoint}
+    if jobs_data is not None:  # the HTTPS data plane (boto3's iot-jobs-data client)
+        info["jobs_data"] = {"endpoint": jobs_data}
     if tls is not None:  # the secure profile: where devices connect, with what
         info["mqtts"] = {"host": tls.host, "port": tls.port, "url": tls.url}
     if certs is not None:
@@ -200,8 +212,8 @@ def ready_info(address: BrokerAddress, endpoint: str | None, state: Path, *,
 
 def write_ready_file(path: Path, address: BrokerAddress, endpoint: str | None,
                      state: Path, *, tls: BrokerAddress | None = None,
-                     certs: CertDir | None = None) -> None:
-    info = ready_info(address, endpoint, state, tls=tls, certs=certs)
+                     certs: CertDir | None = None, jobs_data: str | None = None) -> None:
+    info = ready_info(address, endpoint, state, tls=tls, certs=certs, jobs_data=jobs_data)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_file(path, json.dumps(info, indent=2).encode(), secret=True)  # it holds the secret
 

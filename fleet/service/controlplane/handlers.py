@@ -36,6 +36,8 @@ class Context:
     registry: Registry | None = None
     #: what DescribeEndpoint answers: the broker's host
     endpoint_address: str | None = None
+    #: what DescribeEndpoint answers for ``iot:Jobs``: the HTTPS data plane's host:port
+    jobs_endpoint: str | None = None
 
 
 Handler = Callable[[Context, Input], Json | None]

@@ -234,7 +234,9 @@ def delete_certificate(ctx: Context, inp: Input) -> None:
 
 def describe_endpoint(ctx: Context, inp: Input) -> Json:
     inp.allow(query=("endpointType",))
-    inp.query_enum("endpointType", ENDPOINT_TYPES)
+    if inp.query_enum("endpointType", ENDPOINT_TYPES) == "iot:Jobs" and \
+            ctx.jobs_endpoint is not None:
+        return {"endpointAddress": ctx.jobs_endpoint}
     if ctx.endpoint_address is None:
         raise InvalidRequestException("this emulator does not know its broker's address")
     return {"endpointAddress": ctx.endpoint_address}

@@ -107,20 +107,40 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/certificates/{certificateId}", "DeleteCertificate"),
 )
 
-BY_OPERATION: dict[str, Route] = {route.operation: route for route in ROUTES}
+class Router:
+    """A routing table: method + raw path -> (route, decoded labels)."""
+
+    def __init__(self, table: tuple[Route, ...]) -> None:
+        self.routes = table
+        self.by_operation: dict[str, Route] = {route.operation: route for route in table}
+
+    def match(self, method: str, raw_path: str) -> tuple[Route, dict[str, str]]:
+        """The route for ``method`` and the raw path, with its decoded labels.
+
+        Raises :class:`UnknownOperationException` when nothing matches.
+        """
+        path = raw_path.rstrip("/") or "/"
+        for route in self.routes:
+            if route.method != method.upper():
+                continue
+            m = route.pattern.fullmatch(path)
+            if m is not None:
+                return route, {name: unquote(value) for name, value in m.groupdict().items()}
+        raise UnknownOperationException(
+            f"no operation of this emulator is routed at {method.upper()} {raw_path:.200}")
 
 
-def match(method: str, raw_path: str) -> tuple[Route, dict[str, str]]:
-    """The route for ``method`` and the raw path, with its decoded labels.
+#: the ``iot`` control plane's
+IOT = Router(ROUTES)
+BY_OPERATION = IOT.by_operation
+match = IOT.match
 
-    Raises :class:`UnknownOperationException` when nothing matches.
-    """
-    path = raw_path.rstrip("/") or "/"
-    for route in ROUTES:
-        if route.method != method.upper():
-            continue
-        m = route.pattern.fullmatch(path)
-        if m is not None:
-            return route, {name: unquote(value) for name, value in m.groupdict().items()}
-    raise UnknownOperationException(
-        f"no operation of this emulator is routed at {method.upper()} {raw_path:.200}")
+#: the ``iot-jobs-data`` HTTPS data plane's (its own port: its paths collide with ``iot``'s)
+JOBS_DATA = Router((
+    Route("GET", "/things/{thingName}/jobs", "GetPendingJobExecutions"),
+    Route("PUT", "/things/{thingName}/jobs/$next", "StartNextPendingJobExecution",
+          mutating=True),
+    Route("GET", "/things/{thingName}/jobs/{jobId}", "DescribeJobExecution"),
+    Route("POST", "/things/{thingName}/jobs/{jobId}", "UpdateJobExecution", mutating=True),
+    Route("POST", "/command-executions", "StartCommandExecution"),
+))

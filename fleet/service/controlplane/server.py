@@ -22,14 +22,16 @@ import json
 import logging
 import ssl
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
 
 from aiohttp import web
 
-from fleet.service.controlplane import routes
-from fleet.service.controlplane.handlers import HANDLERS, Context
+from fleet.service.controlplane import jobsdata, routes
+from fleet.service.controlplane.handlers import HANDLERS, Context, Handler
 from fleet.service.controlplane.inputs import Input, parse_body
+from fleet.service.controlplane.jobsdata import JOBS_DATA_HANDLERS
 from fleet.service.controlplane.shapes import Json
 from fleet.service.controlplane.sigv4 import Verifier
 from fleet.service.errors import (
@@ -48,8 +50,26 @@ OnChange = Callable[[], Awaitable[None]] | Callable[[], None]
 JSON_CONTENT_TYPE = "application/json"
 
 
+@dataclass(frozen=True, slots=True)
+class Api:
+    """One REST API this shell serves: its routes, handlers, and the HTTP statuses where its
+    model differs from the errors' own."""
+
+    name: str
+    router: routes.Router
+    handlers: Mapping[str, Handler]
+    http_status: Mapping[str, int] = field(default_factory=dict)
+
+
+#: the ``iot`` control plane
+IOT = Api("iot", routes.IOT, HANDLERS)
+#: the ``iot-jobs-data`` data plane over HTTPS
+JOBS_DATA = Api("iot-jobs-data", routes.JOBS_DATA, JOBS_DATA_HANDLERS, jobsdata.HTTP_STATUS)
+
+
 def error_response(err: JobsError, *, request_id: str, labels: dict[str, str],
-                   store: JobsStore) -> web.Response:
+                   store: JobsStore, http_status: Mapping[str, int] | None = None
+                   ) -> web.Response:
     """The one translation of an AWS error into its rest-json wire form (spec §4)."""
     body: Json = {"message": err.message}
     if isinstance(err, ResourceAlreadyExistsException) and "jobId" in labels:
@@ -58,7 +78,7 @@ def error_response(err: JobsError, *, request_id: str, labels: dict[str, str],
     if isinstance(err, ConflictException):
         body["resourceId"] = err.resource_id
     return web.Response(
-        status=err.http_status, body=json.dumps(body).encode(),
+        status=(http_status or {}).get(err.code, err.http_status), body=json.dumps(body).encode(),
         content_type=JSON_CONTENT_TYPE,
         headers={"x-amzn-ErrorType": err.code, "x-amzn-RequestId": request_id})
 
@@ -72,10 +92,12 @@ def success_response(result: Json | None, *, request_id: str) -> web.Response:
 
 
 class _Dispatcher:
-    def __init__(self, ctx: Context, on_change: OnChange, verifier: Verifier | None) -> None:
+    def __init__(self, ctx: Context, on_change: OnChange, verifier: Verifier | None,
+                 api: Api) -> None:
         self._ctx = ctx
         self._on_change = on_change
         self._verifier = verifier
+        self._api = api
 
     async def handle(self, request: web.Request) -> web.Response:
         request_id = str(uuid.uuid4())
@@ -86,13 +108,13 @@ class _Dispatcher:
                 self._verifier.verify(request.method,
                                       f"{request.scheme}://{request.host}{request.raw_path}",
                                       request.headers, await request.read())
-            route, labels = routes.match(request.method, request.rel_url.raw_path)
+            route, labels = self._api.router.match(request.method, request.rel_url.raw_path)
             operation = route.operation
             query = request.rel_url.query
             inp = Input(operation, labels, {k: query.getall(k) for k in query},
                         parse_body(await request.read()),
                         {k.lower(): v for k, v in request.headers.items()})
-            result = HANDLERS[operation](self._ctx, inp)
+            result = self._api.handlers[operation](self._ctx, inp)
         except web.HTTPException as exc:  # e.g. a body over client_max_size
             return self._error(InvalidRequestException(exc.text or exc.reason), operation,
                                request_id, labels)
@@ -113,7 +135,8 @@ class _Dispatcher:
         log.info("request operation=%s status=%d error=%s request_id=%s%s message=%r",
                  operation, err.http_status, err.code, request_id,
                  "".join(f" {_log_name(k)}={v}" for k, v in labels.items()), err.message)
-        return error_response(err, request_id=request_id, labels=labels, store=self._ctx.store)
+        return error_response(err, request_id=request_id, labels=labels, store=self._ctx.store,
+                              http_status=self._api.http_status)
 
     async def _changed(self, operation: str, request_id: str) -> None:
         try:
@@ -132,14 +155,15 @@ def _log_name(label: str) -> str:
 def make_app(store: JobsStore, on_change: OnChange, *,
              now: Callable[[], float] | None = None,
              verifier: Verifier | None = None, registry: Registry | None = None,
-             endpoint_address: str | None = None) -> web.Application:
-    """The control-plane aiohttp application around ``store``.
+             endpoint_address: str | None = None, jobs_endpoint: str | None = None,
+             api: Api = IOT) -> web.Application:
+    """The aiohttp application of ``api`` (default: the control plane) around ``store``.
 
     ``on_change`` (sync or async) is called after every successful mutating operation.
     ``now`` defaults to the store's clock. ``verifier``: check SigV4 signatures.
     """
-    dispatcher = _Dispatcher(Context(store, now or store.now, registry, endpoint_address),
-                             on_change, verifier)
+    dispatcher = _Dispatcher(Context(store, now or store.now, registry, endpoint_address,
+                                     jobs_endpoint), on_change, verifier, api)
     app = web.Application()
     # every path, newlines included (``.*`` stops at one: %0A in a path got aiohttp's own 404)
     app.router.add_route("*", r"/{tail:[\s\S]*}", dispatcher.handle)
@@ -147,14 +171,18 @@ def make_app(store: JobsStore, on_change: OnChange, *,
 
 
 class ControlPlane:
-    """The control plane served on a TCP port: ``url = await cp.start()``, ``await cp.stop()``."""
+    """The control plane (or, ``api=JOBS_DATA``, the HTTPS data plane) served on a TCP port:
+    ``url = await cp.start()``, ``await cp.stop()``."""
 
     def __init__(self, store: JobsStore, on_change: OnChange, *,
                  now: Callable[[], float] | None = None, shutdown_timeout: float = 5.0,
                  verifier: Verifier | None = None, registry: Registry | None = None,
-                 endpoint_address: str | None = None) -> None:
+                 endpoint_address: str | None = None, jobs_endpoint: str | None = None,
+                 api: Api = IOT) -> None:
         self._app = make_app(store, on_change, now=now, verifier=verifier, registry=registry,
-                             endpoint_address=endpoint_address)
+                             endpoint_address=endpoint_address, jobs_endpoint=jobs_endpoint,
+                             api=api)
+        self.api = api
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
@@ -184,7 +212,7 @@ class ControlPlane:
         bound_port = runner.addresses[0][1]
         scheme = "https" if ssl_context is not None else "http"
         self._url = f"{scheme}://{f'[{host}]' if ':' in host else host}:{bound_port}"
-        log.info("control plane listening url=%s", self._url)
+        log.info("%s listening url=%s", self.api.name, self._url)
         return self._url
 
     async def stop(self) -> None:
@@ -192,7 +220,7 @@ class ControlPlane:
             return
         runner, self._runner = self._runner, None
         await runner.cleanup()
-        log.info("control plane stopped url=%s", self._url)
+        log.info("%s stopped url=%s", self.api.name, self._url)
         self._url = None
 
     async def __aenter__(self) -> ControlPlane:
