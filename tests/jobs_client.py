@@ -71,7 +71,8 @@ class JobsClient:
             await self.client.publish(topic, payload, qos=1)
             async with asyncio.timeout(within):
                 return await self.untokened.get()
-        waiter = self._waiting[body["clientToken"]] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._waiting[body["clientToken"]] = waiter
         await self.client.publish(topic, payload, qos=1)
         async with asyncio.timeout(within):
             return await waiter

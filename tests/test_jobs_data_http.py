@@ -21,6 +21,7 @@ from fleet.drill.controller import iot_client
 from fleet.service.settings import ServiceSettings, TerminalDescribe
 from fleet.service.shell import JobsService, ServiceConfig
 from tests.jobs_client import jobs_client
+from tests.test_awscli import aws_batch_sync
 from tests.test_controlplane import DOC, arn
 
 pytestmark = pytest.mark.broker
@@ -135,3 +136,27 @@ async def test_what_the_http_data_plane_refuses(service: JobsService) -> None:
     assert "commands" in message
     assert (await error(data, "get_pending_job_executions", thingName="bad thing"))[:2] == (
         "InvalidRequestException", 400)
+
+
+async def test_the_real_aws_cli_speaks_iot_jobs_data(service: JobsService, tmp_path: Path
+                                                     ) -> None:
+    assert service.jobs_data_endpoint is not None
+    iot = iot_client(service.endpoint)
+    await asyncio.to_thread(iot.create_job, jobId="cli", targets=[arn("c1")], document=DOC)
+    home = tmp_path / "home"
+    home.mkdir()
+    common = ["--endpoint-url", service.jobs_data_endpoint, "--output", "json"]
+    cases = [{"run": ["iot-jobs-data", *command, *common]} for command in (
+        ["get-pending-job-executions", "--thing-name", "c1"],
+        ["start-next-pending-job-execution", "--thing-name", "c1"],
+        ["update-job-execution", "--thing-name", "c1", "--job-id", "cli", "--status",
+         "SUCCEEDED", "--include-job-execution-state"],
+        ["describe-job-execution", "--thing-name", "c1", "--job-id", "cli"])]
+    results = await asyncio.to_thread(aws_batch_sync, home, cases)
+    for result in results[:3]:
+        assert result["rc"] == 0, result["err"]
+    assert json.loads(results[0]["out"])["queuedJobs"][0]["jobId"] == "cli"
+    assert json.loads(results[1]["out"])["execution"]["status"] == "IN_PROGRESS"
+    assert json.loads(results[2]["out"])["executionState"]["status"] == "SUCCEEDED"
+    assert results[3]["rc"] != 0
+    assert "TerminalStateException" in results[3]["err"]
