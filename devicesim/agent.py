@@ -816,7 +816,7 @@ class Agent:
         w.step_done = False
         step = plan.steps[w.step]
         image = plan.image_version is not None
-        if plan.fail_at_step == step.name:
+        if plan.fails(self.thing_name, step.name):
             nvm = self._nvm.rollback() if image else self._nvm
             self._save(nvm.mark_failed())
             if image:

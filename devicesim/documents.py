@@ -11,7 +11,9 @@ Two operations::
 ``steps`` is optional (the defaults above). When given it must name download, install,
 reboot and verify, each once and in that order; a step's ``seconds`` is optional too.
 ``failAtStep`` (optional) injects a failure at the end of that step: the device rolls back
-and reports FAILED. ``jitter`` (optional, 0 <= jitter < 1, both operations) spreads a fleet
+and reports FAILED; with ``failFraction`` (0 to 1, default 1) only that share of the fleet
+fails (the devices a hash of thing name and version picks: the same ones on every run, as
+a bad image fails the same hardware). ``jitter`` (optional, 0 <= jitter < 1, both operations) spreads a fleet
 out: each device runs the job's steps at its own seeded pace, between ``1 - jitter`` and
 ``1 + jitter`` times the given durations. ``sleep`` has one step named ``sleep``;
 ``seconds`` defaults to 1.0.
@@ -60,11 +62,19 @@ class FirmwareUpdate:
     version: str
     steps: tuple[Step, ...] = tuple(Step(n, DEFAULT_STEP_SECONDS[n]) for n in STEP_NAMES)
     fail_at_step: str | None = None
+    fail_fraction: float = 1.0
     jitter: float = 0.0
 
     @property
     def image_version(self) -> str | None:
         return self.version
+
+    def fails(self, thing: str, step: str) -> bool:
+        """Whether ``thing`` fails at the end of ``step`` (``failAtStep``, ``failFraction``)."""
+        if self.fail_at_step != step:
+            return False
+        digest = hashlib.sha256(f"{thing}:{self.version}".encode()).digest()
+        return int.from_bytes(digest[:4], "big") < self.fail_fraction * 2 ** 32
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,6 +89,9 @@ class Sleep:
     @property
     def fail_at_step(self) -> str | None:
         return None
+
+    def fails(self, thing: str, step: str) -> bool:
+        return False
 
     @property
     def image_version(self) -> str | None:
@@ -126,8 +139,12 @@ def _firmware_update(doc: dict[str, Any]) -> FirmwareUpdate:
     fail_at = doc.get("failAtStep")
     if fail_at is not None and fail_at not in STEP_NAMES:
         raise DocumentError(f"failAtStep must be one of {', '.join(STEP_NAMES)}")
+    fraction = doc.get("failFraction", 1.0)
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not (
+            0 <= fraction <= 1):
+        raise DocumentError("failFraction must be a number from 0 to 1")
     return FirmwareUpdate(version=version, steps=steps, fail_at_step=fail_at,
-                          jitter=_jitter(doc))
+                          fail_fraction=float(fraction), jitter=_jitter(doc))
 
 
 def stretched(doc: Any, factor: float) -> Any:

@@ -142,3 +142,21 @@ def test_stretched_leaves_an_unusable_document_as_it_is(doc: Any) -> None:
 def test_stretched_keeps_durations_within_the_documents_limit() -> None:
     doc = stretched({"operation": "sleep", "seconds": 80000}, 10)
     assert parse(doc) == Sleep(seconds=86400.0)
+
+
+def test_a_fail_fraction_fails_the_same_share_of_the_fleet_every_time() -> None:
+    plan = parse({"operation": "firmware-update", "version": "2.0", "failAtStep": "install",
+                  "failFraction": 0.3})
+    assert isinstance(plan, FirmwareUpdate)
+    things = [f"dev-{i:04d}" for i in range(1000)]
+    failing = [t for t in things if plan.fails(t, "install")]
+    assert 250 <= len(failing) <= 350
+    assert not any(plan.fails(t, "download") for t in things)
+    assert failing == [t for t in things if plan.fails(t, "install")]  # deterministic
+    everyone = parse({"operation": "firmware-update", "version": "2.0",
+                      "failAtStep": "verify"})
+    assert isinstance(everyone, FirmwareUpdate)
+    assert all(everyone.fails(t, "verify") for t in things)
+    for bad in (-0.1, 1.5, "half", True):
+        with pytest.raises(DocumentError, match="failFraction must be a number from 0 to 1"):
+            parse({"operation": "firmware-update", "version": "2.0", "failFraction": bad})

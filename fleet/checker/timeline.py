@@ -169,11 +169,16 @@ class ControllerCall:
 class CreatedJob:
     job_id: str
     incarnation: int
+    #: when its targets had an execution: the CreateJob, or (``offered``) when the service
+    #: first offered the job to the one thing this record is for
     time: float
     targets: tuple[str, ...]
     digest: str | None
     call: ControllerCall
     reused: bool
+    #: a target known from the service's offers (a thing group, a paced, scheduled or
+    #: continuous job), one record per thing
+    offered: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,6 +366,17 @@ class Timeline:
     def targeted(self) -> set[str]:
         """Every thing a successful CreateJob targeted."""
         return {t for c in self.creates for t in c.targets}
+
+    def jobs_created(self) -> list[CreatedJob]:
+        """One record per job incarnation, with all its targets (offered targets come one
+        record per thing in :attr:`creates`)."""
+        merged: dict[tuple[str, int], CreatedJob] = {}
+        for c in self.creates:
+            key = (c.job_id, c.incarnation)
+            seen = merged.get(key)
+            merged[key] = c if seen is None else dataclasses.replace(
+                seen, targets=seen.targets + c.targets, time=min(seen.time, c.time))
+        return list(merged.values())
 
     def incarnation(self, job_id: str, time: float) -> int:
         return bisect.bisect_right(self.boundaries.get(job_id, []), time)
@@ -622,6 +638,11 @@ def _request_of(invoke: Op | None, completion: Op | None) -> Mapping[str, Any]:
     return first.value if first is not None else {}
 
 
+#: CreateJob members that make a job's targets a matter of time: who gets an execution,
+#: and when, is then read from what the service offered each thing (see _offers)
+_DEFERRED = ("jobExecutionsRolloutConfig", "schedulingConfig")
+
+
 def _collect_creates(tl: Timeline) -> None:
     for c in tl.calls:  # sorted by time already
         if c.f == "CreateJob" and c.ok and c.job_id:
@@ -635,19 +656,57 @@ def _collect_creates(tl: Timeline) -> None:
             jid = _str(op.value.get("jobId"))
             if jid:
                 deleted_before[jid].append(op.time)
+    offers: dict[tuple[str, int], dict[str, float]] | None = None
     for c in tl.calls:
         if c.f != "CreateJob" or not c.ok or not c.job_id:
             continue
-        targets = tuple(t for t in (thing_from_arn(x) for x in c.request.get("targets") or [])
-                        if t)
+        requested = [x for x in c.request.get("targets") or [] if isinstance(x, str)]
         document = c.request.get("document")
         digest = document_digest(document) if isinstance(document, str | dict) else None
         incarnation = tl.incarnation(c.job_id, c.time)
         reused = incarnation > 1 or any(t < c.time for t in deleted_before[c.job_id])
-        created = CreatedJob(c.job_id, incarnation, c.time, targets, digest, c, reused)
-        tl.creates.append(created)
-        for thing in dict.fromkeys(targets):
-            tl.creates_by_thing.setdefault(thing, []).append(created)
+        deferred = any(":thinggroup/" in x for x in requested) or any(
+            c.request.get(member) is not None for member in _DEFERRED) or \
+            c.request.get("targetSelection") == "CONTINUOUS"
+        if not deferred:
+            targets = tuple(t for t in map(thing_from_arn, requested) if t)
+            _add_create(tl, CreatedJob(c.job_id, incarnation, c.time, targets, digest, c,
+                                       reused))
+            continue
+        # a thing group, a paced or scheduled rollout, a continuous job: a thing is a
+        # target from when the service first offered it the job (it then had an execution)
+        offers = _offers(tl) if offers is None else offers
+        for thing, first in sorted(offers.get((c.job_id, incarnation), {}).items(),
+                                   key=lambda item: item[1]):
+            _add_create(tl, CreatedJob(c.job_id, incarnation, max(first, c.time), (thing,),
+                                       digest, c, reused, offered=True))
+
+
+def _add_create(tl: Timeline, created: CreatedJob) -> None:
+    tl.creates.append(created)
+    for thing in dict.fromkeys(created.targets):
+        tl.creates_by_thing.setdefault(thing, []).append(created)
+
+
+def _offers(tl: Timeline) -> dict[tuple[str, int], dict[str, float]]:
+    """(jobId, incarnation) -> thing -> when the service first told the thing of it: a
+    ``notify`` listing it or a ``notify-next`` naming it (what a new execution causes)."""
+    first: dict[tuple[str, int], dict[str, float]] = {}
+    for op in tl.ops:
+        if op.f not in ("notify", "notify-next"):
+            continue
+        payload = _dict(op.value.get("payload"))
+        if op.f == "notify-next":
+            named = [_dict(payload.get("execution"))]
+        else:
+            named = [_dict(s) for group in _dict(payload.get("jobs")).values()
+                     if isinstance(group, list) for s in group]
+        for execution in named:
+            job_id = _str(execution.get("jobId"))
+            if job_id:
+                key = (job_id, tl.incarnation(job_id, op.time))
+                first.setdefault(key, {}).setdefault(op.process, op.time)
+    return first
 
 
 def _announce(tl: Timeline, thing: str, job_id: str | None, number: object, op: Op,

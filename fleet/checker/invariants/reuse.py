@@ -48,9 +48,10 @@ def reuse(tl: Timeline, b: Budgets) -> InvariantResult:
     settled = tl.end if tl.final_state is not None else \
         tl.end - b.recover_seconds - b.reply_timeout_seconds
     digests: dict[str, list[tuple[int, str | None]]] = defaultdict(list)
-    for c in tl.creates:
+    created = tl.jobs_created()
+    for c in created:
         digests[c.job_id].append((c.incarnation, c.digest))
-    for c in tl.creates:
+    for c in created:
         if not c.reused:
             continue
         if c.digest is None:
