@@ -333,3 +333,41 @@ def test_a_request_stops_waiting_when_retried_given_up_or_its_device_loses_power
 def test_reading_a_history_line_by_line_roundtrips_json() -> None:
     op = good()[0]
     assert json.loads(op.to_line())["f"] == "start"
+
+
+def test_drill_files_take_group_steps_and_job_configurations_with_one_line_errors() -> None:
+    head = 'name = "g"\n'
+    good = head + '''
+[[steps]]
+action = "create-group"
+group = "fleet"
+fraction = 0.5
+[[steps]]
+action = "create-job"
+job = "ota"
+group = "fleet"
+target_selection = "CONTINUOUS"
+rollout = { maximumPerMinute = 100 }
+abort = { criteriaList = [ { failureType = "ALL", action = "CANCEL", thresholdPercentage = 10, minNumberOfExecutedThings = 5 } ] }
+retry = { criteriaList = [ { failureType = "FAILED", numberOfRetries = 2 } ] }
+document = { operation = "sleep" }
+'''
+    steps = spec.parse(good, source="g.toml").steps
+    assert (steps[0].group, steps[0].fraction) == ("fleet", 0.5)
+    assert (steps[1].group, steps[1].target_selection, steps[1].rollout) == (
+        "fleet", "CONTINUOUS", {"maximumPerMinute": 100})
+    for bad, message in (
+            ('[[steps]]\naction = "add-to-group"\n', r"steps\[0\].group: required by action"),
+            ('[[steps]]\naction = "create-group"\ngroup = "no spaces"\n',
+             r"steps\[0\].group: expected 1-128 characters"),
+            ('[[steps]]\naction = "create-job"\njob = "j"\ngroup = "g"\ntargets = 0.5\n'
+             'document = { operation = "sleep" }\n', r"steps\[0\].targets: a job on a group"),
+            ('[[steps]]\naction = "create-job"\njob = "j"\nrollout = { maximumPerMinute = 0 }'
+             '\ndocument = { operation = "sleep" }\n',
+             r"steps\[0\].rollout: jobExecutionsRolloutConfig.maximumPerMinute: must be an "
+             r"integer from 1 to 1000"),
+            ('[[steps]]\naction = "create-job"\njob = "j"\ntarget_selection = "SOMETIMES"\n'
+             'document = { operation = "sleep" }\n',
+             r"steps\[0\].target_selection: expected SNAPSHOT or CONTINUOUS")):
+        with pytest.raises(spec.DrillError, match=message):
+            spec.parse(head + bad, source="g.toml")

@@ -88,10 +88,35 @@ class Controller:
     # -- the operations drills use -------------------------------------------------------
 
     async def create_job(self, job_id: str, things: list[str], document: dict[str, Any],
-                         **extra: Any) -> dict[str, Any]:
+                         *, groups: tuple[str, ...] = (), **extra: Any) -> dict[str, Any]:
+        """CreateJob on ``things`` and the thing ``groups``."""
+        group_prefix = self._arn_prefix.replace(":thing/", ":thinggroup/")
         return await self.call("CreateJob", jobId=job_id,
-                               targets=[self._arn_prefix + t for t in things],
+                               targets=[group_prefix + g for g in groups]
+                               + [self._arn_prefix + t for t in things],
                                document=json.dumps(document), **extra)
+
+    async def group_members(self, group: str, things: list[str], *, add: bool = True,
+                            parent: str | None = None, create: bool = False,
+                            concurrency: int = 16) -> None:
+        """Register ``things`` and add them to ``group`` (``create``: make the group first,
+        below ``parent``), or (``add=False``) take them out of it; every call recorded."""
+        if create:
+            await self.call("CreateThingGroup", thingGroupName=group,
+                            **({"parentGroupName": parent} if parent else {}))
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(thing: str) -> None:
+            async with gate:
+                if add:
+                    await self.call("CreateThing", thingName=thing)
+                    await self.call("AddThingToThingGroup", thingGroupName=group,
+                                    thingName=thing)
+                else:
+                    await self.call("RemoveThingFromThingGroup", thingGroupName=group,
+                                    thingName=thing)
+
+        await asyncio.gather(*(one(t) for t in things))
 
     async def delete_job(self, job_id: str, *, force: bool = True, attempts: int = 50,
                          backoff: float = 0.05) -> None:

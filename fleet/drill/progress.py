@@ -52,6 +52,12 @@ class Progress:
         """A (new) job was created for ``targets`` things: start counting afresh."""
         self.jobs[job_id] = JobProgress(targets=targets)
 
+    def expect_more(self, job_id: str, targets: int) -> None:
+        """A continuous job reaches ``targets`` more things (they joined its group)."""
+        job = self.jobs.get(job_id)
+        if job is not None:
+            job.targets += targets
+
     def observe(self, op: Op) -> None:
         if op.f == "job-event" and op.value.get("operation") == "deleted":
             self.deletions[str(op.value.get("jobId"))] += 1

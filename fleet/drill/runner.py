@@ -211,6 +211,11 @@ class _Run:
         #: requests of worker processes' devices still unanswered when they stopped
         self.unanswered = 0
         self.targets: dict[str, list[str]] = {}
+        #: the thing groups the drill made: their direct members, their parent, and the
+        #: continuous jobs on each (they reach what joins the group)
+        self.groups: dict[str, list[str]] = {}
+        self.group_parent: dict[str, str | None] = {}
+        self.continuous: dict[str, list[str]] = {}
         self.powered_off: list[str] = []
         #: the simulated devices, then the external ones (the drill's things)
         self.simulated = FleetConfig(host="", port=0, prefix=drill.prefix,
@@ -850,21 +855,81 @@ class _Run:
         n = round(len(things) * fraction)
         return sorted(self.rng.sample(things, n)) if n < len(things) else list(things)
 
+    def group_members(self, group: str) -> list[str]:
+        """The things in ``group`` and the groups below it, as the drill made them."""
+        below = [g for g in self.groups if self._under(g, group)]
+        return sorted({t for g in below for t in self.groups[g]})
+
+    def _under(self, group: str, ancestor: str) -> bool:
+        seen: set[str] = set()
+        current: str | None = group
+        while current is not None and current not in seen:
+            if current == ancestor:
+                return True
+            seen.add(current)
+            current = self.group_parent.get(current)
+        return False
+
+    async def regroup(self, step: Step, controller: Controller) -> None:
+        """create-group, add-to-group, remove-from-group (things registered as they join)."""
+        group = step.group
+        assert group is not None
+        members = self.groups.setdefault(group, [])
+        if step.action == "create-group":
+            self.group_parent[group] = step.parent
+            chosen = self.sample(self.simulated, step.fraction)
+            await controller.group_members(group, chosen, create=True, parent=step.parent)
+        elif step.action == "add-to-group":
+            chosen = self.sample([t for t in self.simulated if t not in members],
+                                 step.fraction)
+            await controller.group_members(group, chosen)
+        else:
+            chosen = self.sample(list(members), step.fraction)
+            await controller.group_members(group, chosen, add=False)
+        if step.action == "remove-from-group":
+            self.groups[group] = [t for t in members if t not in chosen]
+        else:
+            members.extend(chosen)
+            for g, jobs in self.continuous.items():  # continuous jobs on it reach them
+                if self._under(group, g):
+                    for job in jobs:
+                        new = [t for t in chosen if t not in self.targets.get(job, [])]
+                        self.targets.setdefault(job, []).extend(new)
+                        self.progress.expect_more(job, len(new))
+        self.mark("group", action=step.action, group=group, things=chosen)
+
     async def act(self, step: Step, controller: Controller) -> None:
         action, job = step.action, step.job
         if action == "create-job":
             assert job is not None
             assert step.document is not None
             # every job targets the external devices: they are the ones under test
-            targets = self.sample(self.simulated, step.targets) + self.external
+            members = self.group_members(step.group) if step.group else \
+                self.sample(self.simulated, step.targets)
+            targets = members + self.external
             self.targets[job] = targets
             self.progress.expect(job, len(targets))
             extra: dict[str, Any] = {}
             if step.timeout_minutes is not None:
                 extra["timeoutConfig"] = {"inProgressTimeoutInMinutes": step.timeout_minutes}
+            for member, config in (("jobExecutionsRolloutConfig", step.rollout),
+                                   ("abortConfig", step.abort),
+                                   ("jobExecutionsRetryConfig", step.retry)):
+                if config is not None:
+                    extra[member] = config
+            if step.target_selection != "SNAPSHOT":
+                extra["targetSelection"] = step.target_selection
             document = step.document if self.drill.pace == 1 else \
                 stretched(step.document, self.drill.pace)
-            await controller.create_job(job, targets, document, **extra)
+            if step.group:
+                if step.target_selection == "CONTINUOUS":
+                    self.continuous.setdefault(step.group, []).append(job)
+                await controller.create_job(job, self.external, document,
+                                            groups=(step.group,), **extra)
+            else:
+                await controller.create_job(job, targets, document, **extra)
+        elif action in ("create-group", "add-to-group", "remove-from-group"):
+            await self.regroup(step, controller)
         elif action in ("force-delete-job", "delete-job", "force-delete-jobs"):
             jobs = list(step.jobs) or ([job] if job is not None else [])
             before = {j: self.progress.deletions[j] for j in jobs}

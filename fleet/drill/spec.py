@@ -51,11 +51,20 @@ from typing import Any
 
 from devicesim.wire.topics import THING_NAME_RE
 from fleet.checker import Budgets, Requirements
+from fleet.service.errors import InvalidRequestException
 from fleet.service.faults import MESSAGES
+from fleet.service.groups import GROUP_NAME
+from fleet.service.rollout import parse_abort, parse_retry, parse_rollout
 from fleet.service.settings import ServiceSettings
 
 ACTIONS = {
-    "create-job": "create a job (document, targets) targeting a fraction of the fleet",
+    "create-job": "create a job (document, targets) targeting a fraction of the fleet, or "
+                  "(group) a thing group; with target_selection, rollout, abort, retry",
+    "create-group": "register a fraction of the fleet as things and put them in a new "
+                    "static thing group (parent: below that group)",
+    "add-to-group": "register a fraction of the fleet outside the group and add them to it "
+                    "(a continuous job on the group reaches them)",
+    "remove-from-group": "take a fraction of the group's members out of it",
     "force-delete-job": "DeleteJob --force, then wait until the deletion completed (wait = "
                         "false: go on at once)",
     "delete-job": "DeleteJob without force (the job must be terminal)",
@@ -138,6 +147,17 @@ class Step:
     messages: str = "pushes"
     rate: float = 0.0
     timeout_minutes: int | None = None
+    #: the groups: create-job targets it (not a fraction of the fleet); the group actions
+    #: act on it
+    group: str | None = None
+    #: create-group: the group it goes below
+    parent: str | None = None
+    #: create-job: SNAPSHOT or CONTINUOUS, and the job configurations as CreateJob takes
+    #: them (jobExecutionsRolloutConfig, abortConfig, jobExecutionsRetryConfig)
+    target_selection: str = "SNAPSHOT"
+    rollout: dict[str, Any] | None = None
+    abort: dict[str, Any] | None = None
+    retry: dict[str, Any] | None = None
     when: When = field(default_factory=When)
 
 
@@ -382,6 +402,29 @@ class _Parser:
         if "timeout_minutes" in raw:
             kwargs["timeout_minutes"] = self.typed(raw["timeout_minutes"], int,
                                                    f"{where}.timeout_minutes")
+        for key in ("group", "parent", "target_selection"):
+            if key in raw:
+                kwargs[key] = self.typed(raw[key], str, f"{where}.{key}")
+        for key in ("group", "parent"):
+            if key in kwargs and not GROUP_NAME.fullmatch(kwargs[key]):
+                raise self.fail(f"{where}.{key}", "expected 1-128 characters of "
+                                                  "[a-zA-Z0-9:_-]")
+        if kwargs.get("target_selection", "SNAPSHOT") not in ("SNAPSHOT", "CONTINUOUS"):
+            raise self.fail(f"{where}.target_selection", "expected SNAPSHOT or CONTINUOUS")
+        for key, check in (("rollout", parse_rollout), ("abort", parse_abort),
+                           ("retry", parse_retry)):
+            if key in raw:
+                kwargs[key] = self.typed(raw[key], dict, f"{where}.{key}")
+                try:
+                    check(kwargs[key])
+                except InvalidRequestException as e:
+                    raise self.fail(f"{where}.{key}", e.message) from None
+        if action in ("create-group", "add-to-group", "remove-from-group") and \
+                "group" not in kwargs:
+            raise self.fail(f"{where}.group", f"required by action {action}")
+        if "group" in kwargs and "targets" in raw:
+            raise self.fail(f"{where}.targets", "a job on a group targets the group's "
+                                                "members: give group or targets, not both")
         if "document" in raw:
             document = self.typed(raw["document"], dict, f"{where}.document")
             if len(json.dumps(document)) > 32768:
@@ -389,7 +432,8 @@ class _Parser:
             kwargs["document"] = document
         needs_job = action not in ("restart-broker", "restart-service", "settle",
                                    "force-delete-jobs", "power-on", "heal-notify",
-                                   "heal-messages", *NETWORK_ACTIONS)
+                                   "heal-messages", "create-group", "add-to-group",
+                                   "remove-from-group", *NETWORK_ACTIONS)
         if needs_job and "job" not in kwargs:
             raise self.fail(f"{where}.job", f"required by action {action}")
         if action == "create-job" and "document" not in kwargs:
