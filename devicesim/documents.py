@@ -13,10 +13,10 @@ reboot and verify, each once and in that order; a step's ``seconds`` is optional
 ``failAtStep`` (optional) injects a failure at the end of that step: the device rolls back
 and reports FAILED; with ``failFraction`` (0 to 1, default 1) only that share of the fleet
 fails (the devices a hash of thing name and version picks: the same ones on every run, as
-a bad image fails the same hardware). ``jitter`` (optional, 0 <= jitter < 1, both operations) spreads a fleet
-out: each device runs the job's steps at its own seeded pace, between ``1 - jitter`` and
-``1 + jitter`` times the given durations. ``sleep`` has one step named ``sleep``;
-``seconds`` defaults to 1.0.
+a bad image fails the same hardware). ``jitter`` (optional, 0 <= jitter < 1, both
+operations) spreads a fleet out: each device runs the job's steps at its own seeded pace,
+between ``1 - jitter`` and ``1 + jitter`` times the given durations. ``sleep`` has one
+step named ``sleep``; ``seconds`` defaults to 1.0.
 :func:`stretched` multiplies a document's durations (a drill paces a bigger fleet with it).
 Unknown keys are ignored. Anything else raises :class:`DocumentError`, whose ``reason`` the
 agent reports as ``statusDetails.reason`` of a REJECTED update.

@@ -348,7 +348,8 @@ job = "ota"
 group = "fleet"
 target_selection = "CONTINUOUS"
 rollout = { maximumPerMinute = 100 }
-abort = { criteriaList = [ { failureType = "ALL", action = "CANCEL", thresholdPercentage = 10, minNumberOfExecutedThings = 5 } ] }
+abort = { criteriaList = [ { failureType = "ALL", action = "CANCEL", \
+thresholdPercentage = 10, minNumberOfExecutedThings = 5 } ] }
 retry = { criteriaList = [ { failureType = "FAILED", numberOfRetries = 2 } ] }
 document = { operation = "sleep" }
 '''
