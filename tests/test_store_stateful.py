@@ -29,9 +29,11 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -53,6 +55,10 @@ from fleet.service.errors import (
 )
 from fleet.service.settings import ServiceSettings, TerminalUpdateCode
 from fleet.service.store import JobsStore, Publish
+
+#: A pass takes ~15 s a machine; a failure is shrunk for up to Hypothesis' 5 minutes, which
+#: the default 120 s timeout would cut short (no reproducer printed).
+pytestmark = pytest.mark.timeout(600)
 
 SEED = 1234
 T0 = 1_700_000_000.0
@@ -116,7 +122,6 @@ class JobSpec:
 class MExecution:
     job_id: str
     thing: str
-    incarnation: int
     status: X
     version: int
     seq: int
@@ -143,8 +148,7 @@ class MRollout:
 class MJob:
     status: J
     timeout_minutes: int | None
-    incarnation: int
-    seq: int = 0
+    seq: int
     continuous: bool = False
     targets: tuple[str, ...] = ()
     rollout: MRollout | None = None  # dropped by a cancel or delete
@@ -175,7 +179,6 @@ class Model:
     #: things whose pending list changed at some point during the current operation
     touched: set[str] = field(default_factory=set)
     seq: int = 0
-    incarnations: int = 0
 
     def pending(self, thing: str) -> list[MExecution]:
         mine = [e for e in self.executions.values()
@@ -271,8 +274,7 @@ class Model:
         """A QUEUED execution (replacing a REMOVED one)."""
         self.touched.add(thing)
         self.executions[(job_id, thing)] = MExecution(
-            job_id, thing, self.jobs[job_id].incarnation, X.QUEUED, 1, self._next_seq(),
-            number)
+            job_id, thing, X.QUEUED, 1, self._next_seq(), number)
 
     def _plan_or_queue(self, job_id: str, thing: str, number: int) -> None:
         """Queue now, or plan it for the rollout to release (once)."""
@@ -293,7 +295,8 @@ class Model:
 
     def _reconcile(self, thing: str) -> None:
         """``thing``'s groups changed: each IN_PROGRESS CONTINUOUS job reaching it targets
-        it (again); one that no longer does removes its QUEUED execution."""
+        it (again); one that no longer does drops it from its plan and removes its QUEUED
+        execution (REMOVED; one IN_PROGRESS runs on)."""
         containing = self._containing(thing)
         for job_id, job in sorted(self.jobs.items(), key=lambda item: item[1].seq):
             if not job.continuous or job.status is not J.IN_PROGRESS:
@@ -333,17 +336,15 @@ class Model:
             return ResourceNotFoundException
         if job_id in self.jobs:
             return ResourceAlreadyExistsException
-        self.incarnations += 1
-        self.jobs[job_id] = job = MJob(
-            J.IN_PROGRESS, spec.timeout, self.incarnations, self._next_seq(),
-            spec.continuous, spec.on,
-            None if spec.rate is None else MRollout(spec.rate, next_at=self.now), spec.abort)
+        self.jobs[job_id] = MJob(
+            J.IN_PROGRESS, spec.timeout, self._next_seq(), continuous=spec.continuous,
+            targets=spec.on, abort=spec.abort,
+            rollout=None if spec.rate is None else MRollout(spec.rate, next_at=self.now))
         things = self._reached(spec.on)
         for thing in things:
             self._plan_or_queue(job_id, thing, 1)
         if not things:  # a snapshot of empty groups
             self._maybe_complete(job_id)
-        assert job.status is J.IN_PROGRESS or not job.continuous
         return None
 
     def associate_targets(self, job_id: str, on: tuple[str, ...]) -> Error:
@@ -488,8 +489,9 @@ class Model:
         self._release()
         for job_id in sorted(self.abort_checks):
             self.abort_checks.discard(job_id)
-            job = self.jobs.get(job_id)
-            if job is not None and job.status is J.IN_PROGRESS and self._abort_met(job_id):
+            checked = self.jobs.get(job_id)
+            if checked is not None and checked.status is J.IN_PROGRESS and self._abort_met(
+                    job_id):
                 self._cancel(job_id, self.settings.abort_force,
                              self.settings.abort_reason_code)
         for e in sorted(self.executions.values(), key=lambda e: e.seq):
@@ -547,11 +549,12 @@ def listed(pending: list[MExecution], limit: int) -> dict[str, list[str]]:
 
 job_ids = st.sampled_from(JOB_IDS)
 things = st.sampled_from(THINGS)
-groups = st.sampled_from(sorted(GROUPS))
+thing_groups = st.sampled_from(sorted(GROUPS))
 #: Things and groups, as job targets.
 on = st.lists(st.sampled_from((*THINGS, *GROUPS)), min_size=1, max_size=2).map(tuple)
-#: Mostly plain SNAPSHOT jobs; a paced rollout releases one target a second or one in 30 s;
-#: the abort criteria: FAILED >= 50 % of at least 1 thing, or all failures >= 40 % of 2.
+#: SNAPSHOT or CONTINUOUS; half of them paced, one target released a second or one in 30 s;
+#: most with an abort criterion: FAILED >= 50 % of at least 1 thing, or all failures >= 40 %
+#: of at least 2.
 job_specs = st.builds(
     JobSpec, on=on, timeout=st.sampled_from([None, None, 1, 2]),
     continuous=st.booleans(),
@@ -668,7 +671,7 @@ class JobsStoreMachine(RuleBasedStateMachine):
 
     # -- rules ------------------------------------------------------------------------------
 
-    @initialize(joined=st.lists(st.tuples(groups, things), min_size=1, max_size=4),
+    @initialize(joined=st.lists(st.tuples(thing_groups, things), min_size=1, max_size=4),
                 first=st.lists(job_specs, min_size=1, max_size=3))
     def first_groups_and_jobs(self, joined: list[tuple[str, str]],
                               first: list[JobSpec]) -> None:
@@ -677,13 +680,11 @@ class JobsStoreMachine(RuleBasedStateMachine):
         for group in GROUPS:
             self._begin()
             expected = self.model.create_group(group)
-            self._run(expected, lambda group=group: self.store.groups.create(
-                group, parent=GROUPS[group]))
+            self._run(expected, partial(self.store.groups.create, group, parent=GROUPS[group]))
         for group, thing in joined:
             self._begin()
             expected = self.model.add_to_group(group, thing)
-            self._run(expected, lambda group=group, thing=thing:
-                      self.store.add_thing_to_group(group, thing))
+            self._run(expected, partial(self.store.add_thing_to_group, group, thing))
         for job_id, spec in zip(JOB_IDS, first, strict=False):
             self._create_job(job_id, spec)
 
@@ -705,13 +706,13 @@ class JobsStoreMachine(RuleBasedStateMachine):
         self._run(expected, lambda: self.store.associate_targets(
             job_id, [arn(t) for t in more]))
 
-    @rule(group=groups, thing=things)
+    @rule(group=thing_groups, thing=things)
     def add_thing_to_group(self, group: str, thing: str) -> None:
         self._begin()
         expected = self.model.add_to_group(group, thing)
         self._run(expected, lambda: self.store.add_thing_to_group(group, thing))
 
-    @rule(group=groups, thing=things, data=st.data())
+    @rule(group=thing_groups, thing=things, data=st.data())
     def remove_thing_from_group(self, group: str, thing: str, data: st.DataObject) -> None:
         joined = sorted((g, t) for g, members in self.model.members.items() for t in members)
         if joined and data.draw(aims, label="aim") < 8:
@@ -720,13 +721,13 @@ class JobsStoreMachine(RuleBasedStateMachine):
         expected = self.model.remove_from_group(group, thing)
         self._run(expected, lambda: self.store.remove_thing_from_group(group, thing))
 
-    @rule(group=groups)
+    @rule(group=thing_groups)
     def delete_thing_group(self, group: str) -> None:
         self._begin()
         expected = self.model.delete_group(group)
         self._run(expected, lambda: self.store.delete_thing_group(group))
 
-    @rule(group=groups)
+    @rule(group=thing_groups)
     def create_thing_group(self, group: str) -> None:
         """(Again: the same group is returned as it is; a deleted one comes back empty.)"""
         self._begin()
@@ -790,10 +791,13 @@ class JobsStoreMachine(RuleBasedStateMachine):
         self._run(expected, lambda: self.store.update(
             thing, job_id, status=status, expected_version=version, step_timeout=step_timeout))
 
-    @rule(data=st.data(), status=st.sampled_from([X.FAILED, X.FAILED, X.REJECTED]))
-    def device_fails_an_aborting_job(self, data: st.DataObject, status: X) -> None:
-        """A device failing one of its executions of a job with an abort configuration
-        (the next tick may cancel the job)."""
+    @rule(data=st.data(), status=st.sampled_from([X.FAILED, X.FAILED, X.REJECTED]),
+          shell_ticks=st.booleans())
+    def device_fails_an_aborting_job(self, data: st.DataObject, status: X,
+                                     shell_ticks: bool) -> None:
+        """A device failing one of its executions of a job with an abort configuration;
+        then, maybe, the service's shell ticks at once, as it does when the store
+        ``wants_tick()`` (the tick may cancel the job)."""
         pending = sorted(key for key, e in self.model.executions.items()
                          if e.status in (X.QUEUED, X.IN_PROGRESS)
                          and self.model.jobs[e.job_id].abort is not None)
@@ -803,6 +807,9 @@ class JobsStoreMachine(RuleBasedStateMachine):
         self._begin()
         expected = self.model.update(thing, job_id, status, None, None)
         self._run(expected, lambda: self.store.update(thing, job_id, status=status))
+        assert self.store.wants_tick() == (expected is None)
+        if shell_ticks:
+            self.advance_clock_and_tick(0)
 
     @rule(data=st.data(), step_timeout=step_timeouts)
     def device_starts_a_queued_job(self, data: st.DataObject, step_timeout: int | None) -> None:
@@ -888,7 +895,7 @@ class JobsStoreMachine(RuleBasedStateMachine):
         for job_id in sorted(self.model.jobs):
             self._begin()
             expected = self.model.delete_job(job_id, force)
-            self._run(expected, lambda job_id=job_id: self.store.delete_job(job_id, force=force))
+            self._run(expected, partial(self.store.delete_job, job_id, force=force))
 
     @rule(seconds=st.sampled_from([0, 1, 30, 60, 90, 200, 200]))
     def advance_clock_and_tick(self, seconds: int) -> None:
@@ -919,8 +926,8 @@ class JobsStoreMachine(RuleBasedStateMachine):
         for e in executions:
             m = self.model.executions[(e.job_id, e.thing_name)]
             assert e.deadline == m.deadline, (e, m)
-        groups = {g: self.store.groups.find(g) for g in GROUPS}
-        assert {g: found.parent for g, found in groups.items() if found is not None} == (
+        found = {g: self.store.groups.find(g) for g in GROUPS}
+        assert {g: group.parent for g, group in found.items() if group is not None} == (
             self.model.groups)
         assert {g: set(self.store.groups.members(g, recursive=False))
                 for g in self.model.groups} == self.model.members
@@ -938,6 +945,10 @@ class JobsStoreMachine(RuleBasedStateMachine):
             self.observed[key] = (e.status, e.version_number)
 
     @invariant()
+    def an_abort_check_is_due_when_an_execution_of_an_aborting_job_ended(self) -> None:
+        assert self.store.wants_tick() == bool(self.model.abort_checks)
+
+    @invariant()
     def no_execution_outlives_its_job(self) -> None:
         jobs = {j.job_id for j in self.store.list_jobs()[0]}
         assert {e.job_id for e in self.store.all_executions()} <= jobs
@@ -949,7 +960,8 @@ class JobsStoreMachine(RuleBasedStateMachine):
 
 
 class AlternativeSettingsMachine(JobsStoreMachine):
-    """The same rules with every §13 switch flipped the other way."""
+    """The same rules with every §13 switch flipped the other way (and an abort cancels
+    IN_PROGRESS executions too, with another reason code)."""
 
     service_settings = ServiceSettings(
         max_concurrent_deletions=1,
