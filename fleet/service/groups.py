@@ -29,7 +29,6 @@ from fleet.service.errors import (
     LimitExceededException,
     ResourceAlreadyExistsException,
     ResourceNotFoundException,
-    VersionConflictException,
 )
 
 GROUP_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
@@ -168,9 +167,7 @@ class ThingGroups:
     def update(self, name: str, properties: dict[str, Any] | None,
                expected_version: int | None) -> int:
         group = self.describe(name)
-        if expected_version is not None and expected_version != group.version:
-            raise VersionConflictException(f"expectedVersion {expected_version} does not "
-                                           f"match {group.version}")
+        validation.check_version(expected_version, group.version)
         props = check_properties(properties)
         payload = props.get("attributePayload")
         if payload is not None and payload.get("merge"):
@@ -186,9 +183,7 @@ class ThingGroups:
         group = self.find(name)
         if group is None:
             return []
-        if expected_version is not None and expected_version != group.version:
-            raise VersionConflictException(f"expectedVersion {expected_version} does not "
-                                           f"match {group.version}")
+        validation.check_version(expected_version, group.version)
         if self._db.execute("SELECT 1 FROM thing_groups WHERE parent = ? LIMIT 1",
                             (name,)).fetchone():
             raise InvalidRequestException(f"Cannot delete thing group {name}: it has child "

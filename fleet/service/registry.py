@@ -36,7 +36,6 @@ from fleet.service.errors import (
     InvalidRequestException,
     ResourceAlreadyExistsException,
     ResourceNotFoundException,
-    VersionConflictException,
 )
 
 STATUSES = ("ACTIVE", "INACTIVE", "REVOKED", "PENDING_TRANSFER", "REGISTER_INACTIVE",
@@ -139,9 +138,7 @@ class Registry:
                      expected_version: int | None = None) -> Thing:
         """New attributes (``merge``: over the old ones; an empty value removes one)."""
         thing = self.describe_thing(name)
-        if expected_version is not None and expected_version != thing.version:
-            raise VersionConflictException(f"expectedVersion {expected_version} does not "
-                                           f"match {thing.version}")
+        validation.check_version(expected_version, thing.version)
         merged = {**thing.attributes, **attributes} if merge else attributes
         new = Thing(name, thing.id, thing.version + 1, {k: v for k, v in merged.items() if v})
         self._db.execute("UPDATE things SET version = ?, attributes = ? WHERE name = ?",
@@ -293,9 +290,7 @@ class Registry:
         thing = self._thing(name)
         if thing is None:
             return
-        if expected_version is not None and expected_version != thing.version:
-            raise VersionConflictException(f"expectedVersion {expected_version} does not "
-                                           f"match {thing.version}")
+        validation.check_version(expected_version, thing.version)
         if self._db.execute("SELECT 1 FROM thing_principals WHERE thing = ?",
                             (name,)).fetchone():
             raise InvalidRequestException(f"Cannot delete thing {name}: it has attached "

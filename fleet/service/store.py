@@ -321,13 +321,16 @@ class JobsStore:
         self._db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(seq),))
         return seq
 
-    def job_arn(self, job_id: str) -> str:
+    def arn(self, kind: str, name: str) -> str:
+        """The ARN of a resource of this account and region (``job``, ``thinggroup``...)."""
         s = self.settings
-        return f"arn:aws:iot:{s.region}:{s.account_id}:job/{job_id}"
+        return f"arn:aws:iot:{s.region}:{s.account_id}:{kind}/{name}"
+
+    def job_arn(self, job_id: str) -> str:
+        return self.arn("job", job_id)
 
     def thing_arn(self, thing: str) -> str:
-        s = self.settings
-        return f"arn:aws:iot:{s.region}:{s.account_id}:thing/{thing}"
+        return self.arn("thing", thing)
 
     # -- writing -------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from devicesim.wire.messages import (
     validate_status_details,
     validate_step_timeout,
 )
-from fleet.service.errors import InvalidRequestException
+from fleet.service.errors import InvalidRequestException, VersionConflictException
 
 MAX_DOCUMENT_CHARS = 32768
 MAX_DESCRIPTION_CHARS = 2028
@@ -56,6 +56,21 @@ def check_document(document: str) -> None:
         raise InvalidRequestException(f"document: not valid JSON: {e}") from None
     if not isinstance(parsed, dict):
         raise InvalidRequestException("document: must be a JSON object")
+
+
+_ARN = re.compile(r"arn:aws[a-z-]*:iot:[a-z0-9-]*:\d*:([a-z]+)/(.+)")
+
+
+def name_in_arn(arn: str, kind: str) -> str | None:
+    """The name in an IoT ARN of that resource ``kind`` (``thinggroup``, ``job``, ...)."""
+    m = _ARN.fullmatch(arn)
+    return m.group(2) if m is not None and m.group(1) == kind else None
+
+
+def check_version(expected: int | None, actual: int) -> None:
+    """An ``expectedVersion`` that is not the resource's version: VersionConflict."""
+    if expected is not None and expected != actual:
+        raise VersionConflictException(f"expectedVersion {expected} does not match {actual}")
 
 
 def parse_enum(kind: Any, value: str, name: str) -> Any:

@@ -7,7 +7,6 @@ in the same transaction; a thing must be in the registry to join a group.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -21,13 +20,10 @@ if TYPE_CHECKING:
     from fleet.service.controlplane.handlers import Context
 
 MAX_RESULTS = (1, 250)
-_GROUP_ARN = re.compile(r"arn:aws[a-z-]*:iot:[a-z0-9-]*:\d*:thinggroup/(.+)")
-_THING_ARN = re.compile(r"arn:aws[a-z-]*:iot:[a-z0-9-]*:\d*:thing/(.+)")
 
 
 def _group_arn(ctx: Context, name: str) -> str:
-    s = ctx.store.settings
-    return f"arn:aws:iot:{s.region}:{s.account_id}:thinggroup/{name}"
+    return ctx.store.arn("thinggroup", name)
 
 
 def _reference(ctx: Context, name: str) -> Json:
@@ -35,18 +31,18 @@ def _reference(ctx: Context, name: str) -> Json:
     return {"groupName": name, "groupArn": _group_arn(ctx, name)}
 
 
-def _member(inp: Input, name_member: str, arn_member: str, arn: re.Pattern[str]) -> str:
+def _member(inp: Input, name_member: str, arn_member: str, kind: str) -> str:
     """A group or thing given by name or by ARN (one of the two)."""
     name, given_arn = inp.body_string(name_member), inp.body_string(arn_member)
     if given_arn is not None:
-        m = arn.fullmatch(given_arn)
-        if m is None:
-            raise InvalidRequestException(f"{arn_member}: {given_arn!r:.200} is not such an "
+        named = validation.name_in_arn(given_arn, kind)
+        if named is None:
+            raise InvalidRequestException(f"{arn_member}: {given_arn!r:.200} is not a {kind} "
                                           "ARN")
-        if name is not None and name != m.group(1):
+        if name is not None and name != named:
             raise InvalidRequestException(f"{name_member} and {arn_member} name different "
                                           "resources")
-        name = m.group(1)
+        name = named
     if name is None:
         raise InvalidRequestException(f"{name_member} or {arn_member}: required")
     return name
@@ -54,8 +50,8 @@ def _member(inp: Input, name_member: str, arn_member: str, arn: re.Pattern[str])
 
 def _membership(ctx: Context, inp: Input) -> tuple[str, str]:
     """(group, thing) of Add/RemoveThingToThingGroup; the thing must be registered."""
-    group = check_group_name(_member(inp, "thingGroupName", "thingGroupArn", _GROUP_ARN))
-    thing = _member(inp, "thingName", "thingArn", _THING_ARN)
+    group = check_group_name(_member(inp, "thingGroupName", "thingGroupArn", "thinggroup"))
+    thing = _member(inp, "thingName", "thingArn", "thing")
     _require_thing(ctx, thing)
     return group, thing
 

@@ -6,11 +6,10 @@ Same contract as :mod:`fleet.service.controlplane.handlers`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from fleet.service import rollout
+from fleet.service import rollout, validation
 from fleet.service.controlplane.inputs import Input
 from fleet.service.controlplane.shapes import Json
 from fleet.service.errors import InvalidRequestException
@@ -21,22 +20,19 @@ if TYPE_CHECKING:
 
 #: the job configurations a template (and UpdateJob) carries, by body member
 CONFIGS = ("jobExecutionsRolloutConfig", "abortConfig", "jobExecutionsRetryConfig")
-_JOB_ARN = re.compile(r"arn:aws[a-z-]*:iot:[a-z0-9-]*:\d*:job/(.+)")
-_TEMPLATE_ARN = re.compile(r"arn:aws[a-z-]*:iot:[a-z0-9-]*:\d*:jobtemplate/(.+)")
 
 
 def template_arn(ctx: Context, template_id: str) -> str:
-    s = ctx.store.settings
-    return f"arn:aws:iot:{s.region}:{s.account_id}:jobtemplate/{template_id}"
+    return ctx.store.arn("jobtemplate", template_id)
 
 
 def template_of(ctx: Context, arn: str) -> JobTemplate:
     """The template a ``jobTemplateArn`` names."""
-    m = _TEMPLATE_ARN.fullmatch(arn)
-    if m is None:
+    template_id = validation.name_in_arn(arn, "jobtemplate")
+    if template_id is None:
         raise InvalidRequestException(f"jobTemplateArn: {arn!r:.200} is not a job template "
                                       "ARN")
-    return ctx.store.templates.describe(check_template_id(m.group(1), "jobTemplateArn"))
+    return ctx.store.templates.describe(check_template_id(template_id, "jobTemplateArn"))
 
 
 def configs_of(inp: Input) -> dict[str, dict[str, Any]]:
@@ -75,10 +71,10 @@ def create_job_template(ctx: Context, inp: Input) -> Json:
     if (job_arn is None) == (document is None):
         raise InvalidRequestException("give either document or jobArn (a job to copy)")
     if job_arn is not None:
-        m = _JOB_ARN.fullmatch(job_arn)
-        if m is None:
+        source = validation.name_in_arn(job_arn, "job")
+        if source is None:
             raise InvalidRequestException(f"jobArn: {job_arn!r:.200} is not a job ARN")
-        job = ctx.store.describe_job(m.group(1))
+        job = ctx.store.describe_job(source)
         document = job.document
         configs = {**{k: v for k, v in job.configs.items() if k in CONFIGS}, **configs}
         timeout = job.in_progress_timeout_minutes if timeout is None else timeout
