@@ -16,6 +16,7 @@ from devicesim.wire import topics
 from devicesim.wire.enums import JobExecutionStatus as X
 from fleet.broker import BrokerAddress
 from fleet.drill.controller import iot_client
+from fleet.service.controlplane import shapes
 from fleet.service.errors import InvalidRequestException
 from fleet.service.rollout import (
     AbortCriterion,
@@ -27,6 +28,7 @@ from fleet.service.rollout import (
 from fleet.service.settings import ServiceSettings
 from fleet.service.shell import JobsService, ServiceConfig
 from fleet.service.store import JobsStore
+from fleet.service.templates import JobTemplate
 from tests.jobs_client import jobs_client
 from tests.test_controlplane import DOC, T0, Clock, arn, running
 
@@ -452,3 +454,79 @@ async def test_boto3_schedules_a_job(tmp_path: Path) -> None:
         assert await env.status("night") == "IN_PROGRESS"
         env.sweep(60)
         assert await env.status("night") == "CANCELED"
+
+
+GROUP_ARN = "arn:aws:iot:us-east-1:123456789012:thinggroup/{}"
+
+
+def test_update_job_paces_a_job_that_was_not(tmp_path: Path) -> None:
+    store, clock = make(tmp_path)
+    store.groups.create("fleet")
+    store.create_job("cont", targets=[GROUP_ARN.format("fleet")], document=DOC,
+                     target_selection="CONTINUOUS")
+    store.update_job("cont", configs={"jobExecutionsRolloutConfig": {"maximumPerMinute": 60}})
+    store.add_thing_to_group("fleet", "a")
+    store.add_thing_to_group("fleet", "b")
+    assert store.describe_job("cont").planned == 2  # planned, not queued at once
+    store.tick()
+    clock.advance(1)
+    store.tick()
+    assert set(released(store, "cont")) == {"a", "b"}
+
+
+def test_a_stopped_rollout_gives_no_later_joiner_the_job(tmp_path: Path) -> None:
+    store, clock = make(tmp_path, schedule_minimum_minutes=0)
+    store.groups.create("fleet")
+    for paced in (False, True):
+        job = f"stop-{paced}"
+        store.create_job(job, targets=[GROUP_ARN.format("fleet")], document=DOC,
+                         target_selection="CONTINUOUS",
+                         rollout_config={"maximumPerMinute": 60} if paced else None,
+                         scheduling_config={"endTime": at(clock.t - T0 + 1)})
+    clock.advance(1)
+    store.tick()
+    store.add_thing_to_group("fleet", "late")
+    for paced in (False, True):
+        assert released(store, f"stop-{paced}") == {}
+        job = store.describe_job(f"stop-{paced}")
+        assert (job.status.value, job.planned) == ("IN_PROGRESS", 0)
+
+
+def test_a_scheduled_paced_snapshot_of_an_empty_group_completes(tmp_path: Path) -> None:
+    store, clock = make(tmp_path, schedule_minimum_minutes=0)
+    store.groups.create("empty")
+    store.create_job("nothing", targets=[GROUP_ARN.format("empty")], document=DOC,
+                     rollout_config={"maximumPerMinute": 60},
+                     scheduling_config={"startTime": at(10)})
+    clock.advance(10)
+    store.tick()
+    store.tick()
+    assert store.describe_job("nothing").status.value == "COMPLETED"
+
+
+def test_a_thing_that_left_a_continuous_job_is_not_retried(tmp_path: Path) -> None:
+    store, _ = make(tmp_path)
+    store.groups.create("fleet")
+    store.add_thing_to_group("fleet", "a")
+    store.create_job("cont", targets=[GROUP_ARN.format("fleet")], document=DOC,
+                     target_selection="CONTINUOUS", retry_config={
+                         "criteriaList": [{"failureType": "ALL", "numberOfRetries": 3}]})
+    store.start_next("a")
+    store.remove_thing_from_group("fleet", "a")  # IN_PROGRESS: runs on
+    store.update("a", "cont", status=X.FAILED)
+    assert store.describe_job_execution("cont", "a").status is X.FAILED
+
+
+def test_a_scheduled_job_is_not_concurrent_before_its_start(tmp_path: Path) -> None:
+    store, _ = make(tmp_path, schedule_minimum_minutes=0)
+    store.create_job("later", targets=[arn("a")], document=DOC,
+                     scheduling_config={"startTime": at(60)})
+    job = store.describe_job("later")
+    assert (job.status.value, job.planned) == ("SCHEDULED", 1)
+    assert shapes.job_object(job)["isConcurrent"] is False
+
+
+def test_a_template_timeout_is_checked_when_the_template_is_made(tmp_path: Path) -> None:
+    store, _ = make(tmp_path)
+    with pytest.raises(InvalidRequestException, match="inProgressTimeoutInMinutes"):
+        store.templates.create(JobTemplate("t", DOC, "d", {}, 0))

@@ -355,3 +355,38 @@ async def test_jobs_may_be_held_to_registered_things(tmp_path: Path) -> None:
         await control.stop()
         registry.close()
         store.close()
+
+
+async def test_update_thing_groups_for_thing_is_all_or_nothing(env: Env) -> None:
+    await env.things("t")
+    for i in range(11):
+        await env.call("create_thing_group", thingGroupName=f"g{i}")
+    for i in range(9):
+        await env.call("add_thing_to_thing_group", thingGroupName=f"g{i}", thingName="t")
+    code, _ = await env.error("update_thing_groups_for_thing", thingName="t",
+                              thingGroupsToAdd=["g9", "g10"])  # the 11th is one too many
+    assert code == "LimitExceededException"
+    groups = (await env.call("list_thing_groups_for_thing", thingName="t"))["thingGroups"]
+    assert len(groups) == 9  # g9 was not added either
+    assert (await env.error("update_thing_groups_for_thing", thingName="t",
+                            thingGroupsToAdd=["g9"], thingGroupsToRemove=["nowhere"]))[0] == \
+        "ResourceNotFoundException"
+    assert len((await env.call("list_thing_groups_for_thing", thingName="t"))[
+        "thingGroups"]) == 9
+
+
+async def test_registered_targets_only_sees_thing_names_with_colons(tmp_path: Path) -> None:
+    clock = Clock()
+    store = JobsStore(tmp_path / "jobs.sqlite", ServiceSettings(registered_targets_only=True),
+                      now=clock)
+    registry = Registry(tmp_path / "jobs.sqlite", region="us-east-1",
+                        account_id="123456789012", now=clock)
+    control = ControlPlane(store, lambda: None, registry=registry)
+    env = Env(store, registry, boto_client(await control.start()))
+    try:
+        assert (await env.error("create_job", jobId="j", targets=[arn("site:a")],
+                                document=DOC))[0] == "ResourceNotFoundException"
+    finally:
+        await control.stop()
+        registry.close()
+        store.close()

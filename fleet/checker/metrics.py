@@ -230,8 +230,9 @@ ACCOUNTS = ("succeeded", "failed", "rejected", "canceled", "deleted", "removed",
 
 
 def account(tl: Timeline) -> dict[str, int]:
-    """Every execution a successful CreateJob created (thing targets; thing groups cannot be
-    resolved), by what became of it: finished by its device (an accepted terminal update or
+    """Every execution a successful CreateJob created (thing targets; for a thing group, a
+    paced, scheduled or continuous job, the things the service offered it to), by what
+    became of it: finished by its device (an accepted terminal update or
     execution event), taken away by the service (removal events), ended by the service
     (timed out), still pending in the final state, or -- none of these -- unaccounted (the
     ``progress`` invariant fails those that were not withdrawn)."""

@@ -169,16 +169,14 @@ class ControllerCall:
 class CreatedJob:
     job_id: str
     incarnation: int
-    #: when its targets had an execution: the CreateJob, or (``offered``) when the service
-    #: first offered the job to the one thing this record is for
+    #: when its targets had an execution: the CreateJob, or (a thing group, a paced,
+    #: scheduled or continuous job: one record per thing) when the service first offered
+    #: the job to that thing
     time: float
     targets: tuple[str, ...]
     digest: str | None
     call: ControllerCall
     reused: bool
-    #: a target known from the service's offers (a thing group, a paced, scheduled or
-    #: continuous job), one record per thing
-    offered: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -640,7 +638,7 @@ def _request_of(invoke: Op | None, completion: Op | None) -> Mapping[str, Any]:
 
 #: CreateJob members that make a job's targets a matter of time: who gets an execution,
 #: and when, is then read from what the service offered each thing (see _offers)
-_DEFERRED = ("jobExecutionsRolloutConfig", "schedulingConfig")
+_DEFERRED = ("jobExecutionsRolloutConfig", "schedulingConfig", "jobTemplateArn")
 
 
 def _collect_creates(tl: Timeline) -> None:
@@ -679,7 +677,7 @@ def _collect_creates(tl: Timeline) -> None:
         for thing, first in sorted(offers.get((c.job_id, incarnation), {}).items(),
                                    key=lambda item: item[1]):
             _add_create(tl, CreatedJob(c.job_id, incarnation, max(first, c.time), (thing,),
-                                       digest, c, reused, offered=True))
+                                       digest, c, reused))
 
 
 def _add_create(tl: Timeline, created: CreatedJob) -> None:
@@ -688,19 +686,25 @@ def _add_create(tl: Timeline, created: CreatedJob) -> None:
         tl.creates_by_thing.setdefault(thing, []).append(created)
 
 
+#: what tells a thing of an execution: the pushes a new execution causes (published, or
+#: dropped by a message fault: the thing had the execution all the same) and the replies
+#: that carry one
+_OFFERS = ("notify", "notify-next", "dropped:notify", "dropped:notify-next",
+           "StartNextPendingJobExecution", "DescribeJobExecution",
+           "GetPendingJobExecutions")
+
+
 def _offers(tl: Timeline) -> dict[tuple[str, int], dict[str, float]]:
-    """(jobId, incarnation) -> thing -> when the service first told the thing of it: a
-    ``notify`` listing it or a ``notify-next`` naming it (what a new execution causes)."""
+    """(jobId, incarnation) -> thing -> when the service first told the thing of it."""
     first: dict[tuple[str, int], dict[str, float]] = {}
     for op in tl.ops:
-        if op.f not in ("notify", "notify-next"):
+        if op.f not in _OFFERS or op.type is OpType.INVOKE or op.type is OpType.FAIL:
             continue
         payload = _dict(op.value.get("payload"))
-        if op.f == "notify-next":
-            named = [_dict(payload.get("execution"))]
-        else:
-            named = [_dict(s) for group in _dict(payload.get("jobs")).values()
-                     if isinstance(group, list) for s in group]
+        named = [_dict(payload.get("execution"))] + [
+            _dict(s) for group in (*_dict(payload.get("jobs")).values(),
+                                   payload.get("inProgressJobs"), payload.get("queuedJobs"))
+            if isinstance(group, list) for s in group]
         for execution in named:
             job_id = _str(execution.get("jobId"))
             if job_id:

@@ -53,7 +53,8 @@ class Progress:
         self.jobs[job_id] = JobProgress(targets=targets)
 
     def expect_more(self, job_id: str, targets: int) -> None:
-        """A continuous job reaches ``targets`` more things (they joined its group)."""
+        """A continuous job reaches ``targets`` more things (they joined its group; fewer,
+        negative, when they left it)."""
         job = self.jobs.get(job_id)
         if job is not None:
             job.targets += targets

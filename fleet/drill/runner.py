@@ -890,12 +890,16 @@ class _Run:
             self.groups[group] = [t for t in members if t not in chosen]
         else:
             members.extend(chosen)
-            for g, jobs in self.continuous.items():  # continuous jobs on it reach them
-                if self._under(group, g):
-                    for job in jobs:
-                        new = [t for t in chosen if t not in self.targets.get(job, [])]
-                        self.targets.setdefault(job, []).extend(new)
-                        self.progress.expect_more(job, len(new))
+        for g, jobs in self.continuous.items():  # continuous jobs on it reach them, or not
+            if not self._under(group, g):
+                continue
+            reached = set(self.group_members(g))
+            for job in jobs:
+                old = self.targets.setdefault(job, [])
+                now = [t for t in old if t in reached or t in self.external] + \
+                    [t for t in chosen if t in reached and t not in old]
+                self.targets[job] = now
+                self.progress.expect_more(job, len(now) - len(old))
         self.mark("group", action=step.action, group=group, things=chosen)
 
     async def act(self, step: Step, controller: Controller) -> None:

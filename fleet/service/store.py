@@ -395,10 +395,13 @@ class JobsStore:
         """A FAILED or TIMED_OUT execution the job's retry configuration still retries is
         queued again: a new execution (``executionNumber`` + 1, ``retryAttempt`` + 1) in
         place of the failed one, as long as the job is IN_PROGRESS."""
-        row = self._db.execute("SELECT status FROM jobs WHERE job_id = ?",
-                               (e.job_id,)).fetchone()
+        row = self._db.execute("SELECT status, target_selection, targets FROM jobs WHERE"
+                               " job_id = ?", (e.job_id,)).fetchone()
         if row is None or row[0] != J.IN_PROGRESS.value:
             return
+        if row[1] == "CONTINUOUS" and not self._reaches(
+                orjson.loads(row[2]), e.thing_name, self.groups.containing(e.thing_name)):
+            return  # the thing left the job's groups: nothing to retry for it
         criteria = rollout_mod.parse_retry(self._job_configs(e.job_id)[
             "jobExecutionsRetryConfig"])
         done = dict(self._db.execute(
@@ -541,7 +544,7 @@ class JobsStore:
         validation.check_text("description", description)
         if target_selection not in ("SNAPSHOT", "CONTINUOUS"):
             raise InvalidRequestException("targetSelection: must be SNAPSHOT or CONTINUOUS")
-        check_timeout(in_progress_timeout_minutes)
+        validation.check_timeout(in_progress_timeout_minutes)
         with self._tx(things):
             if self._db.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone():
                 raise ResourceAlreadyExistsException(f"Job {job_id} already exists")
@@ -633,6 +636,14 @@ class JobsStore:
                 self._reconcile(thing)
         log.info("delete_thing_group group=%s members=%d", group, len(members))
 
+    def update_groups_of(self, thing: str, add: Sequence[str], remove: Sequence[str]) -> None:
+        """UpdateThingGroupsForThing: all of it or nothing."""
+        with self._tx([thing]):
+            changed = [self.groups.add(g, thing) for g in add] + \
+                [self.groups.remove(g, thing) for g in remove]
+            if any(changed):
+                self._reconcile(thing)
+
     def thing_deleted(self, thing: str) -> None:
         """A thing left the registry: it leaves its groups too."""
         with self._tx([thing]):
@@ -663,12 +674,17 @@ class JobsStore:
     def _target_again(self, job_id: str, thing: str) -> None:
         """A continuous job reaches ``thing`` (again): it queues an execution unless it has
         one that was not REMOVED (a job runs once per thing)."""
+        if self._rollout_stopped(job_id):
+            return  # its schedule's end stopped the rollout: no new device gets it
         e = self._find_execution(job_id, thing)
         if e is None or e.status is X.REMOVED:
             paced = "jobExecutionsRolloutConfig" in self._job_configs(job_id) or \
                 self._job_column(job_id, "status") == J.SCHEDULED.value
-            self._plan_or_queue(job_id, thing, paced,
-                                1 if e is None else e.execution_number + 1)
+            self._plan_or_queue(job_id, thing, paced, self._next_number(job_id, thing))
+
+    def _rollout_stopped(self, job_id: str) -> bool:
+        return self._db.execute("SELECT 1 FROM schedules WHERE job_id = ? AND end_behavior ="
+                                " 'STOPPED'", (job_id,)).fetchone() is not None
 
     def _plan_or_queue(self, job_id: str, thing: str, paced: bool,
                        execution_number: int = 1) -> None:
@@ -683,6 +699,12 @@ class JobsStore:
         if self._job_column(job_id, "status") == J.IN_PROGRESS.value:  # not before its start
             self._db.execute("UPDATE rollouts SET next_at = ? WHERE job_id = ? AND next_at IS"
                              " NULL", (self._now(), job_id))
+
+    def _next_number(self, job_id: str, thing: str) -> int:
+        """The executionNumber a new execution of the job for ``thing`` gets (1, or the
+        one after the execution it replaces: a re-join or a retry)."""
+        old = self._find_execution(job_id, thing)
+        return 1 if old is None else old.execution_number + 1
 
     def _queue(self, job_id: str, thing: str, execution_number: int = 1) -> None:
         now = self._now()
@@ -707,7 +729,8 @@ class JobsStore:
         added = [t for t in dict.fromkeys(targets) if t not in job.targets]
         things = self._thing_names(targets)
         with self._tx(things):
-            self._set_job(job_id, targets=orjson.dumps([*job.targets, *added]).decode())
+            self._set_job(job_id, targets=orjson.dumps([*job.targets, *added]).decode(),
+                          **({} if comment is None else {"comment": comment}))
             for thing in things:
                 self._target_again(job_id, thing)
         log.info("associate_targets_with_job job_id=%s targets=%d", job_id, len(added))
@@ -805,7 +828,7 @@ class JobsStore:
         from now on) or rollout / abort / retry configuration (each replaces the old one; a
         rollout under way continues at the new configuration's initial rate)."""
         validation.check_text("description", description)
-        check_timeout(timeout_minutes)
+        validation.check_timeout(timeout_minutes)
         configs = configs or {}
         rollout = rollout_mod.parse_rollout(configs.get("jobExecutionsRolloutConfig"))
         rollout_mod.parse_abort(configs.get("abortConfig"))
@@ -824,9 +847,18 @@ class JobsStore:
             columns["configs"] = orjson.dumps(merged).decode()
         with self._tx():
             self._set_job(job_id, **columns)
-            if rollout is not None:
-                self._db.execute("UPDATE rollouts SET rate = ?, mark_released = released"
-                                 " WHERE job_id = ?", (rollout.initial_rate, job_id))
+            if rollout is not None:  # paced from now on, at its initial rate
+                now, interval = self._now(), 60.0 / rollout.initial_rate
+                succeeded = self._process_details(job_id).get(X.SUCCEEDED.value, 0)
+                planned = self._db.execute("SELECT count(*) FROM planned WHERE job_id = ?",
+                                           (job_id,)).fetchone()[0]
+                first = now if planned and job.status is J.IN_PROGRESS else None
+                self._db.execute(
+                    "INSERT INTO rollouts VALUES (?, ?, ?, 0, 0, ?) ON CONFLICT (job_id) DO"
+                    " UPDATE SET rate = excluded.rate, mark_released = released,"
+                    " mark_succeeded = excluded.mark_succeeded,"
+                    " next_at = min(next_at, ?)", (job_id, first, rollout.initial_rate,
+                                                   succeeded, now + interval))
         self._configs[job_id] = merged
         if "abortConfig" in configs:
             self._abort_checks.add(job_id)
@@ -904,9 +936,7 @@ class JobsStore:
         except ValueError as err:
             raise InvalidRequestException(str(err)) from None
         e = self._get_execution(job_id, thing, None)
-        if expected_version is not None and expected_version != e.version_number:
-            raise VersionConflictException(
-                f"expectedVersion {expected_version} does not match {e.version_number}")
+        validation.check_version(expected_version, e.version_number)
         lifecycle.service_event(e.status, "cancel", force=force, job_id=job_id,
                                 thing_name=thing)
         with self._tx([thing]):
@@ -1065,15 +1095,16 @@ class JobsStore:
             row = self._db.execute("SELECT thing_name FROM planned WHERE job_id = ? ORDER BY"
                                    " seq LIMIT 1", (job_id,)).fetchone()
             if row is None:  # nothing planned: idle until a thing is (continuous)
-                self._db.execute("UPDATE rollouts SET next_at = NULL WHERE job_id = ?",
-                                 (job_id,))
+                with self._tx():
+                    self._db.execute("UPDATE rollouts SET next_at = NULL WHERE job_id = ?",
+                                     (job_id,))
+                    self._maybe_complete(job_id)  # a snapshot with nothing left to release
                 continue
             thing = row[0]
-            old = self._find_execution(job_id, thing)
             with self._tx([thing]):
                 self._db.execute("DELETE FROM planned WHERE job_id = ? AND thing_name = ?",
                                  (job_id, thing))
-                self._queue(job_id, thing, 1 if old is None else old.execution_number + 1)
+                self._queue(job_id, thing, self._next_number(job_id, thing))
             count += 1
             rollout = rollout_mod.parse_rollout(
                 self._job_configs(job_id)["jobExecutionsRolloutConfig"])
@@ -1110,10 +1141,8 @@ class JobsStore:
                 else:
                     self._db.execute("DELETE FROM planned WHERE job_id = ?", (job_id,))
                     for thing in things:
-                        old = self._find_execution(job_id, thing)
-                        self._queue(job_id, thing,
-                                    1 if old is None else old.execution_number + 1)
-                    self._maybe_complete(job_id)
+                        self._queue(job_id, thing, self._next_number(job_id, thing))
+                self._maybe_complete(job_id)  # a snapshot of empty groups has nothing to do
             log.info("scheduled job started job_id=%s targets=%d", job_id, len(things))
         for job_id, behavior in self._db.execute(
                 "SELECT job_id, end_behavior FROM schedules WHERE end_at <= ? ORDER BY end_at",
@@ -1123,6 +1152,9 @@ class JobsStore:
                                                             J.IN_PROGRESS.value):
                 with self._tx():
                     self._stop_rollout(job_id)
+                    # remembered: things joining a continuous job's group get nothing now
+                    self._db.execute("INSERT INTO schedules VALUES (?, NULL, NULL, 'STOPPED')",
+                                     (job_id,))
                     self._maybe_complete(job_id)
             else:
                 self.cancel_job(job_id, force=behavior == "FORCE_CANCEL",
@@ -1143,12 +1175,6 @@ class JobsStore:
                         reason_code=self.settings.abort_reason_code,
                         comment=f"abortConfig met: {met.describe()}")
         log.info("abort job_id=%s criterion=%r", job_id, met.describe())
-
-
-def check_timeout(minutes: int | None) -> None:
-    if minutes is not None and not 1 <= minutes <= validation.MAX_TIMEOUT_MINUTES:
-        raise InvalidRequestException(
-            "timeoutConfig.inProgressTimeoutInMinutes: must be between 1 and 10080")
 
 
 def _asdict(job: Job) -> dict[str, Any]:

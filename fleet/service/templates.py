@@ -87,6 +87,7 @@ class JobTemplates:
         check_template_id(template.id)
         validation.check_document(template.document)
         validation.check_text("description", template.description)
+        validation.check_timeout(template.timeout_minutes)
         if self._db.execute("SELECT 1 FROM job_templates WHERE id = ?",
                             (template.id,)).fetchone():
             raise ConflictException(f"Job template {template.id} already exists",

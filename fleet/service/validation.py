@@ -47,6 +47,13 @@ def check_text(name: str, value: str | None) -> None:
             f"{name}: must be 1-2028 characters without control characters")
 
 
+def check_timeout(minutes: int | None) -> None:
+    """``timeoutConfig.inProgressTimeoutInMinutes``."""
+    if minutes is not None and not 1 <= minutes <= MAX_TIMEOUT_MINUTES:
+        raise InvalidRequestException(
+            "timeoutConfig.inProgressTimeoutInMinutes: must be between 1 and 10080")
+
+
 def check_document(document: str) -> None:
     if len(document) > MAX_DOCUMENT_CHARS:
         raise InvalidRequestException("document: at most 32768 characters")

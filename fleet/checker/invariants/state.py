@@ -196,7 +196,8 @@ def _executing_at_end(events: list[DeviceEventRecord]) -> DeviceEventRecord | No
 
 def progress(tl: Timeline, b: Budgets) -> InvariantResult:
     """progress: (1) every execution created by a successful ``CreateJob`` (its thing
-    targets; thing groups cannot be resolved) that the service did not remove and whose job
+    targets; for a thing group, a paced, scheduled or continuous job, the things the service
+    offered it to) that the service did not remove and whose job
     (or execution) the controller did not delete or cancel reaches a terminal status: an
     accepted terminal ``UpdateJobExecution``, a terminal execution event, or a terminal status
     in ``final-state`` -- but not a terminal status the device set by applying another

@@ -145,11 +145,11 @@ def update_thing_groups_for_thing(ctx: Context, inp: Input) -> Json:
     if thing is None:
         raise InvalidRequestException("thingName: required")
     _require_thing(ctx, thing)
-    for group in inp.body_string_list("thingGroupsToAdd") or []:
-        ctx.store.add_thing_to_group(check_group_name(group, "thingGroupsToAdd"), thing)
-    for group in inp.body_string_list("thingGroupsToRemove") or []:
-        ctx.store.remove_thing_from_group(check_group_name(group, "thingGroupsToRemove"),
-                                          thing)
+    add = [check_group_name(g, "thingGroupsToAdd")
+           for g in inp.body_string_list("thingGroupsToAdd") or []]
+    remove = [check_group_name(g, "thingGroupsToRemove")
+              for g in inp.body_string_list("thingGroupsToRemove") or []]
+    ctx.store.update_groups_of(thing, add, remove)
     return {}
 
 

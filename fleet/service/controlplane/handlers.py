@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from devicesim.wire.enums import JobExecutionStatus, JobStatus
+from fleet.service import validation
 from fleet.service.controlplane import shapes, templates
 from fleet.service.controlplane.inputs import Input, unsupported
 from fleet.service.controlplane.shapes import Json
@@ -265,8 +266,8 @@ def _check_registered(ctx: Context, targets: list[str]) -> None:
     if not ctx.store.settings.registered_targets_only or ctx.registry is None:
         return
     for target in targets:
-        kind, _, name = target.rpartition(":")[2].partition("/")
-        if kind == "thing":
+        name = validation.name_in_arn(target, "thing")
+        if name is not None:
             ctx.registry.describe_thing(name)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from devicesim.wire.enums import JobExecutionStatus as X
+from devicesim.wire.enums import JobStatus
 from fleet.service.records import Execution, Job
 
 Json = dict[str, Any]
@@ -54,7 +55,7 @@ def job_object(job: Job) -> Json:
         lastUpdatedAt=job.last_updated_at, completedAt=job.completed_at,
         jobProcessDetails={name: job.process_details.get(status.value, 0)
                            for status, name in PROCESS_DETAILS.items()},
-        timeoutConfig=timeout, namespaceId=job.namespace_id, isConcurrent=job.planned > 0,
+        timeoutConfig=timeout, namespaceId=job.namespace_id, isConcurrent=_rolling_out(job),
         jobExecutionsRolloutConfig=job.configs.get("jobExecutionsRolloutConfig"),
         abortConfig=job.configs.get("abortConfig"),
         jobExecutionsRetryConfig=job.configs.get("jobExecutionsRetryConfig"),
@@ -67,7 +68,12 @@ def job_summary(job: Job) -> Json:
     return _present(
         jobArn=job.job_arn, jobId=job.job_id, targetSelection=job.target_selection,
         status=job.status.value, createdAt=job.created_at, lastUpdatedAt=job.last_updated_at,
-        completedAt=job.completed_at, isConcurrent=job.planned > 0)
+        completedAt=job.completed_at, isConcurrent=_rolling_out(job))
+
+
+def _rolling_out(job: Job) -> bool:
+    """``isConcurrent``: an IN_PROGRESS job with targets still to release."""
+    return job.planned > 0 and job.status is JobStatus.IN_PROGRESS
 
 
 def job_execution(e: Execution, *, thing_arn: str, now: float) -> Json:
