@@ -148,7 +148,7 @@ async def test_body_over_the_size_limit(wire: Wire) -> None:
 
 
 @pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/things"), ("POST", "/jobs/job-1"), ("GET", "/jobs/job-1/executions"),
+    ("GET", "/thing-types"), ("POST", "/jobs/job-1"), ("GET", "/jobs/job-1/executions"),
 ])
 async def test_unknown_route(wire: Wire, method: str, path: str) -> None:
     status, code, message = await wire.error(method, path)
@@ -178,7 +178,8 @@ async def test_every_model_member_is_read_or_refused(wire: Wire) -> None:
     for route in routes.ROUTES:
         operation = model.operation_model(route.operation)
         path = route.template.format(jobId="job-1", thingName="thing-a", executionNumber="1",
-                                     certificateId="0" * 64, policyName="policy-a")
+                                     certificateId="0" * 64, policyName="policy-a",
+                                     thingGroupName="group-a", jobTemplateId="template-a")
         for name, member in operation.input_shape.members.items():
             location = member.serialization.get("location")
             text, value = _sample(member)
