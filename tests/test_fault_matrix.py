@@ -141,11 +141,20 @@ class Outcome:
         return "\n".join(lines)
 
 
+#: in CI mode, the drills whose reuse-confused cells run: the one that exercises it, and one
+#: control (elsewhere a reuse-confused device is the reference device: those cells would
+#: only repeat the reference row; the full matrix runs them all)
+REUSE_CONFUSED_IN_CI = ("jobid-reuse", "force-delete")
+
+
 def cells() -> Iterator[Cell]:
     for seed in SEEDS:
         for drill in DRILLS:
             yield Cell(drill, "reference", "reference", seed)
             for fault in FAULTS:
+                if fault == "reuse-confused" and not FULL and \
+                        drill not in REUSE_CONFUSED_IN_CI:
+                    continue
                 yield Cell(drill, fault, "pure", seed)
                 yield Cell(drill, fault, "mixed", seed)
 
@@ -206,7 +215,10 @@ def table(outcomes: dict[Cell, Outcome], seed: int) -> str:
         row = [drill]
         for behaviour, fleet in [("reference", "reference"),
                                  *((f, k) for f in FAULTS for k in ("pure", "mixed"))]:
-            o = outcomes[Cell(drill, behaviour, fleet, seed)]
+            o = outcomes.get(Cell(drill, behaviour, fleet, seed))
+            if o is None:
+                row.append("(full matrix only)")
+                continue
             if o.verdict is None:
                 row.append("ERROR")
                 continue

@@ -975,7 +975,7 @@ class AlternativeSettingsMachine(JobsStoreMachine):
     )
 
 
-MACHINE_SETTINGS = settings(max_examples=200, stateful_step_count=50, deadline=None,
+MACHINE_SETTINGS = settings(max_examples=120, stateful_step_count=40, deadline=None,
                             derandomize=True, database=None,
                             suppress_health_check=[HealthCheck.too_slow])
 

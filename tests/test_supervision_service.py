@@ -444,3 +444,27 @@ async def test_a_killed_service_comes_back_from_its_state_and_answers_what_it_mi
     finally:
         await second.stop()
     assert not failures.seen
+
+
+async def test_a_request_arriving_while_the_service_is_killed_is_left_to_the_next_one(
+        broker_address: BrokerAddress, tmp_path: Path, failures: Failures) -> None:
+    """A request read from the socket while ``crash`` runs is lost with the service (the
+    broker sends it again to the next one): never answered from a closed database."""
+    svc = JobsService(ServiceConfig(broker=broker_address, state=tmp_path / "jobs.db",
+                                    http=False), on_failure=failures)
+    await svc.start()
+    pump = svc._pump  # noqa: SLF001 - the moment inside the kill: its MQTT pump stops
+    close_pump = pump.close
+
+    async def a_request_arrives_meanwhile() -> None:
+        await close_pump()  # the last message read, as the database closes
+        svc._on_message(topics.get_pending("t1"), b"{}", None)  # noqa: SLF001
+
+    pump.close = a_request_arrives_meanwhile  # type: ignore[method-assign]
+    await svc.crash()
+    # what was scheduled ran after the database closed: it must have done nothing
+    loop_turns = [asyncio.get_running_loop().create_future() for _ in range(3)]
+    for turn in loop_turns:
+        asyncio.get_running_loop().call_soon(turn.set_result, None)
+        await turn
+    assert failures.seen == []

@@ -99,6 +99,8 @@ class JobsService:
         self._client: Client | None = None
         self._wake = asyncio.Event()
         self._inbox: list[tuple[str, bytes, str | None]] = []
+        #: crashed (:meth:`crash`): it answers nothing more
+        self._dead = False
         self._timer: asyncio.Task[None] | None = None
         self._control: ControlPlane | None = None
         self._jobs_data: ControlPlane | None = None
@@ -162,6 +164,7 @@ class JobsService:
         before its FIN). A new service started from the same state carries on."""
         if self._client is not None:
             await self._client.flushed()
+        self._dead = True  # what arrives from here on is lost with it (and sent again)
         await self._stop_http()
         await self._halt(record_lost=True)
         self._inbox = []  # not acknowledged: the broker sends them again
@@ -193,6 +196,8 @@ class JobsService:
         # Requests read from the socket in one go are answered as one batch: one SQLite
         # commit for all of them (group commit), replies published after it. ``requester``:
         # the client the broker plugin says sent it; its replies go to that client only.
+        if self._dead:
+            return  # killed: never acknowledged, the broker sends it to the next service
         self._inbox.append((topic, payload, requester))
         if len(self._inbox) == 1:
             asyncio.get_running_loop().call_soon(self._answer_inbox)
@@ -212,6 +217,8 @@ class JobsService:
         itself fails (BEGIN or COMMIT raising), it is reported and nothing of it is
         published: no reply announces a change that may not have been committed.
         """
+        if self._dead or not self._inbox:
+            return  # the service was killed after this was scheduled
         inbox, self._inbox = self._inbox, []
         out: list[Publish] = []
         reply_to: dict[int, str] = {}  # index in out -> the requester of that reply
