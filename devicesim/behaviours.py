@@ -5,6 +5,8 @@ only answers questions. Built-in behaviours (:data:`BEHAVIOURS`)::
 
     reference       notices via notify-next and via rejections, rolls back, asks for more
     sdk             reference, over the AWS IoT Device SDK jobs client (IotJobsClientV2)
+    http            reference, asking over HTTPS (the iot-jobs-data API); notify-next and
+                    its events still over MQTT
     poll            ignores notify-next; notices via rejections and a periodic describe
     device-client   mirrors the AWS IoT Device Client (spec §7.3): ignores an empty
                     notify-next, runs a job to completion locally, gives up on a
@@ -35,7 +37,8 @@ a behaviour name is accepted (:func:`resolve`). Attributes (class or instance):
   or a ``start-next`` while idle.
 * ``identifies_work_by_job_id_only`` (False): execution numbers and document digests are
   not compared, describes omit ``executionNumber``.
-* ``transport`` ("mqtt"): "sdk" runs the device over the AWS IoT Device SDK instead.
+* ``transport`` ("mqtt"): "sdk" runs the device over the AWS IoT Device SDK instead;
+  "http" sends its requests to the jobs data plane over HTTPS (:mod:`devicesim.http`).
 * ``strict_updates`` (True): updates carry ``expectedVersion``, ``executionNumber`` and
   ``includeJobExecutionState``.
 * ``clean_session`` (False): connect (and reconnect) with a clean MQTT session, so the
@@ -103,7 +106,8 @@ class Behaviour:
     identifies_work_by_job_id_only: bool = False
     strict_updates: bool = True
     clean_session: bool = False
-    #: "mqtt" (paho, the default) or "sdk" (the AWS IoT Device SDK: awscrt + IotJobsClientV2)
+    #: "mqtt" (paho, the default), "sdk" (the AWS IoT Device SDK: awscrt + IotJobsClientV2)
+    #: or "http" (requests over HTTPS to the jobs data plane, the rest over MQTT)
     transport: str = "mqtt"
 
     def on_lost_access(self, notice: LostAccessNotice) -> Reaction:
@@ -123,6 +127,13 @@ class Sdk(Behaviour):
 
     name = "sdk"
     transport = "sdk"
+
+
+class Http(Behaviour):
+    """The reference decisions, its requests sent over HTTPS (:mod:`devicesim.http`)."""
+
+    name = "http"
+    transport = "http"
 
 
 class Poll(Behaviour):
@@ -191,7 +202,7 @@ class ReuseConfused(Behaviour):
 
 BEHAVIOURS: dict[str, type[Behaviour]] = {
     cls.name: cls
-    for cls in (Reference, Sdk, Poll, DeviceClient, CleanSession, Stuck, NoRollback, Zombie,
+    for cls in (Reference, Sdk, Http, Poll, DeviceClient, CleanSession, Stuck, NoRollback, Zombie,
                 ReuseConfused)
 }
 FAULTY = frozenset({"stuck", "no-rollback", "zombie", "reuse-confused"})

@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--join-timeout", type=float, default=600.0, metavar="S",
                      help="with --join: wait this long for the drill's invitation "
                           "(default 600)")
+    run.add_argument("--jobs-data", metavar="URL",
+                     help="the jobs data plane over HTTPS (http://HOST:PORT: the "
+                          "`jobs_data` endpoint of `fleet up`'s ready file), where `http` "
+                          "devices send their requests")
     run.add_argument("--state-dir", type=Path, help="persist each device's NVM here")
     run.add_argument("--duration", type=float, help="stop after this many seconds")
     run.add_argument("--connect-timeout", type=float, default=30.0, metavar="S",
@@ -181,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 #: what the drill's invitation decides for a worker that joins it
 _FLEET_SHAPE = ("prefix", "count", "start", "total", "behaviour", "mix", "seed", "workers",
-                "history", "ca", "cert_dir")
+                "history", "ca", "cert_dir", "jobs_data")
 
 
 def _join_options(args: argparse.Namespace) -> tuple[str, int, int]:
@@ -245,7 +249,7 @@ def _config(args: argparse.Namespace) -> tuple[FleetConfig, int]:
                        seed=1 if args.seed is None else args.seed, state_dir=args.state_dir,
                        publish_events=not args.no_event_topic,
                        subscribe_replies=not args.no_reply_subscriptions,
-                       tls_ca=args.ca, cert_dir=args.cert_dir), workers
+                       tls_ca=args.ca, cert_dir=args.cert_dir, jobs_data=args.jobs_data), workers
 
 
 def _check_paths(args: argparse.Namespace) -> None:
@@ -279,6 +283,8 @@ def _run_workers(args: argparse.Namespace, config: FleetConfig, workers: int) ->
         base += ["--ca", str(args.ca)]
     if args.cert_dir is not None:
         base += ["--cert-dir", str(args.cert_dir)]
+    if args.jobs_data is not None:
+        base += ["--jobs-data", args.jobs_data]
     ranges = worker_ranges(config.start, config.count, workers)
     parts = [None if args.summary is None else Path(f"{args.summary}.w{w}")
              for w in range(len(ranges))]
@@ -446,7 +452,8 @@ async def _run_joined(args: argparse.Namespace, session: str, shard: int, shards
                              publish_events=invitation.publish_events,
                              subscribe_replies=invitation.subscribe_replies,
                              tls_ca=Path(tls["tls_ca"]) if tls else None,
-                             cert_dir=Path(tls["cert_dir"]) if tls else None)
+                             cert_dir=Path(tls["cert_dir"]) if tls else None,
+                             jobs_data=invitation.jobs_data)
         with tempfile.TemporaryDirectory(prefix="devicesim-shard-") as tmp:
             part = HistoryPart(Path(tmp) / "history.jsonl")
             feed = ProgressFeed(str(shard), link.progress, run=invitation.run)

@@ -63,6 +63,7 @@ from devicesim.agent import (
     TimerFired,
 )
 from devicesim.behaviours import Behaviour, resolve
+from devicesim.http import HttpTransport
 from devicesim.mqtt import Client, ClientOptions, OnFailure, Pump
 from devicesim.nvm import Nvm
 from devicesim.wire import topics
@@ -127,6 +128,9 @@ class FleetConfig:
     #: broker's certificate, and the directory of each thing's ``<thing>.crt`` / ``.key``
     tls_ca: Path | None = None
     cert_dir: Path | None = None
+    #: the jobs data plane over HTTPS (``http://HOST:PORT``): where ``http`` devices send
+    #: their requests
+    jobs_data: str | None = None
 
     def __post_init__(self) -> None:
         if self.total is not None and self.total < self.start + self.count:
@@ -210,7 +214,7 @@ class DeviceShell:
     def _clean(self) -> bool:
         return bool(getattr(self.behaviour, "clean_session", False))
 
-    def _make_client(self, *, clean_session: bool) -> Client | SdkTransport:
+    def _make_client(self, *, clean_session: bool) -> Client | SdkTransport | HttpTransport:
         config = self._config
         tls = None
         if config.tls_ca is not None:
@@ -225,12 +229,21 @@ class DeviceShell:
                                 on_connection=self._on_connection,
                                 keepalive=config.keepalive, record=self._record,
                                 now=self._now, tls=tls)
-        return Client(
+        client = Client(
             ClientOptions(client_id=self.thing, host=config.host, port=config.port,
                           clean_session=clean_session, keepalive=config.keepalive,
                           tls_ca=tls[0] if tls else None, tls_cert=tls[1] if tls else None,
                           tls_key=tls[2] if tls else None),
             self._pump, on_message=self._on_message, on_connection=self._on_connection)
+        if getattr(self.behaviour, "transport", "mqtt") == "http":
+            if config.jobs_data is None:
+                raise ValueError(f"{self.thing}: the http behaviour needs the jobs data "
+                                 "endpoint (--jobs-data URL; a drill gives its own)")
+            return HttpTransport(self.thing, client, config.jobs_data,
+                                 on_message=self._on_message,
+                                 ca=str(config.tls_ca) if config.tls_ca else None,
+                                 now=self._now)
+        return client
 
     def _default_agent(self, nvm: Nvm) -> Agent:
         return Agent(self.thing, self.behaviour, nvm, self._rng, self._config.agent)

@@ -25,7 +25,8 @@ SLOW_FW = {**FW, "steps": [{"name": n, "seconds": 10} for n in STEPS]}
 
 
 def test_registry_lists_every_behaviour() -> None:
-    assert set(BEHAVIOURS) == {"reference", "sdk", "poll", "device-client", "clean-session",
+    assert set(BEHAVIOURS) == {"reference", "sdk", "http", "poll", "device-client",
+                               "clean-session",
                                "stuck", "no-rollback", "zombie", "reuse-confused"}
     assert set(BEHAVIOURS) > FAULTY
     for name, cls in BEHAVIOURS.items():

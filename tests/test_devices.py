@@ -38,7 +38,7 @@ from fleet.service.shell import JobsService, ServiceConfig
 pytestmark = pytest.mark.broker
 
 SEED = 20240611
-CORRECT = sorted(set(BEHAVIOURS) - FAULTY)  # reference, sdk, poll, device-client
+CORRECT = sorted(set(BEHAVIOURS) - FAULTY)  # reference, sdk, http, poll, device-client...
 WAIT = 15.0  # seconds any single awaited event may take
 LONG = 3.0  # a step long enough to force-delete or power-cycle a device in the middle of it
 _serial = itertools.count(1)
@@ -149,6 +149,7 @@ class Rig:
     async def fleet(self, mix: dict[str, float], *, count: int = 1, wait_idle: bool = True,
                     **config: Any) -> Fleet:
         """Start devices ``{prefix}0000``...; wait until each asked for work and went idle."""
+        config.setdefault("jobs_data", self.service.jobs_data_endpoint)  # http devices
         fleet = Fleet(FleetConfig(host=self.address.host, port=self.address.port,
                                   prefix=self.prefix, count=count, mix=mix, seed=SEED,
                                   **config))
@@ -182,7 +183,7 @@ async def rig(broker_address: BrokerAddress, tmp_path: Path) -> AsyncIterator[Ri
     await recorder.start()
     # what the service publishes it records itself (replies reach their requester alone)
     service = JobsService(ServiceConfig(broker=broker_address, state=tmp_path / "jobs.db",
-                                        http=False, seed=SEED), record=recorder.observe)
+                                        seed=SEED), record=recorder.observe)
     await service.start()
     rig = Rig(broker_address, service, watch, prefix)
     try:
@@ -231,6 +232,7 @@ async def test_firmware_update_succeeds(rig: Rig, behaviour: str) -> None:
 NOTICED = {
     "reference": ("notify-next", True),  # the notify-next no longer names the execution
     "sdk": ("notify-next", True),  # the same, through the SDK's notify-next stream
+    "http": ("notify-next", True),  # the same: its pushes still come over MQTT
     "poll": ("ResourceNotFound", True),  # its periodic describe is rejected
     # runs the job to completion locally (progress rejections ignored), commits the image,
     # and gives up when its final update is rejected

@@ -69,6 +69,20 @@ async def test_force_delete_drill_with_sdk_devices(tmp_path: Path) -> None:
     assert result.verdict.result("notice").checked > 0
 
 
+async def test_force_delete_drill_with_http_devices_among_mqtt_ones(tmp_path: Path) -> None:
+    """Devices asking over HTTPS (iot-jobs-data) and over MQTT, through one force-delete:
+    the service records the HTTP replies as MQTT ones, so both are judged alike."""
+    result = await drill_result("force-delete", tmp_path, behaviour="reference",
+                                mix={"reference": 0.5, "http": 0.5})
+    assert failed(result) == set(), [v.message for r in result.verdict.results
+                                     for v in r.violations[:3]]
+    notice = result.verdict.result("notice").cases_by_behaviour
+    assert notice.get("http", 0) > 0
+    assert notice.get("reference", 0) > 0
+    answered = result.verdict.result("answered").cases_by_behaviour
+    assert answered.get("http", 0) > 0
+
+
 async def test_force_delete_drill_measures_detection(tmp_path: Path) -> None:
     result = await drill_result("force-delete", tmp_path)
     notice = result.verdict.result("notice")

@@ -116,13 +116,15 @@ class Invitation:
     #: where the devices connect when not to the broker the worker joined through (a
     #: drill's network proxy: ``mqtt://127.0.0.1:PORT``)
     devices: str | None = None
+    #: the drill's jobs data plane over HTTPS, for ``http`` devices
+    jobs_data: str | None = None
 
     def to_payload(self) -> bytes:
         return orjson.dumps({"run": self.run, "drill": self.drill, "prefix": self.prefix,
                              "total": self.total, "mix": self.mix, "seed": self.seed,
                              "shards": self.shards, "publishEvents": self.publish_events,
                              "subscribeReplies": self.subscribe_replies, "tls": self.tls,
-                             "devices": self.devices})
+                             "devices": self.devices, "jobsData": self.jobs_data})
 
     @classmethod
     def from_payload(cls, payload: bytes) -> Invitation:
@@ -137,7 +139,9 @@ class Invitation:
                              tls=None if data.get("tls") is None else
                              {str(k): str(v) for k, v in dict(data["tls"]).items()},
                              devices=None if data.get("devices") is None else
-                             str(data["devices"]))
+                             str(data["devices"]),
+                             jobs_data=None if data.get("jobsData") is None else
+                             str(data["jobsData"]))
         except (KeyError, TypeError, ValueError) as e:
             raise JoinError(f"not an invitation: {type(e).__name__}: {e}") from None
         if invitation.total < 1 or invitation.shards < 1:

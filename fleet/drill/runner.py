@@ -579,7 +579,8 @@ class _Run:
                                            prefix=drill.prefix, count=drill.devices, mix=mix,
                                            seed=drill.seed, publish_events=False,
                                            subscribe_replies=not self.address.aws_semantics,
-                                           tls_ca=tls_ca, cert_dir=cert_dir),
+                                           tls_ca=tls_ca, cert_dir=cert_dir,
+                                           jobs_data=self.jobs_data),
                                on_failure=self.fail,
                                record=self.record_device)
             await self.fleet.start()
@@ -592,7 +593,8 @@ class _Run:
             seed=drill.seed, shards=shards, subscribe_replies=not self.address.aws_semantics,
             tls=None if tls is None else {"url": tls.url, "tls_ca": str(tls_ca),
                                           "cert_dir": str(cert_dir)},
-            devices=None if self.proxy_address is None else self.proxy_address.url),
+            devices=None if self.proxy_address is None else self.proxy_address.url,
+            jobs_data=self.jobs_data),
             listener=self.on_op, on_change=self.changed.set,
             on_joined=lambda shard, info: self.mark("shard-joined", shard=shard, **info),
             on_failure=self.fail)
@@ -854,6 +856,12 @@ class _Run:
     def sample(self, things: list[str], fraction: float) -> list[str]:
         n = round(len(things) * fraction)
         return sorted(self.rng.sample(things, n)) if n < len(things) else list(things)
+
+    @property
+    def jobs_data(self) -> str | None:
+        """Where ``http`` devices send their requests: the drill's own service's HTTPS data
+        plane (None against an external target)."""
+        return None if self.service is None else self.service.jobs_data_endpoint
 
     def group_members(self, group: str) -> list[str]:
         """The things in ``group`` and the groups below it, as the drill made them."""

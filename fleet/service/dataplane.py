@@ -64,7 +64,8 @@ class DataPlane:
             obj = loads_object(payload, empty_is_object=empty_ok)
             raw_token = obj.get("clientToken")
             token = raw_token if isinstance(raw_token, str) else None
-            reply = self._dispatch(parsed, obj, token)
+            assert parsed.operation is not None
+            reply = self.answer(parsed.operation, parsed.thing_name, parsed.job_id, obj, token)
             out = [Publish(topics.accepted(topic), dumps(reply))]
         except WireError as e:
             out = [self._rejected(topic, e.code, e.message, token)]
@@ -76,6 +77,14 @@ class DataPlane:
             out = [self._rejected(topic, RejectedErrorCode.INTERNAL_ERROR, str(e), token)]
         return out + self._store.drain()
 
+    def rejection(self, topic: str, error: JobsError | WireError, token: str | None
+                  ) -> Publish:
+        """The ``/rejected`` reply to the request on ``topic`` that ``error`` refused."""
+        if isinstance(error, WireError):
+            return self._rejected(topic, error.code, error.message, token)
+        state = error.execution_state if error.mqtt_code.carries_execution_state else None
+        return self._rejected(topic, error.mqtt_code, error.message, token, state)
+
     def _rejected(self, topic: str, code: RejectedErrorCode, message: str, token: str | None,
                   state: Any = None) -> Publish:
         self.rejected += 1
@@ -84,17 +93,20 @@ class DataPlane:
             code=code, message=message, client_token=token, timestamp=int(self._now()),
             execution_state=state)))
 
-    def _dispatch(self, parsed: topics.JobsTopic, obj: dict[str, Any], token: str | None
-                  ) -> Any:
-        store, thing, now = self._store, parsed.thing_name, self._now()
-        if parsed.operation is topics.Operation.GET_PENDING:
+    def answer(self, operation: topics.Operation, thing: str, job_id: str | None,
+               obj: dict[str, Any], token: str | None) -> Any:
+        """The accepted reply to a request (its MQTT shape), or the JobsError / WireError
+        it is rejected with: the one place a device's request is answered, whether it came
+        over MQTT or over HTTPS (:mod:`fleet.service.controlplane.jobsdata`)."""
+        store, now = self._store, self._now()
+        if operation is topics.Operation.GET_PENDING:
             GetPendingJobExecutionsRequest.from_dict(obj)
             in_progress, queued = store.get_pending(thing)
             return GetPendingJobExecutionsResponse(
                 in_progress_jobs=[e.summary() for e in in_progress],
                 queued_jobs=[e.summary() for e in queued], timestamp=int(now),
                 client_token=token)
-        if parsed.operation is topics.Operation.START_NEXT:
+        if operation is topics.Operation.START_NEXT:
             start = StartNextPendingJobExecutionRequest.from_dict(obj)
             execution = store.start_next(thing, status_details=start.status_details,
                                          step_timeout=start.step_timeout_in_minutes)
@@ -102,10 +114,10 @@ class DataPlane:
                 execution=None if execution is None else execution.data(
                     now, store.document(execution.job_id)),
                 timestamp=int(now), client_token=token)
-        assert parsed.job_id is not None
-        if parsed.operation is topics.Operation.DESCRIBE:
+        assert job_id is not None
+        if operation is topics.Operation.DESCRIBE:
             describe = DescribeJobExecutionRequest.from_dict(obj)
-            execution = store.describe(thing, parsed.job_id, describe.execution_number)
+            execution = store.describe(thing, job_id, describe.execution_number)
             include = describe.include_job_document is not False
             return DescribeJobExecutionResponse(
                 execution=None if execution is None else execution.data(
@@ -113,7 +125,7 @@ class DataPlane:
                 timestamp=int(now), client_token=token)
         update = UpdateJobExecutionRequest.from_dict(obj)
         execution = store.update(
-            thing, parsed.job_id, status=update.status, status_details=update.status_details,
+            thing, job_id, status=update.status, status_details=update.status_details,
             expected_version=update.expected_version,
             execution_number=update.execution_number,
             step_timeout=update.step_timeout_in_minutes)

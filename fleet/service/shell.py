@@ -128,7 +128,8 @@ class JobsService:
                 context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
                 context.load_cert_chain(*self.config.https)
             jobs_data = ControlPlane(self.store, on_change=self.flush, verifier=verifier,
-                                     api=JOBS_DATA)
+                                     api=JOBS_DATA, dataplane=self.dataplane,
+                                     record_reply=self._record_reply)
             self.jobs_data_endpoint = await jobs_data.start(
                 self.config.http_host, self.config.jobs_data_port, ssl_context=context)
             self._jobs_data = jobs_data
@@ -296,6 +297,11 @@ class JobsService:
             log.exception("publish failed topic=%s bytes=%d", effect.topic,
                           len(effect.payload))
             self._pump.report(f"jobs service publish {effect.topic}", e)
+
+    def _record_reply(self, reply: Publish) -> None:
+        """An HTTPS data-plane reply, recorded as the MQTT reply it stands for."""
+        if self._record is not None:
+            self._record(classify(reply.topic, reply.payload, self._now()))
 
     def _record_dropped(self, effect: Publish, **why: str) -> None:
         """Record a message the service decided and did not publish, as

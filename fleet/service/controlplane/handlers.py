@@ -16,10 +16,11 @@ from fleet.service import validation
 from fleet.service.controlplane import shapes, templates
 from fleet.service.controlplane.inputs import Input, unsupported
 from fleet.service.controlplane.shapes import Json
+from fleet.service.dataplane import DataPlane
 from fleet.service.errors import InvalidRequestException
 from fleet.service.groups import check_group_name
 from fleet.service.registry import Registry
-from fleet.service.store import JobsStore
+from fleet.service.store import JobsStore, Publish
 from fleet.service.templates import fill
 
 MAX_RESULTS = (1, 250)
@@ -39,6 +40,10 @@ class Context:
     endpoint_address: str | None = None
     #: what DescribeEndpoint answers for ``iot:Jobs``: the HTTPS data plane's host:port
     jobs_endpoint: str | None = None
+    #: the HTTPS data plane answers through the MQTT one's logic (one place per rule)
+    dataplane: DataPlane | None = None
+    #: the HTTPS data plane records each reply as the MQTT one would have published it
+    record_reply: Callable[[Publish], None] | None = None
 
 
 Handler = Callable[[Context, Input], Json | None]

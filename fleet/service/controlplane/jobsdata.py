@@ -1,9 +1,15 @@
 """The HTTPS data plane (``iot-jobs-data``, 2017-09-29): what a device asks over MQTT, asked
-over HTTP instead, as boto3's ``iot-jobs-data`` client does. Same store, same rules, same
-notifications (published over MQTT after each change) as the MQTT data plane; the shapes
-are the model's (``jobDocument`` a JSON string, times epoch seconds as integers,
-``statusDetails`` a flat map). AWS serves it on its own endpoint (its paths collide with
-the control plane's), and so does the emulator: its own port.
+over HTTP instead, as boto3's ``iot-jobs-data`` client does. Each request is answered by the
+MQTT data plane's own logic (:meth:`~fleet.service.dataplane.DataPlane.answer`: same store,
+same rules, same notifications published over MQTT after each change) and its reply turned
+into the model's shape (``jobDocument`` a JSON string, no ``clientToken`` or ``timestamp``).
+AWS serves it on its own endpoint (its paths collide with the control plane's), and so does
+the emulator: its own port.
+
+The reply is recorded (``Context.record_reply``) as the MQTT reply it stands for, so a
+drill's history judges an HTTP device as it judges an MQTT one. A request may carry the
+device's clientToken in the ``x-devicesim-client-token`` header (the HTTP API has none)
+for that record to name the request; boto3 sends none and loses nothing by it.
 
 Same contract as :mod:`fleet.service.controlplane.handlers`.
 """
@@ -16,103 +22,111 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from devicesim.wire import topics
-from devicesim.wire.enums import JobExecutionStatus
+from devicesim.wire.codec import WireError, dumps
 from fleet.service import validation
 from fleet.service.controlplane.inputs import Input, unsupported
 from fleet.service.controlplane.shapes import Json
-from fleet.service.errors import InvalidRequestException, ThrottlingException
-from fleet.service.records import Execution
+from fleet.service.errors import (
+    InvalidRequestException,
+    JobsError,
+    ThrottlingException,
+)
+from fleet.service.store import Publish
 
 if TYPE_CHECKING:
     from fleet.service.controlplane.handlers import Context
 
 #: HTTP statuses where the jobs data model differs from the control plane's
 HTTP_STATUS = {ThrottlingException.__name__: 429}
+#: the device's clientToken, for the record of the reply
+CLIENT_TOKEN_HEADER = "x-devicesim-client-token"
+_OPERATIONS = {
+    "GetPendingJobExecutions": topics.Operation.GET_PENDING,
+    "StartNextPendingJobExecution": topics.Operation.START_NEXT,
+    "DescribeJobExecution": topics.Operation.DESCRIBE,
+    "UpdateJobExecution": topics.Operation.UPDATE,
+}
 
 
-def _summary(e: Execution) -> Json:
-    return _present(jobId=e.job_id, queuedAt=int(e.queued_at),
-                    startedAt=None if e.started_at is None else int(e.started_at),
-                    lastUpdatedAt=int(e.last_updated_at), versionNumber=e.version_number,
-                    executionNumber=e.execution_number)
+def request_topic(operation: topics.Operation, thing: str, job_id: str | None) -> str:
+    """The MQTT topic of the same request."""
+    if operation is topics.Operation.GET_PENDING:
+        return topics.get_pending(thing)
+    if operation is topics.Operation.START_NEXT:
+        return topics.start_next(thing)
+    assert job_id is not None
+    if operation is topics.Operation.DESCRIBE:
+        return topics.describe(thing, job_id)
+    return topics.update(thing, job_id)
 
 
-def _execution(ctx: Context, e: Execution, *, document: bool) -> Json:
-    doc = ctx.store.document(e.job_id) if document else None
-    return _present(
-        jobId=e.job_id, thingName=e.thing_name, status=e.status.value,
-        statusDetails=dict(e.status_details) or None, queuedAt=int(e.queued_at),
-        startedAt=None if e.started_at is None else int(e.started_at),
-        lastUpdatedAt=int(e.last_updated_at),
-        approximateSecondsBeforeTimedOut=e.seconds_before_timed_out(ctx.now()),
-        versionNumber=e.version_number, executionNumber=e.execution_number,
-        jobDocument=None if doc is None else _json_text(doc))
+def _ask(ctx: Context, inp: Input, request: dict[str, Any]) -> Json:
+    """Answer through the MQTT data plane; record the reply; the HTTP shape of it."""
+    assert ctx.dataplane is not None
+    operation = _OPERATIONS[inp.operation]
+    thing = inp.thing_name()
+    job_id = None
+    if "jobId" in inp.labels:
+        job_id = inp.labels["jobId"]
+        if job_id != topics.NEXT:
+            validation.check_job_id(job_id)
+    token = inp.headers.get(CLIENT_TOKEN_HEADER)
+    if token is not None:
+        request["clientToken"] = token
+    topic = request_topic(operation, thing, job_id)
+    try:
+        reply = ctx.dataplane.answer(operation, thing, job_id, request, token)
+    except (JobsError, WireError) as e:
+        if ctx.record_reply is not None:
+            ctx.record_reply(ctx.dataplane.rejection(topic, e, token))
+        if isinstance(e, WireError):
+            raise InvalidRequestException(e.message) from None
+        raise
+    payload = dumps(reply)
+    if ctx.record_reply is not None:
+        ctx.record_reply(Publish(topics.accepted(topic), payload))
+    return _http_shape(orjson.loads(payload))
 
 
-def _json_text(document: dict[str, Any]) -> str:
-    return orjson.dumps(document).decode()
-
-
-def _present(**members: Any) -> Json:
-    return {k: v for k, v in members.items() if v is not None}
-
-
-def _job_id(inp: Input) -> str:
-    job_id = inp.labels["jobId"]
-    if job_id != topics.NEXT:
-        validation.check_job_id(job_id)
-    return job_id
-
-
-def _status_details(inp: Input) -> dict[str, str] | None:
-    return inp.body_string_map("statusDetails")
+def _http_shape(reply: dict[str, Any]) -> Json:
+    """The MQTT reply as the model's output: no clientToken or timestamp, every
+    ``jobDocument`` a JSON string."""
+    reply.pop("clientToken", None)
+    reply.pop("timestamp", None)
+    for holder in (reply, reply.get("execution")):
+        if isinstance(holder, dict) and isinstance(holder.get("jobDocument"), dict):
+            holder["jobDocument"] = orjson.dumps(holder["jobDocument"]).decode()
+    return reply
 
 
 def get_pending_job_executions(ctx: Context, inp: Input) -> Json:
     inp.allow()
-    in_progress, queued = ctx.store.get_pending(inp.thing_name())
-    return {"inProgressJobs": [_summary(e) for e in in_progress],
-            "queuedJobs": [_summary(e) for e in queued]}
+    return _ask(ctx, inp, {})
 
 
 def start_next_pending_job_execution(ctx: Context, inp: Input) -> Json:
     inp.allow(body=("statusDetails", "stepTimeoutInMinutes"))
-    e = ctx.store.start_next(inp.thing_name(), status_details=_status_details(inp),
-                             step_timeout=inp.body_integer("stepTimeoutInMinutes"))
-    return {} if e is None else {"execution": _execution(ctx, e, document=True)}
+    return _ask(ctx, inp, dict(inp.body))
 
 
 def describe_job_execution(ctx: Context, inp: Input) -> Json:
     inp.allow(query=("includeJobDocument", "executionNumber"))
+    request: dict[str, Any] = {}
     include = inp.query_boolean("includeJobDocument")
-    e = ctx.store.describe(inp.thing_name(), _job_id(inp), inp.query_integer("executionNumber"))
-    if e is None:  # $next with nothing pending
-        return {}
-    return {"execution": _execution(ctx, e, document=include is not False)}
+    if include is not None:
+        request["includeJobDocument"] = include
+    number = inp.query_integer("executionNumber")
+    if number is not None:
+        request["executionNumber"] = number
+    return _ask(ctx, inp, request)
 
 
 def update_job_execution(ctx: Context, inp: Input) -> Json:
     inp.allow(body=("status", "statusDetails", "stepTimeoutInMinutes", "expectedVersion",
                     "includeJobExecutionState", "includeJobDocument", "executionNumber"))
-    status = inp.body_string("status")
-    if status is None:
+    if inp.body_string("status") is None:
         raise InvalidRequestException("status: required")
-    e = ctx.store.update(
-        inp.thing_name(), _job_id(inp),
-        status=validation.parse_enum(JobExecutionStatus, status, "status"),
-        status_details=_status_details(inp), expected_version=inp.body_integer(
-            "expectedVersion"), execution_number=inp.body_integer("executionNumber"),
-        step_timeout=inp.body_integer("stepTimeoutInMinutes"))
-    out: Json = {}
-    if inp.body.get("includeJobExecutionState") is True:
-        out["executionState"] = _present(status=e.status.value,
-                                         statusDetails=dict(e.status_details) or None,
-                                         versionNumber=e.version_number)
-    if inp.body.get("includeJobDocument") is True:
-        document = ctx.store.document(e.job_id)
-        if document is not None:
-            out["jobDocument"] = _json_text(document)
-    return out
+    return _ask(ctx, inp, dict(inp.body))
 
 
 def start_command_execution(ctx: Context, inp: Input) -> Json:

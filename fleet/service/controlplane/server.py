@@ -34,6 +34,7 @@ from fleet.service.controlplane.inputs import Input, parse_body
 from fleet.service.controlplane.jobsdata import JOBS_DATA_HANDLERS
 from fleet.service.controlplane.shapes import Json
 from fleet.service.controlplane.sigv4 import Verifier
+from fleet.service.dataplane import DataPlane
 from fleet.service.errors import (
     ConflictException,
     InternalFailureException,
@@ -42,7 +43,7 @@ from fleet.service.errors import (
     ResourceAlreadyExistsException,
 )
 from fleet.service.registry import Registry
-from fleet.service.store import JobsStore
+from fleet.service.store import JobsStore, Publish
 
 log = logging.getLogger(__name__)
 
@@ -156,14 +157,17 @@ def make_app(store: JobsStore, on_change: OnChange, *,
              now: Callable[[], float] | None = None,
              verifier: Verifier | None = None, registry: Registry | None = None,
              endpoint_address: str | None = None, jobs_endpoint: str | None = None,
-             api: Api = IOT) -> web.Application:
+             api: Api = IOT, dataplane: DataPlane | None = None,
+             record_reply: Callable[[Publish], None] | None = None) -> web.Application:
     """The aiohttp application of ``api`` (default: the control plane) around ``store``.
 
     ``on_change`` (sync or async) is called after every successful mutating operation.
     ``now`` defaults to the store's clock. ``verifier``: check SigV4 signatures.
     """
     dispatcher = _Dispatcher(Context(store, now or store.now, registry, endpoint_address,
-                                     jobs_endpoint), on_change, verifier, api)
+                                     jobs_endpoint, dataplane or DataPlane(store, now or
+                                                                           store.now),
+                                     record_reply), on_change, verifier, api)
     app = web.Application()
     # every path, newlines included (``.*`` stops at one: %0A in a path got aiohttp's own 404)
     app.router.add_route("*", r"/{tail:[\s\S]*}", dispatcher.handle)
@@ -178,10 +182,11 @@ class ControlPlane:
                  now: Callable[[], float] | None = None, shutdown_timeout: float = 5.0,
                  verifier: Verifier | None = None, registry: Registry | None = None,
                  endpoint_address: str | None = None, jobs_endpoint: str | None = None,
-                 api: Api = IOT) -> None:
+                 api: Api = IOT, dataplane: DataPlane | None = None,
+                 record_reply: Callable[[Publish], None] | None = None) -> None:
         self._app = make_app(store, on_change, now=now, verifier=verifier, registry=registry,
                              endpoint_address=endpoint_address, jobs_endpoint=jobs_endpoint,
-                             api=api)
+                             api=api, dataplane=dataplane, record_reply=record_reply)
         self.api = api
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None
