@@ -179,7 +179,8 @@ async def test_every_model_member_is_read_or_refused(wire: Wire) -> None:
         operation = model.operation_model(route.operation)
         path = route.template.format(jobId="job-1", thingName="thing-a", executionNumber="1",
                                      certificateId="0" * 64, policyName="policy-a",
-                                     thingGroupName="group-a", jobTemplateId="template-a")
+                                     thingGroupName="group-a", jobTemplateId="template-a",
+                                     templateName="template-a")
         for name, member in operation.input_shape.members.items():
             location = member.serialization.get("location")
             text, value = _sample(member)

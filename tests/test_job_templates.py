@@ -142,3 +142,12 @@ async def test_the_aws_cli_makes_and_uses_a_template(env: Env, tmp_path: Path) -
     assert (job["description"], job["jobExecutionsRetryConfig"]["criteriaList"][0][
         "numberOfRetries"]) == ("updated", 2)
     assert [t["jobTemplateId"] for t in json.loads(results[4].out)["jobTemplates"]] == ["cli"]
+
+
+async def test_aws_managed_templates_are_refused_by_name(env: Env) -> None:
+    for operation, params in (("describe_managed_job_template",
+                               {"templateName": "AWS-Download-File"}),
+                              ("list_managed_job_templates", {})):
+        code, status, message = await env.error(operation, **params)
+        assert (code, status) == ("InvalidRequestException", 400)
+        assert message.startswith("AWS-managed job templates")

@@ -104,6 +104,9 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/job-templates/{jobTemplateId}", "DescribeJobTemplate"),
     Route("GET", "/job-templates", "ListJobTemplates"),
     Route("DELETE", "/job-templates/{jobTemplateId}", "DeleteJobTemplate"),
+    # AWS-managed job templates: refused by name
+    Route("GET", "/managed-job-templates/{templateName}", "DescribeManagedJobTemplate"),
+    Route("GET", "/managed-job-templates", "ListManagedJobTemplates"),
     Route("DELETE", "/certificates/{certificateId}", "DeleteCertificate"),
 )
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fleet.service import rollout, validation
-from fleet.service.controlplane.inputs import Input
+from fleet.service.controlplane.inputs import Input, unsupported
 from fleet.service.controlplane.shapes import Json
 from fleet.service.errors import InvalidRequestException
 from fleet.service.templates import JobTemplate, check_template_id
@@ -115,9 +115,16 @@ def delete_job_template(ctx: Context, inp: Input) -> None:
     ctx.store.templates.delete(check_template_id(inp.labels["jobTemplateId"]))
 
 
+def managed_job_template(ctx: Context, inp: Input) -> Json:
+    raise unsupported("AWS-managed job templates (DescribeManagedJobTemplate, "
+                      "ListManagedJobTemplates); make your own with CreateJobTemplate")
+
+
 TEMPLATE_HANDLERS: dict[str, Callable[[Context, Input], Json | None]] = {
     "CreateJobTemplate": create_job_template,
     "DescribeJobTemplate": describe_job_template,
     "ListJobTemplates": list_job_templates,
     "DeleteJobTemplate": delete_job_template,
+    "DescribeManagedJobTemplate": managed_job_template,
+    "ListManagedJobTemplates": managed_job_template,
 }
