@@ -530,3 +530,18 @@ def test_a_template_timeout_is_checked_when_the_template_is_made(tmp_path: Path)
     store, _ = make(tmp_path)
     with pytest.raises(InvalidRequestException, match="inProgressTimeoutInMinutes"):
         store.templates.create(JobTemplate("t", DOC, "d", {}, 0))
+
+
+def test_a_reused_job_id_counts_its_retries_afresh(tmp_path: Path) -> None:
+    store, clock = make(tmp_path)
+    retry = {"criteriaList": [{"failureType": "FAILED", "numberOfRetries": 1}]}
+    for _ in range(2):
+        store.create_job("ota", targets=[arn("a")], document=DOC, retry_config=retry)
+        store.start_next("a")
+        store.update("a", "ota", status=X.FAILED)
+        e = store.describe_job_execution("ota", "a")
+        assert (e.status, e.retry_attempt) == (X.QUEUED, 1)  # retried, every incarnation
+        store.delete_job("ota", force=True)
+        clock.advance(60)
+        store.tick()
+        store.tick()

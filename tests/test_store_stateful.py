@@ -3,14 +3,15 @@
 Rules are the control-plane and data-plane calls plus the chaos actions (advance the virtual
 clock and tick, close and reopen the SQLite file). After every rule the real store must
 equal the model: same jobs (status, reasonCode, targets still planned), same executions
-with the same status, versionNumber and executionNumber, same thing groups and members,
-the same error raised exactly when the model predicts one, and the same pushes: ``notify``
-iff a thing's pending set changed, ``notify-next`` iff its head changed and naming the
-model's head, and the same jobs events.
+with the same status, versionNumber, executionNumber and retryAttempt, same thing groups and
+members, the same error raised exactly when the model predicts one, and the same pushes:
+``notify`` iff a thing's pending set (of jobId and executionNumber: a retry is new) changed,
+``notify-next`` iff its head changed and naming the model's head, and the same jobs events.
 
 Jobs target things and two static thing groups (``g1`` a child of ``g0``), as SNAPSHOT or
 CONTINUOUS jobs (docs/control-plane.md, "Things and thing groups"), some paced by a
-rollout and some with an abort configuration ("Rollouts and automatic aborts").
+rollout, some with an abort configuration, some with a retry configuration ("Rollouts,
+automatic aborts, retries and schedules").
 
 Deterministic: ``derandomize=True`` and a fixed seed for the store's own ``random.Random``.
 A few job ids and things keep collisions (jobId reuse, shared things) frequent. Deletions
@@ -96,6 +97,17 @@ class Abort:
 
 
 @dataclass(frozen=True)
+class Retry:
+    """A jobExecutionsRetryConfig: failure type (FAILED, TIMED_OUT or ALL) -> retries."""
+
+    criteria: tuple[tuple[str, int], ...]
+
+    def config(self) -> dict[str, Any]:
+        return {"criteriaList": [{"failureType": kind, "numberOfRetries": n}
+                                 for kind, n in self.criteria]}
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """What CreateJob is asked for."""
 
@@ -105,6 +117,7 @@ class JobSpec:
     #: jobExecutionsRolloutConfig.maximumPerMinute: 60 (one a second) or 2 (one in 30 s)
     rate: int | None = None
     abort: Abort | None = None
+    retry: Retry | None = None
 
     def create(self, store: JobsStore, job_id: str) -> Any:
         return store.create_job(
@@ -112,7 +125,8 @@ class JobSpec:
             in_progress_timeout_minutes=self.timeout,
             target_selection="CONTINUOUS" if self.continuous else "SNAPSHOT",
             rollout_config=None if self.rate is None else {"maximumPerMinute": self.rate},
-            abort_config=None if self.abort is None else self.abort.config())
+            abort_config=None if self.abort is None else self.abort.config(),
+            retry_config=None if self.retry is None else self.retry.config())
 
 
 # -- the model --------------------------------------------------------------------------------
@@ -126,6 +140,7 @@ class MExecution:
     version: int
     seq: int
     number: int = 1
+    retry_attempt: int = 0
     in_progress_deadline: float | None = None
     step_deadline: float | None = None
 
@@ -153,8 +168,13 @@ class MJob:
     targets: tuple[str, ...] = ()
     rollout: MRollout | None = None  # dropped by a cancel or delete
     abort: Abort | None = None
+    #: failure type -> numberOfRetries (empty: no retry configuration)
+    retry: dict[str, int] = field(default_factory=dict)
+    #: thing -> its retries so far, by the failure type each was counted under
+    retried: dict[str, Counter[str]] = field(default_factory=dict)
     reason_code: str | None = None
     deletion_started: float | None = None
+    spec: JobSpec | None = None  # as created
 
     @property
     def planned(self) -> int:
@@ -164,7 +184,7 @@ class MJob:
 @dataclass
 class Model:
     """What AWS IoT Jobs should hold, in a few dicts; every rule of spec §2-§6, §13, and of
-    docs/control-plane.md on thing groups, rollouts and aborts."""
+    docs/control-plane.md on thing groups, rollouts, aborts and retries."""
 
     settings: ServiceSettings
     now: float = T0
@@ -213,6 +233,10 @@ class Model:
         direct = {g for g, things in self.members.items() if thing in things}
         return direct | {a for g in direct for a in self._ancestors(g)}
 
+    def _reaches(self, on: tuple[str, ...], thing: str) -> bool:
+        containing = self._containing(thing)
+        return any(t == thing or t in containing for t in on)
+
     def _reached(self, on: tuple[str, ...]) -> list[str]:
         """The things ``on`` reaches now, in the order they get their executions."""
         things: dict[str, None] = {}
@@ -259,9 +283,34 @@ class Model:
             self.touched.add(e.thing)
         if status.is_terminal and status is not old:
             self._execution_event(e, status.value.lower())
+            if status in (X.FAILED, X.TIMED_OUT):
+                self._maybe_retry(e)
             self._maybe_complete(e.job_id)
             if self.jobs[e.job_id].abort is not None:
                 self.abort_checks.add(e.job_id)
+
+    def _maybe_retry(self, e: MExecution) -> None:
+        """A FAILED or TIMED_OUT execution of an IN_PROGRESS job (a CONTINUOUS one still
+        reaching the thing) is queued again while the thing has retries left: those of the
+        criterion of its failure type, else of ALL (which counts the retries of both)."""
+        job = self.jobs[e.job_id]
+        if not job.retry or job.status is not J.IN_PROGRESS:
+            return
+        if job.continuous and not self._reaches(job.targets, e.thing):
+            return
+        kind = e.status.value
+        if kind not in job.retry:
+            if "ALL" not in job.retry:
+                return
+            kind = "ALL"
+        done = job.retried.setdefault(e.thing, Counter())
+        if (done.total() if kind == "ALL" else done[kind]) >= job.retry[kind]:
+            return
+        done[kind] += 1
+        self.touched.add(e.thing)
+        self.executions[(e.job_id, e.thing)] = MExecution(
+            e.job_id, e.thing, X.QUEUED, 1, self._next_seq(), e.number + 1,
+            retry_attempt=e.retry_attempt + 1)
 
     def _remove(self, e: MExecution, event: bool = True) -> None:
         del self.executions[(e.job_id, e.thing)]
@@ -297,11 +346,10 @@ class Model:
         """``thing``'s groups changed: each IN_PROGRESS CONTINUOUS job reaching it targets
         it (again); one that no longer does drops it from its plan and removes its QUEUED
         execution (REMOVED; one IN_PROGRESS runs on)."""
-        containing = self._containing(thing)
         for job_id, job in sorted(self.jobs.items(), key=lambda item: item[1].seq):
             if not job.continuous or job.status is not J.IN_PROGRESS:
                 continue
-            if any(t == thing or t in containing for t in job.targets):
+            if self._reaches(job.targets, thing):
                 self._target_again(job_id, thing)
                 continue
             if job.rollout is not None:  # not targeted any more: never released
@@ -339,6 +387,7 @@ class Model:
         self.jobs[job_id] = MJob(
             J.IN_PROGRESS, spec.timeout, self._next_seq(), continuous=spec.continuous,
             targets=spec.on, abort=spec.abort,
+            retry={} if spec.retry is None else dict(spec.retry.criteria), spec=spec,
             rollout=None if spec.rate is None else MRollout(spec.rate, next_at=self.now))
         things = self._reached(spec.on)
         for thing in things:
@@ -554,12 +603,16 @@ thing_groups = st.sampled_from(sorted(GROUPS))
 on = st.lists(st.sampled_from((*THINGS, *GROUPS)), min_size=1, max_size=2).map(tuple)
 #: SNAPSHOT or CONTINUOUS; half of them paced, one target released a second or one in 30 s;
 #: most with an abort criterion: FAILED >= 50 % of at least 1 thing, or all failures >= 40 %
-#: of at least 2.
+#: of at least 2; most with a retry configuration: 1 retry of FAILED, 2 of ALL, or 2 of
+#: FAILED and 1 of ALL (which counts the FAILED ones: a TIMED_OUT after a FAILED retry is
+#: not retried).
 job_specs = st.builds(
     JobSpec, on=on, timeout=st.sampled_from([None, None, 1, 2]),
     continuous=st.booleans(),
     rate=st.sampled_from([None, None, 60, 2]),
-    abort=st.sampled_from([None, Abort("FAILED", 50, 1), Abort("ALL", 40, 2)]))
+    abort=st.sampled_from([None, Abort("FAILED", 50, 1), Abort("ALL", 40, 2)]),
+    retry=st.sampled_from([None, Retry((("FAILED", 1),)), Retry((("ALL", 2),)),
+                           Retry((("FAILED", 2), ("ALL", 1)))]))
 deltas = st.sampled_from([None, None, 0, 0, -1, 1])
 #: Mostly what devices send, sometimes what they must not.
 device_statuses = st.sampled_from([
@@ -582,8 +635,8 @@ class JobsStoreMachine(RuleBasedStateMachine):
         self.store = self._open()
         #: (job_id, thing, seq) -> last (status, version) the store showed
         self.observed: dict[tuple[str, str, int], tuple[X, int]] = {}
-        #: each thing's pending jobIds (model) before the current operation
-        self.before: dict[str, list[str]] = {}
+        #: each thing's pending (jobId, executionNumber)s (model) before the current operation
+        self.before: dict[str, list[tuple[str, int]]] = {}
 
     def _open(self) -> JobsStore:
         return JobsStore(self.path, self.service_settings, now=lambda: self.model.now,
@@ -615,7 +668,8 @@ class JobsStoreMachine(RuleBasedStateMachine):
         return result
 
     def _begin(self) -> None:
-        self.before = {t: [e.job_id for e in self.model.pending(t)] for t in THINGS}
+        self.before = {t: [(e.job_id, e.number) for e in self.model.pending(t)]
+                       for t in THINGS}
         self.model.events = []
         self.model.touched = set()
 
@@ -627,7 +681,7 @@ class JobsStoreMachine(RuleBasedStateMachine):
         for thing in THINGS:
             before = self.before[thing]
             pending = self.model.pending(thing)
-            after = [e.job_id for e in pending]
+            after = [(e.job_id, e.number) for e in pending]  # (a retry: the next number)
             notifies, heads = pushes_to(effects, thing)
             back_again = not exact and thing in self.model.touched
             if set(after) != set(before):
@@ -641,11 +695,11 @@ class JobsStoreMachine(RuleBasedStateMachine):
                 assert notifies == [], f"{thing}: notify without a pending-set change"
             if after[:1] != before[:1]:
                 assert heads, f"{thing}: head changed {before[:1]} -> {after[:1]}, no notify-next"
-                assert heads[-1] == (after[0] if after else None), (thing, heads, after)
+                assert heads[-1] == (after[0][0] if after else None), (thing, heads, after)
                 if exact:
                     assert len(heads) == 1, thing
             elif back_again and heads:
-                assert heads[-1] == (after[0] if after else None), (thing, heads, after)
+                assert heads[-1] == (after[0][0] if after else None), (thing, heads, after)
             else:
                 assert heads == [], f"{thing}: notify-next {heads} but the head stayed {after[:1]}"
         actual_events = [e.topic for e in effects if e.topic.startswith("$aws/events/")]
@@ -811,6 +865,48 @@ class JobsStoreMachine(RuleBasedStateMachine):
         if shell_ticks:
             self.advance_clock_and_tick(0)
 
+    @rule(data=st.data(), ending=st.sampled_from([X.FAILED, X.TIMED_OUT]),
+          first=st.sampled_from([None, None, "cancel", "leave"]))
+    def device_fails_a_retrying_job(self, data: st.DataObject, ending: X,
+                                    first: str | None) -> None:
+        """A device working on one of its executions of a job with a retry configuration:
+        it starts it (if QUEUED; with a 1-minute step timer to time out), then reports it
+        FAILED, or stays silent until the tick a minute later times it out. Meanwhile,
+        maybe, the job is canceled without force, or the thing leaves its groups: the
+        execution runs on, and is not retried then. Half the time it is a retry already,
+        so that things run out of retries."""
+        pending = sorted(key for key, e in self.model.executions.items()
+                         if e.status in (X.QUEUED, X.IN_PROGRESS)
+                         and self.model.jobs[e.job_id].retry)
+        retries = [key for key in pending if self.model.executions[key].retry_attempt]
+        if retries and data.draw(aims, label="aim") < 5:
+            pending = retries
+        if not pending:
+            return
+        job_id, thing = data.draw(st.sampled_from(pending), label="pending execution")
+        timer = 1 if ending is X.TIMED_OUT else None
+        if timer is not None or self.model.executions[(job_id, thing)].status is X.QUEUED:
+            self._begin()
+            expected = self.model.update(thing, job_id, X.IN_PROGRESS, None, timer)
+            self._run(expected, lambda: self.store.update(
+                thing, job_id, status=X.IN_PROGRESS, step_timeout=timer))
+        if first == "cancel":
+            self._begin()
+            expected = self.model.cancel_job(job_id, False)
+            self._run(expected, partial(self.store.cancel_job, job_id))
+        elif first == "leave":
+            for group in sorted(g for g, members in self.model.members.items()
+                                if thing in members):
+                self._begin()
+                expected = self.model.remove_from_group(group, thing)
+                self._run(expected, partial(self.store.remove_thing_from_group, group, thing))
+        if ending is X.TIMED_OUT:
+            self.advance_clock_and_tick(60)
+            return
+        self._begin()
+        expected = self.model.update(thing, job_id, X.FAILED, None, None)
+        self._run(expected, lambda: self.store.update(thing, job_id, status=X.FAILED))
+
     @rule(data=st.data(), step_timeout=step_timeouts)
     def device_starts_a_queued_job(self, data: st.DataObject, step_timeout: int | None) -> None:
         """A device starting a job by its jobId (from notify), not necessarily the head."""
@@ -889,6 +985,23 @@ class JobsStoreMachine(RuleBasedStateMachine):
         expected = self.model.delete_job(job_id, force)
         self._run(expected, lambda: self.store.delete_job(job_id, force=force))
 
+    @rule(data=st.data())
+    def rerun_a_job(self, data: st.DataObject) -> None:
+        """An operator running a job again under its jobId: DeleteJob with force, the tick
+        a second later finishes the deletion, and CreateJob as before: a new job, whose
+        things' retries start over. Mostly a job that retried."""
+        retried = sorted(j for j, job in self.model.jobs.items() if job.retried)
+        job_id = (data.draw(st.sampled_from(retried), label="retried job")
+                  if retried and data.draw(aims, label="aim") < 8
+                  else self._job_id(JOB_IDS[0], data))
+        job = self.model.jobs.get(job_id)  # (missing: DeleteJob fails, CreateJob makes it)
+        spec = JobSpec(("t0",)) if job is None or job.spec is None else job.spec
+        self._begin()
+        expected = self.model.delete_job(job_id, True)
+        self._run(expected, partial(self.store.delete_job, job_id, force=True))
+        self.advance_clock_and_tick(1)
+        self._create_job(job_id, spec)
+
     @rule(force=st.sampled_from([True, True, False]))
     def delete_every_job(self, force: bool) -> None:
         """The drill's nemesis: DeleteJob on every job at once (hits LimitExceeded)."""
@@ -920,9 +1033,10 @@ class JobsStoreMachine(RuleBasedStateMachine):
             job_id: (job.status, job.reason_code, job.planned)
             for job_id, job in self.model.jobs.items()}
         executions = self.store.all_executions()
-        assert {(e.job_id, e.thing_name): (e.status, e.version_number, e.execution_number)
-                for e in executions} == {
-            key: (e.status, e.version, e.number) for key, e in self.model.executions.items()}
+        assert {(e.job_id, e.thing_name): (e.status, e.version_number, e.execution_number,
+                                           e.retry_attempt) for e in executions} == {
+            key: (e.status, e.version, e.number, e.retry_attempt)
+            for key, e in self.model.executions.items()}
         for e in executions:
             m = self.model.executions[(e.job_id, e.thing_name)]
             assert e.deadline == m.deadline, (e, m)

@@ -1063,6 +1063,8 @@ class JobsStore:
             with self._tx():
                 self._job_event(job_id, "deleted")
                 self._db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+                # a jobId used again starts afresh: no retries counted for it
+                self._db.execute("DELETE FROM retries WHERE job_id = ?", (job_id,))
             self._documents.pop(job_id, None)
             self._configs.pop(job_id, None)
             log.info("delete_job done job_id=%s", job_id)
