@@ -7,6 +7,7 @@ what it would publish is read from the outbox the control plane drains."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -59,10 +60,11 @@ class Env:
                 if e.job_id == job_id}
 
 
-@pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, **settings: Any) -> AsyncIterator[Env]:
+    """A control plane on a store and a registry sharing one file, ``settings`` applied."""
     clock = Clock()
-    store = JobsStore(tmp_path / "jobs.sqlite", ServiceSettings(), now=clock)
+    store = JobsStore(tmp_path / "jobs.sqlite", ServiceSettings(**settings), now=clock)
     registry = Registry(tmp_path / "jobs.sqlite", region="us-east-1",
                         account_id="123456789012", now=clock)
     changes: list[list[Publish]] = []
@@ -78,6 +80,12 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         await control.stop()
         registry.close()
         store.close()
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    async with serving(tmp_path) as e:
+        yield e
 
 
 async def test_things_have_attributes_versions_and_a_listing(env: Env) -> None:
@@ -337,24 +345,13 @@ async def test_the_real_aws_cli_rolls_out_to_a_group(env: Env, tmp_path: Path) -
 
 
 async def test_jobs_may_be_held_to_registered_things(tmp_path: Path) -> None:
-    clock = Clock()
-    store = JobsStore(tmp_path / "jobs.sqlite", ServiceSettings(registered_targets_only=True),
-                      now=clock)
-    registry = Registry(tmp_path / "jobs.sqlite", region="us-east-1",
-                        account_id="123456789012", now=clock)
-    control = ControlPlane(store, lambda: None, registry=registry)
-    env = Env(store, registry, boto_client(await control.start()))
-    try:
+    async with serving(tmp_path, registered_targets_only=True) as env:
         assert await env.error("create_job", jobId="j", targets=[arn("ghost")],
                                document=DOC) == ("ResourceNotFoundException",
                                                  "Thing ghost cannot be found.")
         await env.things("real")
         await env.call("create_job", jobId="j", targets=[arn("real")], document=DOC)
         assert env.statuses("j") == {"real": "QUEUED"}
-    finally:
-        await control.stop()
-        registry.close()
-        store.close()
 
 
 async def test_update_thing_groups_for_thing_is_all_or_nothing(env: Env) -> None:
@@ -376,17 +373,6 @@ async def test_update_thing_groups_for_thing_is_all_or_nothing(env: Env) -> None
 
 
 async def test_registered_targets_only_sees_thing_names_with_colons(tmp_path: Path) -> None:
-    clock = Clock()
-    store = JobsStore(tmp_path / "jobs.sqlite", ServiceSettings(registered_targets_only=True),
-                      now=clock)
-    registry = Registry(tmp_path / "jobs.sqlite", region="us-east-1",
-                        account_id="123456789012", now=clock)
-    control = ControlPlane(store, lambda: None, registry=registry)
-    env = Env(store, registry, boto_client(await control.start()))
-    try:
+    async with serving(tmp_path, registered_targets_only=True) as env:
         assert (await env.error("create_job", jobId="j", targets=[arn("site:a")],
                                 document=DOC))[0] == "ResourceNotFoundException"
-    finally:
-        await control.stop()
-        registry.close()
-        store.close()
