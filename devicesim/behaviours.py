@@ -225,6 +225,29 @@ def load_behaviour(spec: str) -> type[Behaviour]:
     return cls
 
 
+def behaviour_name(behaviour: str | type[Behaviour]) -> str:
+    """The name a behaviour is known by wherever one is accepted: a name as it is, a built-in
+    class by its name, a plugin class as ``package.module:Class`` -- which must import back
+    to the same class (a class defined in a function, or in a module that cannot be imported
+    by name, cannot run in other processes, nor be named in a history)."""
+    if isinstance(behaviour, str):
+        return behaviour
+    if not isinstance(behaviour, type) or not issubclass(behaviour, Behaviour):
+        raise ValueError(f"behaviour {behaviour!r}: not a name or a subclass of "
+                         "devicesim.behaviours.Behaviour")
+    if BEHAVIOURS.get(behaviour.name) is behaviour:
+        return behaviour.name
+    spec = f"{behaviour.__module__}:{behaviour.__qualname__}"
+    try:
+        same = load_behaviour(spec) is behaviour
+    except ValueError:
+        same = False
+    if not same:
+        raise ValueError(f"behaviour {spec!r}: define the class at the top level of a module "
+                         "that imports by that name")
+    return spec
+
+
 def resolve(name: str) -> Behaviour:
     """A built-in name (see :data:`BEHAVIOURS`) or a plugin ``package.module:Class``."""
     if ":" in name:

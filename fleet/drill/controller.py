@@ -27,18 +27,19 @@ PROCESS = "controller"
 
 
 def iot_client(endpoint_url: str | None, region: str | None = "us-east-1", *,
-               verify: str | None = None) -> Any:
-    """A boto3 ``iot`` client; dummy credentials when none are configured (the emulator
-    accepts any, real AWS needs real ones). ``verify``: the CA of an ``https://`` endpoint
-    (None: botocore's default trust, which honours ``AWS_CA_BUNDLE``)."""
+               verify: str | None = None, service_name: str = "iot") -> Any:
+    """A boto3 ``iot`` client (or ``service_name``'s, e.g. ``iot-jobs-data``); dummy
+    credentials when none are configured (the emulator accepts any, real AWS needs real
+    ones). ``verify``: the CA of an ``https://`` endpoint (None: botocore's default trust,
+    which honours ``AWS_CA_BUNDLE``)."""
     session = boto3.session.Session(region_name=region)
     creds: dict[str, str] = {}
     if session.get_credentials() is None:
         creds = {"aws_access_key_id": "devicesim", "aws_secret_access_key": "devicesim"}
     config = botocore.config.Config(retries={"max_attempts": 1, "mode": "standard"},
                                     max_pool_connections=32)
-    return session.client("iot", endpoint_url=endpoint_url, config=config, verify=verify,
-                          **creds)
+    return session.client(service_name, endpoint_url=endpoint_url, config=config,
+                          verify=verify, **creds)
 
 
 class ControllerError(Exception):

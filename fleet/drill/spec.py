@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -268,6 +269,12 @@ def parse(text: str, *, source: str = "<drill>") -> Drill:
     except tomllib.TOMLDecodeError as e:
         raise DrillError(f"{source}: not valid TOML: {e}") from None
     return _Parser(source).drill(raw)
+
+
+def from_mapping(raw: Mapping[str, Any], *, source: str = "<drill>") -> Drill:
+    """A drill from what a drill file holds, as a dict (a drill built in code), validated
+    as a file is."""
+    return _Parser(source).drill(dict(raw))
 
 
 class _Parser:

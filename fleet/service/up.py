@@ -28,12 +28,12 @@ from typing import Any
 
 from devicesim.loop import run_main
 from devicesim.metrics import LiveMetrics
-from fleet import certs
-from fleet.broker import BrokerAddress, BrokerError, EmbeddedBroker, probe
+from fleet.broker import BrokerAddress
 from fleet.certs import CertDir, write_file
 from fleet.service.controlplane.sigv4 import load_credentials
+from fleet.service.local import serving
 from fleet.service.settings import ServiceSettings
-from fleet.service.shell import JobsService, ServiceConfig
+from fleet.service.shell import JobsService
 
 log = logging.getLogger(__name__)
 
@@ -126,61 +126,44 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace, settings: ServiceSettings,
                  credentials: dict[str, str] | None = None) -> int:
-    state: Path = args.state
-    state.parent.mkdir(parents=True, exist_ok=True)
-    embedded: EmbeddedBroker | None = None
-    cert_dir = args.cert_dir or (state.parent / "certs" if args.secure else None)
-    if args.secure and args.broker:
-        raise ValueError("--secure runs its own broker (with a TLS listener): drop --broker")
-    ca = None if cert_dir is None else await asyncio.to_thread(certs.ensure, cert_dir)
+    broker = None
     if args.broker:
-        address = BrokerAddress.parse(args.broker).privileged().with_tls_files(
+        broker = BrokerAddress.parse(args.broker).privileged().with_tls_files(
             args.broker_ca, args.broker_cert, args.broker_key)
-        if await asyncio.to_thread(probe, address) != 0:
-            raise BrokerError(f"broker {address.url} refused the connection")
-    else:
-        embedded = EmbeddedBroker(work_dir=state.parent / "broker",
-                                  port=args.mqtt_port or None,
-                                  secure=ca if args.secure else None)
-        address = await asyncio.to_thread(embedded.start)
-    tls = None if embedded is None else embedded.tls_address
-    service_address = tls or address  # the secure profile: the service speaks TLS too
     failures = FailureLog()
     metrics = LiveMetrics() if args.metrics_port is not None else None
-    service = JobsService(ServiceConfig(
-        broker=service_address, state=state, settings=settings, http_port=args.http_port,
-        jobs_data_port=args.jobs_data_port,
-        seed=args.seed, credentials=credentials,
-        authority=None if ca is None else certs.Authority.load(ca),
-        https=(ca.server, ca.server_key) if ca is not None and args.secure else None,
-        principals=embedded.principals_path if embedded is not None and args.secure else None,
-        record_all_requests=metrics is not None),
-        on_failure=failures, record=metrics.observe if metrics is not None else None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await service.start()
-        write_ready_file(args.ready_file, address, service.endpoint, state, tls=tls, certs=ca,
-                         jobs_data=service.jobs_data_endpoint)
-        devices = f"  devices {tls.url} (mutual TLS, CA {ca.ca})" if tls and ca else ""
-        print(f"fleet up: broker {address.url}{devices}  control plane {service.endpoint}  "
-              f"jobs data {service.jobs_data_endpoint}  state {state}  (Ctrl-C to stop)",
-              flush=True)
-        if metrics is not None:
-            port = metrics.serve(args.metrics_port)
-            print(f"fleet up: metrics http://127.0.0.1:{port}/metrics", flush=True)
-            await sample_executions(metrics, service, stop)  # until stopped
-        await stop.wait()
+        async with serving(state=args.state, broker=broker, settings=settings, seed=args.seed,
+                           mqtt_port=args.mqtt_port, http_port=args.http_port,
+                           jobs_data_port=args.jobs_data_port, secure=args.secure,
+                           cert_dir=args.cert_dir, credentials=credentials,
+                           on_failure=failures,
+                           record=metrics.observe if metrics is not None else None,
+                           record_all_requests=metrics is not None) as up:
+            service, ca = up.service, up.certs
+            tls = up.devices if up.devices.tls else None
+            write_ready_file(args.ready_file, up.broker, service.endpoint, args.state,
+                             tls=tls, certs=ca, jobs_data=service.jobs_data_endpoint)
+            devices = f"  devices {tls.url} (mutual TLS, CA {ca.ca})" if tls and ca else ""
+            print(f"fleet up: broker {up.broker.url}{devices}  control plane "
+                  f"{service.endpoint}  jobs data {service.jobs_data_endpoint}  state "
+                  f"{args.state}  (Ctrl-C to stop)", flush=True)
+            try:
+                if metrics is not None:
+                    port = metrics.serve(args.metrics_port)
+                    print(f"fleet up: metrics http://127.0.0.1:{port}/metrics", flush=True)
+                    await sample_executions(metrics, service, stop)  # until stopped
+                await stop.wait()
+            finally:
+                if metrics is not None:
+                    metrics.close()
     finally:
-        if metrics is not None:
-            metrics.close()
-        await service.stop()
         if failures.failures:
             log.error("fleet up stopped failures=%d", failures.failures)
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
         with contextlib.suppress(FileNotFoundError):
             args.ready_file.unlink()
     return 0
