@@ -66,6 +66,8 @@ __all__ = [
 
 T = TypeVar("T")
 BehaviourSpec = str | type[Behaviour]
+#: behaviour weights (``{"reference": 0.9, MyDevice: 0.1}``)
+MixSpec = Mapping[str, float] | Mapping[type[Behaviour], float] | Mapping[BehaviourSpec, float]
 DrillSpec = str | Path | Mapping[str, Any] | Drill
 
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +279,7 @@ class DeviceFleet:
 @contextlib.asynccontextmanager
 async def device_fleet_async(target: Service | str | BrokerAddress, count: int = 1, *,
                              behaviour: BehaviourSpec = "reference",
-                             mix: Mapping[BehaviourSpec, float] | None = None,
+                             mix: MixSpec | None = None,
                              prefix: str = "dev-", seed: int = 1,
                              state_dir: Path | None = None, agent: AgentConfig | None = None,
                              jobs_data: str | None = None) -> AsyncIterator[DeviceFleet]:
@@ -322,7 +324,7 @@ async def device_fleet_async(target: Service | str | BrokerAddress, count: int =
 @contextlib.contextmanager
 def device_fleet(target: Service | str | BrokerAddress, count: int = 1, *,
                  behaviour: BehaviourSpec = "reference",
-                 mix: Mapping[BehaviourSpec, float] | None = None, prefix: str = "dev-",
+                 mix: MixSpec | None = None, prefix: str = "dev-",
                  seed: int = 1, state_dir: Path | None = None, agent: AgentConfig | None = None,
                  jobs_data: str | None = None) -> Iterator[DeviceFleet]:
     """:func:`device_fleet_async`, on its own loop in a background thread."""
@@ -357,7 +359,7 @@ def builtin_drills() -> list[str]:
 
 def drill_spec(drill: DrillSpec, *, devices: int | None = None,
                behaviour: BehaviourSpec | None = None,
-               mix: Mapping[BehaviourSpec, float] | None = None, seed: int | None = None,
+               mix: MixSpec | None = None, seed: int | None = None,
                timeout: float | None = None, duration: float | str | None = None,
                stall_seconds: float | None = None, external: Sequence[str] | None = None,
                external_timeout: float | None = None) -> Drill:
@@ -546,7 +548,7 @@ class DrillOutcome:
 
 async def run_drill_async(drill: DrillSpec, *, devices: int | None = None,
                           behaviour: BehaviourSpec | None = None,
-                          mix: Mapping[BehaviourSpec, float] | None = None,
+                          mix: MixSpec | None = None,
                           seed: int | None = None,
                           timeout: float | None = None,  # noqa: ASYNC109 (the drill's)
                           duration: float | str | None = None, workers: int = 1,
@@ -583,7 +585,7 @@ async def run_drill_async(drill: DrillSpec, *, devices: int | None = None,
 
 def run_drill(drill: DrillSpec, *, devices: int | None = None,
               behaviour: BehaviourSpec | None = None,
-              mix: Mapping[BehaviourSpec, float] | None = None, seed: int | None = None,
+              mix: MixSpec | None = None, seed: int | None = None,
               timeout: float | None = None, duration: float | str | None = None,
               workers: int = 1, broker: str | None = None, report_dir: Path | None = None,
               html: bool = True, status: Callable[[str], None] | None = None) -> DrillOutcome:

@@ -369,7 +369,7 @@ async def test_an_external_device_that_never_connects_stops_the_drill(tmp_path: 
     (["--external", "dev-0001"], "has the name of a simulated device"),
     (["--external", "a/b"], "is not a thing name"),
     (["--external", "x", "--broker", "mqtt://127.0.0.1:1"], "the drill's embedded broker"),
-    (["--devices", "0"], "--devices: must be at least 1 (0 only with --external)"),
+    (["--devices", "0"], "--devices: must be at least 1 (0 only with external devices)"),
 ])
 def test_fleet_drill_external_usage_errors(args: list[str], message: str,
                                            capsys: pytest.CaptureFixture[str]) -> None:

@@ -24,12 +24,13 @@ from devicesim.live import LiveView
 from devicesim.loop import run_main
 from devicesim.wire import history
 from devicesim.wire.joining import check_session
+from fleet import api
 from fleet.broker import BrokerAddress, BrokerError, find_mosquitto
 from fleet.checker import Budgets, Status, analyse
 from fleet.checker.report import terminal, verdict_line, write_html, write_reports
 from fleet.drill import spec
 from fleet.drill.controller import iot_client
-from fleet.drill.runner import DrillResult, Interrupt, RunOptions, Target, run
+from fleet.drill.runner import Interrupt, RunOptions, Target
 
 DEFAULT_DRILL = "force-delete"
 EXIT = {Status.PASS: 0, Status.FAIL: 1, Status.INCONCLUSIVE: 3}
@@ -138,6 +139,11 @@ def register(sub: Any) -> None:
     r.set_defaults(run=run_report)
 
 
+#: api.drill_spec's parameters that are options of this command
+_OPTIONS = {"devices", "behaviour", "mix", "seed", "timeout", "duration", "stall_seconds",
+            "external", "external_timeout"}
+
+
 def list_drills() -> str:
     rows = [(name, spec.load(name).description) for name in spec.builtin_names()]
     width = max(len(name) for name, _ in rows)
@@ -145,56 +151,30 @@ def list_drills() -> str:
 
 
 def _drill_from(args: argparse.Namespace) -> spec.Drill:
+    """The drill and its changes, through :func:`fleet.api.drill_spec` (its one-line
+    errors name the option), then the checks of this command's own options."""
     from devicesim.cli import parse_mix
 
-    drill = spec.load(args.drill)
-    changes: dict[str, Any] = {}
+    try:
+        drill = api.drill_spec(
+            args.drill, devices=args.devices, behaviour=args.behaviour or None,
+            mix=parse_mix(args.mix) if args.mix else None, seed=args.seed,
+            timeout=args.timeout, duration=args.duration, stall_seconds=args.stall_seconds,
+            external=None if args.external is None else args.external.split(","),
+            external_timeout=args.external_timeout)
+    except spec.DrillError:
+        raise
+    except ValueError as e:  # "devices: ..." -> "--devices: ..."
+        name, sep, rest = str(e).partition(": ")
+        if sep and name.replace(" ", "_") in _OPTIONS:
+            raise ValueError(f"--{name.replace(' ', '-').replace('_', '-')}: {rest}") from None
+        raise
     external = drill.external
-    if args.external is not None:
-        things = tuple(t.strip() for t in args.external.split(",") if t.strip())
-        if not things:
-            raise ValueError("--external: name at least one thing")
-        try:
-            external = dataclasses.replace(external, things=spec.check_external(things))
-        except ValueError as e:
-            raise ValueError(f"--external: {e}") from None
-    if args.external_timeout is not None:
-        if args.external_timeout <= 0:
-            raise ValueError("--external-timeout: must be positive")
-        external = dataclasses.replace(external, connect_seconds=args.external_timeout)
-    changes["external"] = external
     if args.ready_file is not None and not external.things:
         raise ValueError("--ready-file: goes with external devices (--external)")
-    if args.devices is not None:
-        if args.devices < (0 if external.things else 1):
-            raise ValueError("--devices: must be at least 1 (0 only with --external)")
-        changes["devices"] = args.devices
-    if args.behaviour:
-        changes.update(behaviour=args.behaviour, mix={})
-    if args.mix:
-        changes["mix"] = parse_mix(args.mix)
-    if args.seed is not None:
-        changes["seed"] = args.seed
-    if args.timeout is not None:
-        if args.timeout <= 0:
-            raise ValueError("--timeout: must be positive")
-        changes["timeout"] = args.timeout
-    elif args.devices is not None:
-        # the timeout stretches with every other duration of a drill paced for a bigger fleet
-        changes["timeout"] = drill.timeout * dataclasses.replace(
-            drill, devices=args.devices).pace
-    if args.duration is not None:
-        try:
-            changes["duration"] = spec.parse_duration(args.duration)
-        except ValueError as e:
-            raise ValueError(f"--duration: {e}") from None
-    if args.stall_seconds is not None:
-        if args.stall_seconds <= 0:
-            raise ValueError("--stall-seconds: must be positive")
-        changes["stall_seconds"] = args.stall_seconds
     if args.workers < 1:
         raise ValueError("--workers: must be at least 1")
-    devices = changes.get("devices", drill.devices)
+    devices = drill.devices
     if args.shards:
         if args.workers > 1:
             raise ValueError("--shards and --workers: choose one")
@@ -230,7 +210,7 @@ def _drill_from(args: argparse.Namespace) -> spec.Drill:
     if args.secure and (args.broker or args.shards):
         raise ValueError("--secure: the embedded broker, with devices here or in --workers "
                          "(not --broker or --shards)")
-    return dataclasses.replace(drill, **changes)
+    return drill
 
 
 def _target(args: argparse.Namespace) -> Target | None:
@@ -278,7 +258,7 @@ def run_drill(args: argparse.Namespace) -> int:
     interrupt = Interrupt()
     try:
         with view:
-            result = run_main(_run_interruptible(drill, RunOptions(
+            outcome = run_main(_run_interruptible(drill, RunOptions(
                 broker_url=args.broker, workers=args.workers, shards=args.shards,
                 session=args.session, join_seconds=args.join_timeout, secure=args.secure,
                 target=_target(args), report_dir=report_dir, ready_file=args.ready_file,
@@ -289,25 +269,23 @@ def run_drill(args: argparse.Namespace) -> int:
         print(f"drill: interrupted twice by {reason}: stopped without a history or report",
               file=sys.stderr)
         return 128 + signal.Signals[reason].value
-    paths = write_reports(result.verdict, report_dir, result.history_path, result.timeline,
-                          drill.budgets)
     print()
-    print(terminal(result.verdict))
-    if result.timed_out:
+    print(terminal(outcome.verdict))
+    if outcome.timed_out:
         print("drill: the schedule did not settle before the drill's timeout (a big fleet "
               "needs a longer --timeout, or --workers to use every core)")
-    print(f"\nverdict: {verdict_line(result.verdict)} "
-          f"({time.monotonic() - began:.1f} s)  reports: {result.history_path}, "
-          f"{', '.join(str(p) for p in paths)}")
-    print(f"re-check: fleet check {result.history_path}")
-    if result.interrupted is not None:
-        print(f"drill: interrupted by {result.interrupted}: everything it started was stopped; "
-              "the history and reports above are of the run so far")
-        return 128 + signal.Signals[result.interrupted].value
-    return EXIT[result.verdict.status]
+    print(f"\nverdict: {verdict_line(outcome.verdict)} "
+          f"({time.monotonic() - began:.1f} s)  reports: {outcome.history_path}, "
+          f"{', '.join(str(p) for p in outcome.report_paths)}")
+    print(f"re-check: fleet check {outcome.history_path}")
+    if outcome.interrupted is not None:
+        print(f"drill: interrupted by {outcome.interrupted}: everything it started was "
+              "stopped; the history and reports above are of the run so far")
+        return 128 + signal.Signals[outcome.interrupted].value
+    return EXIT[outcome.verdict.status]
 
 
-async def _run_interruptible(drill: spec.Drill, options: RunOptions) -> DrillResult:
+async def _run_interruptible(drill: spec.Drill, options: RunOptions) -> api.DrillOutcome:
     """Run the drill; the first SIGINT or SIGTERM stops it in order (schedule cancelled,
     a short drain, history and reports of the run so far, every process it started
     stopped), a second one cancels the cleanup's waits too (the broker and the device
@@ -327,7 +305,9 @@ async def _run_interruptible(drill: spec.Drill, options: RunOptions) -> DrillRes
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
     try:
-        return await run(drill, dataclasses.replace(options, interrupt=interrupt))
+        return await api.run_drill_async(drill, workers=options.workers,
+                                         options=dataclasses.replace(options,
+                                                                     interrupt=interrupt))
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
