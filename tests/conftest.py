@@ -8,6 +8,9 @@ import pytest
 
 from fleet.broker import BrokerAddress, EmbeddedBroker
 
+#: pytester runs the pytest plugin's own tests (test_pytest_plugin.py)
+pytest_plugins = ("pytester",)
+
 # ---------------------------------------------------------------------------------------------
 # Broker: one real Mosquitto per test session, on a free loopback port (never the system
 # broker on 1883). Tests that use it are marked @pytest.mark.broker. Tests that kill or

@@ -123,3 +123,22 @@ def test_cli_without_the_plugin_on_the_path_is_a_one_line_error(tmp_path: Path) 
     assert done.stderr.splitlines() == [
         f"fleet drill: behaviour {PLUGIN!r}: cannot import 'my_firmware.behaviour': "
         "No module named 'my_firmware'"]
+
+
+def test_the_examples_pytest_file_passes_through_the_plugin(tmp_path: Path) -> None:
+    """examples/test_my_firmware.py, as a firmware team runs its tests: the plugin comes
+    with the package; CautiousDevice passes a force-delete drill and a job, and its faulty
+    variant fails the drill on the invariants it breaks (the test asserts which)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-m", "pytest", "examples/", "-p",
+                           "no:cacheprovider", "-v", "--devicesim-reports", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    print(done.stdout[-3000:], done.stderr[-2000:])
+    assert done.returncode == 0
+    assert re.search(r"^=+ 3 passed", done.stdout, re.MULTILINE), done.stdout[-500:]
+    for test, drill in (("test_cautious_device_recovers_from_a_force_delete", "force-delete"),
+                        ("test_the_checker_catches_a_device_that_boots_a_half_written_image",
+                         "force-delete")):
+        report = tmp_path / f"test_my_firmware_py__{test}" / drill / "report.json"
+        assert report.is_file(), sorted(p.name for p in tmp_path.iterdir())
