@@ -116,6 +116,10 @@ class Waiting:
             return False
         return True
 
+    def answered(self, key: RequestKey) -> bool:
+        """Whether a reply to ``key`` was seen (lately: :data:`RECENT` are remembered)."""
+        return key in self._done
+
     def answer(self, key: RequestKey) -> None:
         thing, f, token = key
         self._drop(thing, lambda g, _j: False, token=(f, token))

@@ -7,8 +7,9 @@ the fixtures ``run_drill``, ``jobs_service`` and ``device_fleet`` come with the 
 
 import json
 
-from devicesim.behaviours import LostAccessNotice, Reaction
 from my_firmware.behaviour import CautiousDevice
+
+from devicesim.behaviours import LostAccessNotice, Reaction
 
 
 class ForgetfulDevice(CautiousDevice):

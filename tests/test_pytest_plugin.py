@@ -213,3 +213,25 @@ def test_an_unknown_broker_choice_is_a_usage_error(project: pytest.Pytester) -> 
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*--devicesim-broker 'rabbitmq': expected embedded, docker "
                                  "or mqtt://HOST:PORT*"])
+
+
+def test_a_behaviour_of_the_project_runs_in_drill_workers(project: pytest.Pytester) -> None:
+    """The project's own package is on pytest's ``pythonpath``, not on PYTHONPATH: the
+    drill's device worker processes import it all the same."""
+    project.mkdir("src")
+    package = project.mkpydir("src/team_firmware")
+    (package / "device.py").write_text(
+        "from devicesim.behaviours import Behaviour\n\n\n"
+        "class TeamDevice(Behaviour):\n    poll_interval = 0.5\n")
+    project.makeini(INI + "pythonpath = src\n")
+    project.makepyfile("""
+        from team_firmware.device import TeamDevice
+
+        def test_in_workers(run_drill):
+            outcome = run_drill("force-delete", devices=8, workers=2, behaviour=TeamDevice,
+                                html=False)
+            assert outcome.passed, outcome.explain()
+            assert set(outcome.invariants["notice"].cases_by_behaviour) == {
+                "team_firmware.device:TeamDevice"}
+    """)
+    project.runpytest_inprocess().assert_outcomes(passed=1)

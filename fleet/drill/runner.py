@@ -229,7 +229,6 @@ class _Run:
         self.progress.external = frozenset(self.external)
         self.certs: certs.CertDir | None = None
         #: ops the live view saw (device events, progress batches)
-        self.seen = 0
         #: the control plane's URL (None: AWS's own)
         self.control_endpoint: str | None = None
         self.metrics = LiveMetrics() if options.metrics_port is not None else None
@@ -295,7 +294,6 @@ class _Run:
             self.online.discard(op.process)
         elif op.f in ("device:lost_access", "device:recovered"):
             self.tally[op.f] += 1
-        self.seen += 1
         self.progress.observe(op)
         self.last_op = time.monotonic()
         self.changed.set()
@@ -607,7 +605,7 @@ class _Run:
         # the workers' links to the drill: the plain listener (a privileged client with its
         # secret; their devices speak TLS in the secure profile)
         link = self.address if self.broker is None else self.broker.address
-        env = dict(os.environ)
+        env = {**os.environ, "PYTHONPATH": _worker_path()}
         if self.address.secret is not None:  # the drill's topics are not a device's
             env[SECRET_ENV] = self.address.secret
         for w in range(shards):
@@ -733,9 +731,12 @@ class _Run:
                 for line in part.summary.get("failures", []):
                     self.fail(where, RuntimeError(str(line)))
                 waiting = part.summary.get("unansweredRequests")
-                if isinstance(waiting, list):  # a reply the service lost is accounted for
-                    self.unanswered += sum(1 for key in waiting
-                                           if tuple(key) not in self.progress.lost_replies)
+                if isinstance(waiting, list):  # a reply the service lost is accounted for,
+                    # and one it sent as the worker stopped (a polling device's last poll)
+                    self.unanswered += sum(
+                        1 for key in map(tuple, waiting)
+                        if key not in self.progress.lost_replies
+                        and not self.progress.unanswered.answered(key))
                 else:
                     self.unanswered += int(part.summary.get("unanswered", 0))
             except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -1075,16 +1076,19 @@ class _Run:
 
     async def quiet(self, seconds: float = QUIET_SECONDS) -> bool:
         """When the drill cannot know everything at once (devices in other processes, a
-        target's service), the fleet counts as settled only if nothing is heard for
-        ``seconds`` and it still looks settled then."""
-        seen = self.seen
-        self.changed.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                while self.seen == seen:
-                    self.changed.clear()
+        target's service), the fleet counts as settled only if it looks settled after
+        every op heard for ``seconds``: a late report of work changes that, a device
+        that polls and finds nothing to do does not."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while self.settled():
+            self.changed.clear()
+            if loop.time() >= end:
+                return True
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(end):
                     await self.changed.wait()
-        return self.seen == seen and self.settled()
+        return False
 
     async def restart_broker(self, *, kill: bool) -> None:
         if self.broker is None:
@@ -1175,6 +1179,17 @@ class _Run:
         jobs = [{"jobId": j.job_id, "status": j.status.value} for j in store.list_jobs()[0]]
         self.mark("final-state", executions=executions, jobs=jobs, devices=self.nvm,
                   eventCounts=self.event_counts, received=dict(self.received))
+
+
+def _worker_path() -> str:
+    """The workers' PYTHONPATH: this process's, and the folders put on ``sys.path`` here
+    (by pytest's ``pythonpath``, a test's rootdir, the caller), so that a worker imports a
+    behaviour plugin this process could (outside the interpreter's own folders)."""
+    own = (sys.prefix, sys.base_prefix)
+    paths = [*os.environ.get("PYTHONPATH", "").split(os.pathsep),
+             *(os.path.abspath(p) for p in sys.path
+               if p and not p.startswith(own) and os.path.isdir(p))]
+    return os.pathsep.join(dict.fromkeys(p for p in paths if p))
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:
