@@ -235,3 +235,24 @@ def test_a_behaviour_of_the_project_runs_in_drill_workers(project: pytest.Pytest
                 "team_firmware.device:TeamDevice"}
     """)
     project.runpytest_inprocess().assert_outcomes(passed=1)
+
+
+def python_example(page: Path, heading: str) -> str:
+    """The first ``python`` block after ``heading``."""
+    text = page.read_text(encoding="utf-8")
+    found = re.search(r"```python\n(.*?)```", text[text.index(heading):], re.DOTALL)
+    assert found is not None
+    return found.group(1)
+
+
+def test_the_readme_example_runs_as_written(project: pytest.Pytester) -> None:
+    """The README's pytest example (docs/pytest.md starts from the same one), with
+    examples/ on the path for its behaviour."""
+    root = Path(__file__).resolve().parent.parent
+    example = python_example(root / "README.md", "## In your own tests (pytest)")
+    assert example == python_example(root / "docs" / "pytest.md",
+                                     "## A test file to start from")
+    assert len(example.strip().splitlines()) <= 15
+    project.syspathinsert(root / "examples")
+    project.makepyfile(test_readme=example)
+    project.runpytest_inprocess().assert_outcomes(passed=2)
