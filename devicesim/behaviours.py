@@ -55,6 +55,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
+import sys
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, ClassVar
@@ -208,11 +210,19 @@ BEHAVIOURS: dict[str, type[Behaviour]] = {
 FAULTY = frozenset({"stuck", "no-rollback", "zombie", "reuse-confused"})
 
 
+#: folders (``os.pathsep``-separated) a plugin may also be imported from, after the
+#: interpreter's own: a drill hands its device workers the folders on its ``sys.path``
+IMPORT_PATH_ENV = "DEVICESIM_IMPORT_PATH"
+
+
 def load_behaviour(spec: str) -> type[Behaviour]:
-    """Import ``package.module:Class`` and check it is a :class:`Behaviour` subclass."""
+    """Import ``package.module:Class`` (also from ``$DEVICESIM_IMPORT_PATH``) and check it
+    is a :class:`Behaviour` subclass."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"behaviour {spec!r}: expected 'package.module:Class'")
+    sys.path.extend(p for p in dict.fromkeys(os.environ.get(IMPORT_PATH_ENV, "").split(
+        os.pathsep)) if p and p not in sys.path)
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:

@@ -28,11 +28,11 @@ error: its :class:`DrillOutcome` says why (:meth:`DrillOutcome.check` raises
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
 import contextlib
 import dataclasses
 import re
+import sys
 import tempfile
 import threading
 import time
@@ -45,7 +45,7 @@ from devicesim.agent import AgentConfig
 from devicesim.behaviours import Behaviour, behaviour_name, resolve
 from devicesim.engine import Fleet, FleetConfig
 from devicesim.loop import loop_factory
-from devicesim.wire.events import DeviceEvent
+from devicesim.wire.events import DeviceEvent, DeviceEventKind
 from devicesim.wire.history import Op, read
 from fleet.broker import BrokerAddress, BrokerError
 from fleet.checker import InvariantResult, Metrics, Status, Verdict, Violation
@@ -65,6 +65,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+#: the device events' kinds (docs/history.md)
+KINDS = frozenset(k.value for k in DeviceEventKind)
 BehaviourSpec = str | type[Behaviour]
 #: behaviour weights (``{"reference": 0.9, MyDevice: 0.1}``)
 MixSpec = Mapping[str, float] | Mapping[type[Behaviour], float] | Mapping[BehaviourSpec, float]
@@ -137,7 +139,8 @@ async def jobs_service_async(*, broker: str | BrokerAddress | None = None,
     if isinstance(settings, Mapping):
         settings = ServiceSettings.from_mapping(dict(settings))
     settings = settings or ServiceSettings()
-    address = BrokerAddress.parse(broker) if isinstance(broker, str) else broker
+    # a broker given by URL: the privileged identity's secret from $DEVICESIM_BROKER_SECRET
+    address = BrokerAddress.parse(broker).privileged() if isinstance(broker, str) else broker
     with contextlib.ExitStack() as stack:
         if state is None:
             state = Path(stack.enter_context(tempfile.TemporaryDirectory(
@@ -180,7 +183,10 @@ class DeviceFleet:
         self._ops: list[Op] = []
         self._events: dict[str, list[DeviceEvent]] = {}  # by kind
         self._changed = threading.Condition()
-        self._wakers: set[asyncio.Event] = set()
+        #: the events wait_for_async waits on, each with its loop (maybe not the fleet's)
+        self._wakers: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        #: runs a reader of the devices' state where they run (the sync form: on their loop)
+        self._on_loop: Callable[[Callable[[], Any]], Any] = lambda read: read()
 
     def __repr__(self) -> str:
         return f"DeviceFleet({len(self.things)} devices, {self.things[0]}..)"
@@ -192,8 +198,9 @@ class DeviceFleet:
                 self._events.setdefault(op.f[len("device:"):], []).append(
                     DeviceEvent.from_dict(op.value))
             self._changed.notify_all()
-        for waker in self._wakers:
-            waker.set()
+            wakers = list(self._wakers)
+        for loop, waker in wakers:
+            loop.call_soon_threadsafe(waker.set)
 
     @property
     def ops(self) -> list[Op]:
@@ -221,7 +228,10 @@ class DeviceFleet:
                 seen.setdefault(event.thing_name, event)
         return seen
 
-    def _waited(self, things: Sequence[str] | None) -> list[str]:
+    def _waited(self, things: Sequence[str] | None, kind: str) -> list[str]:
+        if kind not in KINDS:
+            raise ValueError(f"wait_for: {kind!r} is not a device event (one of "
+                             f"{', '.join(sorted(KINDS))})")
         waited = list(self.things if things is None else things)
         unknown = sorted(set(waited) - set(self.things))
         if unknown:
@@ -231,9 +241,10 @@ class DeviceFleet:
     def wait_for(self, kind: str, *, things: Sequence[str] | None = None,
                  job_id: str | None = None, timeout: float = 30.0) -> list[DeviceEvent]:
         """Block until each of ``things`` (default: every device) has had a ``kind`` event
-        (about ``job_id``, when given); return the first such event of each, in the order
-        of ``things``. TimeoutError names the devices still waited for."""
-        waited = self._waited(things)
+        (about ``job_id``, when given) since the fleet started; return the first such event
+        of each, in the order of ``things``. TimeoutError names the devices still waited
+        for."""
+        waited = self._waited(things, kind)
         with self._changed:
             if not self._changed.wait_for(
                     lambda: set(waited) <= self._firsts(kind, job_id).keys(), timeout):
@@ -247,28 +258,33 @@ class DeviceFleet:
 
     async def wait_for_async(self, kind: str, *, things: Sequence[str] | None = None,
                              job_id: str | None = None) -> list[DeviceEvent]:
-        """:meth:`wait_for` on the fleet's own loop (:func:`device_fleet_async`); bound it
-        with ``asyncio.timeout``."""
-        waited = self._waited(things)
-        waker = asyncio.Event()
-        self._wakers.add(waker)
+        """:meth:`wait_for` without blocking the caller's loop; bound it with
+        ``asyncio.timeout``."""
+        waited = self._waited(things, kind)
+        waker = (asyncio.get_running_loop(), asyncio.Event())
+        with self._changed:
+            self._wakers.add(waker)
         try:
-            while not set(waited) <= self._firsts(kind, job_id).keys():
-                waker.clear()
-                await waker.wait()
+            while True:
+                with self._changed:
+                    seen = self._firsts(kind, job_id)
+                    if set(waited) <= seen.keys():
+                        return [seen[t] for t in waited]
+                    waker[1].clear()
+                await waker[1].wait()
         finally:
-            self._wakers.discard(waker)
-        seen = self._firsts(kind, job_id)
-        return [seen[t] for t in waited]
+            with self._changed:
+                self._wakers.discard(waker)
 
     def states(self) -> dict[str, int]:
         """How many devices are in each agent state (``idle``, ``running``, ...)."""
-        return dict(self._fleet.states())
+        return dict(self._on_loop(self._fleet.states))
 
     def summary(self) -> dict[str, Any]:
         """Per device its behaviour, event count and persisted NVM; the failures survived
         (``devicesim run --summary``'s JSON)."""
-        return self._fleet.summary()
+        summary: dict[str, Any] = self._on_loop(self._fleet.summary)
+        return summary
 
     @property
     def failures(self) -> list[str]:
@@ -331,17 +347,21 @@ def device_fleet(target: Service | str | BrokerAddress, count: int = 1, *,
     with _Background("devicesim-fleet") as loop, loop.enter(device_fleet_async(
             target, count, behaviour=behaviour, mix=mix, prefix=prefix, seed=seed,
             state_dir=state_dir, agent=agent, jobs_data=jobs_data)) as fleet:
+        fleet._on_loop = loop.run
         yield fleet
 
 
-def _mix(behaviour: BehaviourSpec, mix: Mapping[Any, float] | None) -> dict[str, float]:
-    """Behaviour weights by name, each checked now (a one-line ValueError names it)."""
+def _mix(behaviour: BehaviourSpec, mix: Mapping[Any, float] | None,
+         imported: bool = True) -> dict[str, float]:
+    """Behaviour weights by name, each imported now unless not ``imported`` (a one-line
+    ValueError names one that does not)."""
     weights = {behaviour_name(k): float(v) for k, v in mix.items()} if mix else \
         {behaviour_name(behaviour): 1.0}
     for name, weight in weights.items():
         if weight < 0:
             raise ValueError(f"mix: {name}: a weight cannot be negative")
-        resolve(name)
+        if imported or ":" not in name:
+            resolve(name)
     if sum(weights.values()) <= 0:
         raise ValueError("mix: weights must add up to more than 0")
     return weights
@@ -362,12 +382,15 @@ def drill_spec(drill: DrillSpec, *, devices: int | None = None,
                mix: MixSpec | None = None, seed: int | None = None,
                timeout: float | None = None, duration: float | str | None = None,
                stall_seconds: float | None = None, external: Sequence[str] | None = None,
-               external_timeout: float | None = None) -> Drill:
+               external_timeout: float | None = None, import_behaviours: bool = True
+               ) -> Drill:
     """A drill -- a built-in name, a drill file (``str`` or ``Path``), the file's content as
     a mapping (a drill built in code, validated as a file is) or a :class:`Drill` -- with
     these changes. ``devices`` also stretches the drill's timeout for a fleet bigger than the
     one it is paced for, unless ``timeout`` is given; ``duration`` (seconds, or ``"30m"``)
-    makes it a soak; ``external``: things whose devices you run yourself."""
+    makes it a soak; ``external``: things whose devices you run yourself. Each behaviour is
+    imported now (a one-line error names one that does not), unless ``import_behaviours``
+    is false (the devices run elsewhere: shards on other hosts)."""
     if isinstance(drill, Drill):
         base = drill
     elif isinstance(drill, Mapping):
@@ -396,11 +419,12 @@ def drill_spec(drill: DrillSpec, *, devices: int | None = None,
     if behaviour is not None and mix:
         raise ValueError("behaviour and mix: choose one")
     if behaviour is not None:
-        changes.update(behaviour=next(iter(_mix(behaviour, None))), mix={})
+        changes.update(behaviour=next(iter(_mix(behaviour, None, import_behaviours))), mix={})
     if mix:
-        changes["mix"] = _mix("reference", mix)
-    else:
-        _mix(changes.get("behaviour", base.behaviour), dict(base.mix) or None)  # checked now
+        changes["mix"] = _mix("reference", mix, import_behaviours)
+    else:  # the drill's own, checked now
+        _mix(changes.get("behaviour", base.behaviour), dict(base.mix) or None,
+             import_behaviours)
     if seed is not None:
         changes["seed"] = seed
     if timeout is not None:
@@ -616,14 +640,11 @@ def _slug(text: str) -> str:
 # the background loop behind the synchronous entry points
 # ---------------------------------------------------------------------------------------------
 
-_OPEN: set[_Background] = set()
-_OPEN_LOCK = threading.Lock()
-
-
 class _Background:
     """An event loop (uvloop where installed) in a thread of its own, for synchronous
-    callers. On the way out it waits for what it runs; anything still open when the
-    interpreter exits is stopped then (``atexit``), so no broker outlives its process."""
+    callers; on the way out it waits for what it runs. (A daemon thread: a process that
+    exits with a service still open does not wait for it; its broker is stopped then,
+    :mod:`fleet.service.local`.)"""
 
     def __init__(self, name: str) -> None:
         self._name = name
@@ -637,8 +658,6 @@ class _Background:
 
     def __enter__(self) -> _Background:
         self._thread.start()
-        with _OPEN_LOCK:
-            _OPEN.add(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -650,6 +669,16 @@ class _Background:
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the loop and wait for it."""
         return self.submit(coro).result()
+
+    def run(self, fn: Callable[[], T]) -> T:
+        """``fn()`` called on the loop (what it reads is the loop's), its result here; once
+        the loop is closed, here."""
+        async def call() -> T:
+            return fn()
+
+        if self._loop.is_closed():
+            return fn()
+        return self.call(call())
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         self._loop.call_soon_threadsafe(fn, *args)
@@ -666,19 +695,23 @@ class _Background:
         try:
             yield value
         except BaseException as e:
-            self._exits.remove(leave)
-            if not self.call(manager.__aexit__(type(e), e, e.__traceback__)):
+            if sys.is_finalizing():  # a service left open, collected at exit: its thread
+                raise  # cannot run any more (the broker was stopped at exit, local.py)
+            if leave in self._exits:  # else close() left it already
+                self._exits.remove(leave)
+                if not self.call(manager.__aexit__(type(e), e, e.__traceback__)):
+                    raise
+            else:
                 raise
         else:
-            self._exits.remove(leave)
-            leave()
+            if leave in self._exits:
+                self._exits.remove(leave)
+                leave()
 
     def close(self) -> None:
-        with _OPEN_LOCK:
-            if self not in _OPEN:
-                return
-            _OPEN.discard(self)
-        while self._exits:  # left open (atexit): exit them now
+        if self._loop.is_closed() or sys.is_finalizing():
+            return
+        while self._exits:  # left open: exit them now
             self._exits.pop()()
         if self._thread.is_alive():
             self.call(self._shutdown())
@@ -693,13 +726,4 @@ class _Background:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._loop.shutdown_asyncgens()
         await self._loop.shutdown_default_executor()
-
-
-@atexit.register
-def _close_all() -> None:
-    with _OPEN_LOCK:
-        left = list(_OPEN)
-    for background in left:
-        with contextlib.suppress(Exception):
-            background.close()
 

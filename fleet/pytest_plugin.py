@@ -15,19 +15,21 @@ Fixtures:
   Each fleet's things are named after the test (``<test>-0000``, ...) unless ``prefix=``.
 * ``run_drill``: ``run_drill(name_or_spec, devices=..., behaviour=..., ...)`` ->
   :class:`fleet.api.DrillOutcome` (``.passed``, ``.failed``, ``.explain()``, ...). Its
-  reports go to ``<--devicesim-reports>/<test>/<drill>/`` and stay there.
+  reports go to ``<--devicesim-reports>/<test>-<hash>/<drill>/`` and stay there.
 
 Drill size: ``--drill-size quick`` (default) runs drills with at most
 :data:`QUICK_DEVICES` devices (and a soak for at most :data:`QUICK_SOAK_SECONDS`);
 ``--drill-size full`` at the drill's own size; ``@pytest.mark.drill_size("full")`` pins one
-test's size. ``devices=`` given to ``run_drill`` always wins.
+test's size. ``devices=`` (``duration=``) given to ``run_drill`` always wins.
 
-When a test that ran drills fails, its report gains a section per drill that did not pass:
-the failing invariants, the devices, the first violations and the report's path.
+When a test that ran drills fails, its report gains a section per drill it ran: the
+verdict and the report's path, and for a drill that did not pass its failing invariants,
+their devices and first violations.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -165,8 +167,8 @@ class DrillRunner:
         from fleet.api import drill_spec
 
         base = drill_spec(drill)
-        if devices is None and self.size == "quick":
-            if base.devices > QUICK_DEVICES:
+        if self.size == "quick":
+            if devices is None and base.devices > QUICK_DEVICES:
                 devices = QUICK_DEVICES
             if base.duration is not None and "duration" not in changes:
                 changes["duration"] = min(base.duration, QUICK_SOAK_SECONDS)
@@ -205,7 +207,9 @@ def run_drill(request: pytest.FixtureRequest) -> DrillRunner:
     root = Path(_option(config, "devicesim_reports"))
     if not root.is_absolute():
         root = config.rootpath / root
-    folder = root / _slug(request.node.nodeid.replace("::", "__"), 120)
+    nodeid = request.node.nodeid
+    digest = hashlib.sha1(nodeid.encode()).hexdigest()[:8]  # tests whose slugs are alike
+    folder = root / f"{_slug(nodeid.replace('::', '__'), 100)}-{digest}"
     shutil.rmtree(folder, ignore_errors=True)  # this run's reports only
     outcomes: list[DrillOutcome] = []
     request.node.stash[_OUTCOMES] = outcomes

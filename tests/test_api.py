@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from devicesim.behaviours import Behaviour, LostAccessNotice, Reaction, behaviour_name
+from devicesim.mqtt import SECRET_ENV
 from devicesim.wire import history
 from fleet import api
+from fleet.broker import BrokerAddress, BrokerError
 from fleet.checker import Status, check
 from fleet.drill import spec
 
@@ -38,6 +43,7 @@ DRILL = {
         {"action": "create-job", "job": "update-1",
          "document": {"operation": "firmware-update", "version": "2.0.0"}},
         {"action": "force-delete-job", "job": "update-1", "when": {"started": 0.5}},
+        {"action": "settle"},  # until every device is idle, nothing pending
     ],
 }
 
@@ -222,3 +228,90 @@ def test_drill_spec_changes_and_the_timeout_it_stretches() -> None:
     assert api.drill_spec(base, duration="1m30s").duration == 90
     assert api.drill_spec(DRILL).name == "in-code"
     assert "force-delete" in api.builtin_drills()
+
+
+# ---------------------------------------------------------------------------------------------
+# across threads and on the way out
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.broker
+async def test_waiting_on_this_loop_for_a_fleet_on_a_background_loop() -> None:
+    """The sync forms (the fixtures) from an async test: ``wait_for_async`` wakes up on the
+    test's loop as the fleet's own loop records the events."""
+    with api.jobs_service() as service, api.device_fleet(service, 2) as devices:
+        await asyncio.to_thread(service.iot.create_job, jobId="j1", targets=devices.arns,
+                                document=SLEEP)
+        async with asyncio.timeout(30):
+            finished = await devices.wait_for_async("job_finished", job_id="j1")
+        assert [e.thing_name for e in finished] == devices.things
+        with pytest.raises(ValueError, match="'job_done' is not a device event"):
+            await devices.wait_for_async("job_done")
+    assert sum(devices.states().values()) == 2  # read after the fleet's loop closed
+
+
+def child_mosquittos() -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmd = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"mosquitto" in cmd:
+                found.add(int(entry.name))
+    return found
+
+
+@pytest.mark.broker
+async def test_cancelled_while_the_broker_starts_leaves_no_broker() -> None:
+    before = child_mosquittos()
+
+    async def enter() -> None:
+        async with api.jobs_service_async():
+            raise AssertionError("cancelled before it was up")
+
+    task = asyncio.create_task(enter())
+    await asyncio.sleep(0)  # one step: it is waiting for the broker to start
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert child_mosquittos() == before
+
+
+@pytest.mark.broker
+def test_a_service_left_open_is_stopped_when_the_process_exits() -> None:
+    script = ("from fleet import api\nfrom fleet.service import local\n"
+              "service = api.jobs_service()\nservice.__enter__()\n"
+              "print(*(b.pid for b in local._RUNNING), flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=True)
+    pid = int(done.stdout.split()[0])
+    assert not Path(f"/proc/{pid}").exists() or \
+        Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+
+@pytest.mark.broker
+def test_a_plugin_broker_without_the_privileged_secret_is_a_clear_error(
+        broker_address: BrokerAddress, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not broker_address.aws_semantics:
+        pytest.skip("the devicesim_aws plugin is not built")
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    with pytest.raises(BrokerError, match=r"the jobs service cannot serve on it: .*"
+                                          r"privileged identity: \$DEVICESIM_BROKER_SECRET"), \
+            api.jobs_service(broker=broker_address.url):
+        pass
+    monkeypatch.setenv(SECRET_ENV, broker_address.secret or "")
+    with api.jobs_service(broker=broker_address.url) as service:  # with it, it serves
+        assert service.iot.list_jobs()["jobs"] == []
+
+
+def test_behaviours_of_devices_that_run_elsewhere_need_not_import_here() -> None:
+    with pytest.raises(ValueError, match="cannot import 'not_here.firmware'"):
+        api.drill_spec("force-delete", behaviour="not_here.firmware:Device")
+    drill = api.drill_spec("force-delete", behaviour="not_here.firmware:Device",
+                           import_behaviours=False)
+    assert drill.behaviour == "not_here.firmware:Device"
+    with pytest.raises(ValueError, match="behaviour 'nope': unknown"):  # a built-in name is
+        api.drill_spec("force-delete", behaviour="nope", import_behaviours=False)  # checked

@@ -13,6 +13,11 @@ from pathlib import Path
 
 import pytest
 
+# the report page's matplotlib (and numpy), imported before any pytester fixture: an
+# in-process pytester run forgets the modules imported meanwhile, and numpy cannot be
+# imported twice in one process
+import fleet.checker.html  # noqa: F401
+
 pytestmark = pytest.mark.broker
 
 #: the user's project: pytest-asyncio (installed here) wants its loop scope said; warnings
@@ -126,10 +131,13 @@ def test_a_failing_drill_names_its_invariants_devices_and_report(
         "    dev-* rollout-1: * in an invalid state*",
         "  valid-end: FAIL, *",
         "  report: */reports/devicesim/test_a_failing_drill_names_its_invariants_devices_and_"
-        "report_py__test_recovery/force-delete/report.html *",
+        "report_py__test_recovery-*/force-delete/report.html *",
     ])
     report = Path(re.search(r"  report: (\S+)", out).group(1))  # type: ignore[union-attr]
     assert report.is_file()
+    # the test's folder: its name, and a hash of its node id (tests alike in name differ)
+    assert re.fullmatch(r"test_a_failing_drill_names_its_invariants_devices_and_report_py__"
+                        r"test_recovery-[0-9a-f]{8}", report.parent.parent.name)
     assert (report.parent / "history.jsonl").is_file()
     assert json.loads((report.parent / "report.json").read_text())["status"] == "FAIL"
     assert children() - before == set()

@@ -161,7 +161,8 @@ def _drill_from(args: argparse.Namespace) -> spec.Drill:
             mix=parse_mix(args.mix) if args.mix else None, seed=args.seed,
             timeout=args.timeout, duration=args.duration, stall_seconds=args.stall_seconds,
             external=None if args.external is None else args.external.split(","),
-            external_timeout=args.external_timeout)
+            external_timeout=args.external_timeout,
+            import_behaviours=not args.shards)  # shards import their own
     except spec.DrillError:
         raise
     except ValueError as e:  # "devices: ..." -> "--devices: ..."

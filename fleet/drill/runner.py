@@ -43,6 +43,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from devicesim.behaviours import IMPORT_PATH_ENV
 from devicesim.documents import stretched
 from devicesim.engine import Fleet, FleetConfig, assign_behaviours
 from devicesim.metrics import LiveMetrics
@@ -605,7 +606,7 @@ class _Run:
         # the workers' links to the drill: the plain listener (a privileged client with its
         # secret; their devices speak TLS in the secure profile)
         link = self.address if self.broker is None else self.broker.address
-        env = {**os.environ, "PYTHONPATH": _worker_path()}
+        env = {**os.environ, IMPORT_PATH_ENV: _import_path()}
         if self.address.secret is not None:  # the drill's topics are not a device's
             env[SECRET_ENV] = self.address.secret
         for w in range(shards):
@@ -1181,15 +1182,11 @@ class _Run:
                   eventCounts=self.event_counts, received=dict(self.received))
 
 
-def _worker_path() -> str:
-    """The workers' PYTHONPATH: this process's, and the folders put on ``sys.path`` here
-    (by pytest's ``pythonpath``, a test's rootdir, the caller), so that a worker imports a
-    behaviour plugin this process could (outside the interpreter's own folders)."""
-    own = (sys.prefix, sys.base_prefix)
-    paths = [*os.environ.get("PYTHONPATH", "").split(os.pathsep),
-             *(os.path.abspath(p) for p in sys.path
-               if p and not p.startswith(own) and os.path.isdir(p))]
-    return os.pathsep.join(dict.fromkeys(p for p in paths if p))
+def _import_path() -> str:
+    """The folders on this process's ``sys.path``, for its device workers to import a
+    behaviour plugin from as this process could (one on pytest's ``pythonpath``, a test's
+    rootdir, a folder the caller added): they look there after their own."""
+    return os.pathsep.join(os.path.abspath(p) for p in sys.path if p and os.path.isdir(p))
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

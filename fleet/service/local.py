@@ -9,12 +9,13 @@ way in stops what had started.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from devicesim.mqtt import OnFailure
+from devicesim.mqtt import SECRET_ENV, MqttError, OnFailure
 from devicesim.wire.history import Op
 from fleet import certs
 from fleet.broker import BrokerAddress, BrokerError, EmbeddedBroker, probe
@@ -57,15 +58,19 @@ async def serving(*, state: Path, broker: BrokerAddress | None = None,
     cert_dir = cert_dir or (state.parent / "certs" if secure else None)
     ca = None if cert_dir is None else await asyncio.to_thread(certs.ensure, cert_dir)
     embedded: EmbeddedBroker | None = None
-    if broker is not None:
-        if await asyncio.to_thread(probe, broker) != 0:
-            raise BrokerError(f"broker {broker.url} refused the connection")
-        address = broker
-    else:
-        embedded = EmbeddedBroker(work_dir=state.parent / "broker", port=mqtt_port or None,
-                                  secure=ca if secure else None)
-        address = await asyncio.to_thread(embedded.start)
+    started: asyncio.Future[BrokerAddress] | None = None
     try:
+        if broker is not None:
+            if await asyncio.to_thread(probe, broker) != 0:
+                raise BrokerError(f"broker {broker.url} refused the connection")
+            address = broker
+        else:
+            embedded = EmbeddedBroker(work_dir=state.parent / "broker",
+                                      port=mqtt_port or None, secure=ca if secure else None)
+            _RUNNING.add(embedded)
+            # shielded: cancelled meanwhile, the broker still starts, and is stopped below
+            started = asyncio.ensure_future(asyncio.to_thread(embedded.start))
+            address = await asyncio.shield(started)
         tls = None if embedded is None else embedded.tls_address
         own = tls or address  # the secure profile: the service speaks TLS too
         service = JobsService(ServiceConfig(
@@ -77,11 +82,39 @@ async def serving(*, state: Path, broker: BrokerAddress | None = None,
             principals=embedded.principals_path if embedded is not None and secure else None,
             record_all_requests=record_all_requests), on_failure=on_failure, record=record)
         try:
-            await service.start()
+            try:
+                await service.start()
+            except MqttError as e:
+                raise BrokerError(
+                    f"broker {own.url}: the jobs service cannot serve on it: {e} (a broker "
+                    f"running the devicesim_aws plugin admits it with its privileged "
+                    f"identity: ${SECRET_ENV}, as fleet up's ready file says)") from None
             yield Serving(broker=address, devices=tls or address, service=service,
                           embedded=embedded, certs=ca)
         finally:
             await service.stop()
     finally:
+        if started is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(started)
         if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
+            await _stopped(embedded)
+
+
+#: the embedded brokers started here and not stopped yet: any still running when the
+#: interpreter exits (a service left open) is stopped then, so none outlives its process
+_RUNNING: set[EmbeddedBroker] = set()
+
+
+async def _stopped(embedded: EmbeddedBroker) -> None:
+    try:
+        await asyncio.shield(asyncio.to_thread(embedded.stop))
+    finally:
+        _RUNNING.discard(embedded)
+
+
+@atexit.register
+def _stop_left() -> None:
+    for embedded in list(_RUNNING):
+        with contextlib.suppress(Exception):
+            embedded.stop()
