@@ -585,11 +585,13 @@ async def run_drill_async(drill: DrillSpec, *, devices: int | None = None,
     process); ``broker``: a Mosquitto you run instead of the embedded one; ``status`` hears
     the schedule's steps; ``html``: draw ``report.html`` too. ``options`` gives the
     runner's every option (:class:`~fleet.drill.runner.RunOptions`: ``fleet drill``'s)."""
+    options = options or RunOptions()
     plan = drill_spec(drill, devices=devices, behaviour=behaviour, mix=mix, seed=seed,
-                      timeout=timeout, duration=duration)
+                      timeout=timeout, duration=duration,
+                      import_behaviours=not options.shards)  # shards import their own
     if workers < 1 or workers > max(1, plan.devices):
         raise ValueError(f"workers: between 1 and the fleet's {plan.devices} devices")
-    options = dataclasses.replace(options or RunOptions(), workers=workers)
+    options = dataclasses.replace(options, workers=workers)
     if broker is not None:
         options = dataclasses.replace(options, broker_url=broker)
     if status is not None:

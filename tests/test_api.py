@@ -18,7 +18,7 @@ from devicesim.behaviours import Behaviour, LostAccessNotice, Reaction, behaviou
 from devicesim.mqtt import SECRET_ENV
 from devicesim.wire import history
 from fleet import api
-from fleet.broker import BrokerAddress, BrokerError
+from fleet.broker import BrokerAddress, BrokerError, free_port
 from fleet.checker import Status, check
 from fleet.drill import spec
 
@@ -307,7 +307,8 @@ def test_a_plugin_broker_without_the_privileged_secret_is_a_clear_error(
         assert service.iot.list_jobs()["jobs"] == []
 
 
-def test_behaviours_of_devices_that_run_elsewhere_need_not_import_here() -> None:
+def test_behaviours_of_devices_that_run_elsewhere_need_not_import_here(
+        capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ValueError, match="cannot import 'not_here.firmware'"):
         api.drill_spec("force-delete", behaviour="not_here.firmware:Device")
     drill = api.drill_spec("force-delete", behaviour="not_here.firmware:Device",
@@ -315,3 +316,12 @@ def test_behaviours_of_devices_that_run_elsewhere_need_not_import_here() -> None
     assert drill.behaviour == "not_here.firmware:Device"
     with pytest.raises(ValueError, match="behaviour 'nope': unknown"):  # a built-in name is
         api.drill_spec("force-delete", behaviour="nope", import_behaviours=False)  # checked
+    # fleet drill --shards: the shards' hosts have the plugin, the drill's need not
+    from fleet.cli import main
+
+    port = free_port()
+    assert main(["drill", "--shards", "2", "--broker", f"mqtt://127.0.0.1:{port}",
+                 "--behaviour", "not_here.firmware:Device", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach broker" in err, err
+    assert "not_here" not in err
