@@ -31,6 +31,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import logging
 import re
 import sys
 import tempfile
@@ -43,7 +44,7 @@ from typing import Any, TypeVar
 
 from devicesim.agent import AgentConfig
 from devicesim.behaviours import Behaviour, behaviour_name, resolve
-from devicesim.engine import Fleet, FleetConfig
+from devicesim.engine import Fleet, FleetConfig, describe
 from devicesim.loop import loop_factory
 from devicesim.wire.events import DeviceEvent, DeviceEventKind
 from devicesim.wire.history import Op, read
@@ -64,6 +65,7 @@ __all__ = [
     "drill_spec", "jobs_service", "jobs_service_async", "run_drill", "run_drill_async",
 ]
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 #: the device events' kinds (docs/history.md)
 KINDS = frozenset(k.value for k in DeviceEventKind)
@@ -95,6 +97,9 @@ class Service:
         self.state = state
         self.region = settings.region
         self.account_id = settings.account_id
+        #: one line per failure the service survived (a raising handler, a failed timer
+        #: iteration, ...), ``"{where}: {Type}: {message}"``; each is also logged at ERROR
+        self.failures: list[str] = []
 
     def __repr__(self) -> str:
         return (f"Service(broker_url={self.broker_url!r}, endpoint={self.endpoint!r}, "
@@ -145,13 +150,22 @@ async def jobs_service_async(*, broker: str | BrokerAddress | None = None,
         if state is None:
             state = Path(stack.enter_context(tempfile.TemporaryDirectory(
                 prefix="devicesim-service-"))) / "jobs.db"
-        async with serving(state=state, broker=address, settings=settings,
-                           seed=seed) as up:
+        survived: list[str] = []
+
+        def failed(where: str, error: BaseException) -> None:
+            log.error("jobs service: component failed where=%r error=%r", where, error)
+            survived.append(f"{where}: {describe(error)}")
+
+        async with serving(state=state, broker=address, settings=settings, seed=seed,
+                           on_failure=failed) as up:
             assert up.service.endpoint is not None
             assert up.service.jobs_data_endpoint is not None
-            yield Service(broker=up.broker, devices=up.devices, endpoint=up.service.endpoint,
-                          jobs_data_endpoint=up.service.jobs_data_endpoint, state=state,
-                          settings=settings)
+            service = Service(broker=up.broker, devices=up.devices,
+                              endpoint=up.service.endpoint,
+                              jobs_data_endpoint=up.service.jobs_data_endpoint, state=state,
+                              settings=settings)
+            service.failures = survived
+            yield service
 
 
 @contextlib.contextmanager

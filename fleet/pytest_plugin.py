@@ -13,6 +13,8 @@ Fixtures:
 * ``device_fleet``: a factory, ``device_fleet(count, behaviour=..., ...)`` ->
   :class:`fleet.api.DeviceFleet`, connected to ``jobs_service``; stopped after the test.
   Each fleet's things are named after the test (``<test>-0000``, ...) unless ``prefix=``.
+* A failure the service or a device survived during the test (a handler or a behaviour
+  that raised) is an error in the test's teardown, naming it.
 * ``run_drill``: ``run_drill(name_or_spec, devices=..., behaviour=..., ...)`` ->
   :class:`fleet.api.DrillOutcome` (``.passed``, ``.failed``, ``.explain()``, ...). Its
   reports go to ``<--devicesim-reports>/<test>-<hash>/<drill>/`` and stay there.
@@ -127,6 +129,7 @@ def jobs_service(devicesim_broker: BrokerAddress, tmp_path_factory: pytest.TempP
     state = tmp_path_factory.mktemp("devicesim-service") / "jobs.db"
     with start(broker=devicesim_broker, state=state) as service:
         yield service
+    _survived("the jobs service", service.failures)
 
 
 @pytest.fixture
@@ -138,17 +141,28 @@ def device_fleet(jobs_service: Service, request: pytest.FixtureRequest
 
     from fleet.api import device_fleet as start
 
+    fleets: list[DeviceFleet] = []
     with contextlib.ExitStack() as stack:
-        made = 0
 
         def factory(count: int = 1, **options: Any) -> DeviceFleet:
-            nonlocal made
-            made += 1
+            made = len(fleets) + 1
             options.setdefault("prefix", f"{_slug(request.node.name, 40)}"
                                          f"{'' if made == 1 else f'-{made}'}-")
-            return stack.enter_context(start(jobs_service, count, **options))
+            fleets.append(stack.enter_context(start(jobs_service, count, **options)))
+            return fleets[-1]
 
         yield factory
+    _survived("the devices", [line for fleet in fleets for line in fleet.failures])
+
+
+def _survived(who: str, failures: list[str]) -> None:
+    """A test after which the service or a device had survived failures errors in its
+    teardown, naming them: the test passed, but something broke on the way (a behaviour
+    that raised, a service handler that did)."""
+    if failures:
+        shown = "\n  ".join(failures[:10])
+        pytest.fail(f"{who} survived {len(failures)} failure(s) during the test:\n  {shown}"
+                    + ("\n  ..." if len(failures) > 10 else ""), pytrace=False)
 
 
 class DrillRunner:

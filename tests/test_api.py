@@ -79,6 +79,7 @@ def test_a_job_through_a_service_and_a_fleet() -> None:
             assert {op.process for op in devices.ops} >= set(devices.things)
             assert devices.summary()["things"]["api-0002"]["behaviour"] == "tests.test_api:Careful"
             assert devices.failures == []
+            assert service.failures == []
             with pytest.raises(TimeoutError, match=r"'lost_access': 3 of 3 devices had none "
                                                    r"after 0.2 s \(api-0000, api-0001, api-0002\)"):
                 devices.wait_for("lost_access", timeout=0.2)  # nothing takes access away

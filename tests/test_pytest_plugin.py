@@ -264,3 +264,33 @@ def test_the_readme_example_runs_as_written(project: pytest.Pytester) -> None:
     project.syspathinsert(root / "examples")
     project.makepyfile(test_readme=example)
     project.runpytest_inprocess().assert_outcomes(passed=2)
+
+
+def test_a_failure_a_device_survived_errors_the_test(project: pytest.Pytester) -> None:
+    """A behaviour that raises does not crash its device (it goes on with its next event)
+    but the test does not pass quietly: its teardown errors, naming the failure."""
+    project.makepyfile("""
+        import json
+
+        from devicesim.behaviours import Behaviour
+
+        class Raising(Behaviour):
+            def on_lost_access(self, notice):
+                raise RuntimeError("boom: a firmware bug")
+
+        def test_it(jobs_service, device_fleet):
+            devices = device_fleet(1, behaviour=Raising)
+            jobs_service.iot.create_job(jobId="j1", targets=devices.arns, document=json.dumps(
+                {"operation": "sleep", "seconds": 30}))
+            devices.wait_for("job_started", job_id="j1")
+            jobs_service.iot.delete_job(jobId="j1", force=True)
+            devices.wait_for("error")
+            assert devices.failures
+    """)
+    result = project.runpytest_inprocess()
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines([
+        "*ERROR at teardown of test_it*",
+        "the devices survived 1 failure(s) during the test:",
+        "  device test_it-0000: RuntimeError: boom: a firmware bug",
+    ])
