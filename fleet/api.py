@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import logging
 import re
+import secrets
 import sys
 import tempfile
 import threading
@@ -156,8 +157,10 @@ async def jobs_service_async(*, broker: str | BrokerAddress | None = None,
             log.error("jobs service: component failed where=%r error=%r", where, error)
             survived.append(f"{where}: {describe(error)}")
 
+        # a client id of its own and a clean session: services on one broker one after
+        # another (one per test on the session's) leave nothing on it for the next
         async with serving(state=state, broker=address, settings=settings, seed=seed,
-                           on_failure=failed) as up:
+                           on_failure=failed, session=secrets.token_hex(4)) as up:
             assert up.service.endpoint is not None
             assert up.service.jobs_data_endpoint is not None
             service = Service(broker=up.broker, devices=up.devices,

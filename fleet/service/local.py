@@ -21,7 +21,7 @@ from fleet import certs
 from fleet.broker import BrokerAddress, BrokerError, EmbeddedBroker, probe
 from fleet.certs import CertDir
 from fleet.service.settings import ServiceSettings
-from fleet.service.shell import JobsService, ServiceConfig
+from fleet.service.shell import SERVICE_CLIENT_ID, JobsService, ServiceConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,12 +46,16 @@ async def serving(*, state: Path, broker: BrokerAddress | None = None,
                   credentials: Mapping[str, str] | None = None,
                   on_failure: OnFailure | None = None,
                   record: Callable[[Op], None] | None = None,
-                  record_all_requests: bool = False) -> AsyncIterator[Serving]:
+                  record_all_requests: bool = False,
+                  session: str | None = None) -> AsyncIterator[Serving]:
     """Serve the jobs service, its state in ``state`` (an SQLite file; restarted on the same
     file it continues), on ``broker`` or on an embedded Mosquitto whose work dir is beside
     the state. ``secure``: the embedded broker's TLS listener admits devices by certificate
     (``cert_dir``: the local CA, made if missing); ``credentials``: the control plane
-    requires SigV4 signatures made with them."""
+    requires SigV4 signatures made with them. ``session``: a name of this service's own
+    on the broker, with a clean session (it is not restarted, and leaves nothing behind);
+    default: the one name every service shares, with a persistent session (restarted on
+    its state, it receives what was sent meanwhile)."""
     if secure and broker is not None:
         raise ValueError("--secure runs its own broker (with a TLS listener): drop --broker")
     state.parent.mkdir(parents=True, exist_ok=True)
@@ -80,7 +84,9 @@ async def serving(*, state: Path, broker: BrokerAddress | None = None,
             authority=None if ca is None else certs.Authority.load(ca),
             https=(ca.server, ca.server_key) if ca is not None and secure else None,
             principals=embedded.principals_path if embedded is not None and secure else None,
-            record_all_requests=record_all_requests), on_failure=on_failure, record=record)
+            record_all_requests=record_all_requests,
+            client_id=SERVICE_CLIENT_ID if session is None else f"{SERVICE_CLIENT_ID}-{session}",
+            persistent_session=session is None), on_failure=on_failure, record=record)
         try:
             try:
                 await service.start()

@@ -70,6 +70,13 @@ class ServiceConfig:
     record_requests_of: frozenset[str] = frozenset()
     #: record every device's requests so (``fleet up --metrics-port``: live metrics)
     record_all_requests: bool = False
+    #: its MQTT client id, and whether its session outlives the connection: a service
+    #: restarted on its state (a drill's restart-service, ``fleet up`` again) then receives
+    #: what devices sent meanwhile. A service that is not restarted may take a client id of
+    #: its own and a clean session, so that services on one broker one after another
+    #: (tests) leave no session behind
+    client_id: str = SERVICE_CLIENT_ID
+    persistent_session: bool = True
 
 
 class JobsService:
@@ -111,7 +118,8 @@ class JobsService:
     async def start(self) -> None:
         b = self.config.broker
         self._client = Client(
-            b.client_options(SERVICE_CLIENT_ID, clean_session=False, keepalive=30,
+            b.client_options(self.config.client_id,
+                             clean_session=not self.config.persistent_session, keepalive=30,
                              max_inflight=0, mqtt5=True, no_local=True, manual_ack=True),
             self._pump, on_message=lambda topic, payload: self._on_message(topic, payload, None),
             on_message_from=self._on_message)
