@@ -1,6 +1,7 @@
 """devicesim's Python API: the emulated AWS IoT Jobs service, a device fleet and a drill, from
-your own code and tests (docs/python-api.md). The ``fleet`` and ``devicesim`` commands and
-the pytest plugin (:mod:`fleet.pytest_plugin`) are users of it.
+your own code and tests (docs/python-api.md). ``fleet drill`` and the pytest plugin
+(:mod:`fleet.pytest_plugin`) are users of it; it starts the service as ``fleet up`` does
+(:mod:`fleet.service.local`) and devices as ``devicesim run`` does (:mod:`devicesim.engine`).
 
 Each entry point comes in two forms. The plain one is for synchronous code (a pytest test,
 a script): it runs on its own event loop in a background thread, so it also works under a
@@ -90,7 +91,8 @@ class Service:
     :attr:`iot` and :attr:`jobs_data` are boto3 clients bound to them."""
 
     def __init__(self, *, broker: BrokerAddress, devices: BrokerAddress, endpoint: str,
-                 jobs_data_endpoint: str, state: Path, settings: ServiceSettings) -> None:
+                 jobs_data_endpoint: str, state: Path, settings: ServiceSettings,
+                 failures: list[str] | None = None) -> None:
         self.broker = broker
         self.broker_url = devices.url
         self.endpoint = endpoint
@@ -100,7 +102,7 @@ class Service:
         self.account_id = settings.account_id
         #: one line per failure the service survived (a raising handler, a failed timer
         #: iteration, ...), ``"{where}: {Type}: {message}"``; each is also logged at ERROR
-        self.failures: list[str] = []
+        self.failures = [] if failures is None else failures
 
     def __repr__(self) -> str:
         return (f"Service(broker_url={self.broker_url!r}, endpoint={self.endpoint!r}, "
@@ -124,7 +126,7 @@ class Service:
         return self.client("iot-jobs-data")
 
     def thing_arn(self, thing: str) -> str:
-        return f"arn:aws:iot:{self.region}:{self.account_id}:thing/{thing}"
+        return _thing_arn(self.region, self.account_id, thing)
 
     def thing_arns(self, things: Sequence[str]) -> list[str]:
         return [self.thing_arn(t) for t in things]
@@ -166,8 +168,7 @@ async def jobs_service_async(*, broker: str | BrokerAddress | None = None,
             service = Service(broker=up.broker, devices=up.devices,
                               endpoint=up.service.endpoint,
                               jobs_data_endpoint=up.service.jobs_data_endpoint, state=state,
-                              settings=settings)
-            service.failures = survived
+                              settings=settings, failures=survived)
             yield service
 
 
@@ -195,7 +196,7 @@ class DeviceFleet:
     def __init__(self, fleet: Fleet, region: str, account_id: str) -> None:
         self._fleet = fleet
         self.things = fleet.config.thing_names()
-        self.arns = [f"arn:aws:iot:{region}:{account_id}:thing/{t}" for t in self.things]
+        self.arns = [_thing_arn(region, account_id, t) for t in self.things]
         self.behaviours = dict(fleet.assignment)
         self._ops: list[Op] = []
         self._events: dict[str, list[DeviceEvent]] = {}  # by kind
@@ -217,7 +218,8 @@ class DeviceFleet:
             self._changed.notify_all()
             wakers = list(self._wakers)
         for loop, waker in wakers:
-            loop.call_soon_threadsafe(waker.set)
+            with contextlib.suppress(RuntimeError):  # its loop closed meanwhile
+                loop.call_soon_threadsafe(waker.set)
 
     @property
     def ops(self) -> list[Op]:
@@ -649,6 +651,10 @@ def run_drill(drill: DrillSpec, *, devices: int | None = None,
             with contextlib.suppress(Exception):
                 future.result()  # the drill stops in order
             raise
+
+
+def _thing_arn(region: str, account_id: str, thing: str) -> str:
+    return f"arn:aws:iot:{region}:{account_id}:thing/{thing}"
 
 
 def _slug(text: str) -> str:
