@@ -72,8 +72,8 @@ T = TypeVar("T")
 #: the device events' kinds (docs/history.md)
 KINDS = frozenset(k.value for k in DeviceEventKind)
 BehaviourSpec = str | type[Behaviour]
-#: behaviour weights (``{"reference": 0.9, MyDevice: 0.1}``)
-MixSpec = Mapping[str, float] | Mapping[type[Behaviour], float] | Mapping[BehaviourSpec, float]
+#: behaviour weights, each a name or a class (``{"reference": 0.9, MyDevice: 0.1}``)
+MixSpec = Mapping[Any, float]
 DrillSpec = str | Path | Mapping[str, Any] | Drill
 
 # ---------------------------------------------------------------------------------------------
