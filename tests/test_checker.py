@@ -1104,3 +1104,19 @@ def test_steady_is_inconclusive_for_a_soak_too_short_and_absent_elsewhere() -> N
     assert short.status is Status.INCONCLUSIVE
     assert next(r for r in check(drill(), Budgets()).results
                 if r.name == "steady").status is Status.NO_CASES
+
+
+def test_a_partition_begins_when_the_proxy_was_asked() -> None:
+    """The proxy cuts the connections before it answers the drill, which then writes the
+    ``network-fault`` marker: a device may record its cut first. The spell begins at the
+    marker's ``start``; a marker without one (older histories) begins at its own time."""
+    h = History()
+    h.drill(0.0, "start", {"seed": 1})
+    h.drill(3.5, "network-fault", {"kind": "cut", "things": ["dev-0001"], "connections": 1,
+                                   "start": T0 + 3.49})
+    h.drill(3.6, "network-fault", {"kind": "blackhole", "things": ["dev-0002"],
+                                   "connections": 1})
+    h.drill(5.0, "network-heal", {"released": 0, "connections": 1})
+    tl = timeline.build(h.ops)
+    assert tl.partitioned["dev-0001"] == [(T0 + 3.49, T0 + 5.0)]
+    assert tl.partitioned["dev-0002"] == [(T0 + 3.6, T0 + 5.0)]

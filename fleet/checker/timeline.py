@@ -897,11 +897,13 @@ def _network(tl: Timeline, op: Op) -> None:
     if op.value.get("kind") not in PARTITIONING:
         return
     things = op.value.get("things")
+    start = op.value.get("start")  # when the proxy was asked: it acts before the marker
+    begin = min(float(start), op.time) if isinstance(start, int | float) else op.time
     for thing in dict.fromkeys(t for t in things if isinstance(t, str) and t) \
             if isinstance(things, list) else ():
         spells = tl.partitioned.setdefault(thing, [])
         if not spells or spells[-1][1] != _NEVER:
-            spells.append((op.time, _NEVER))
+            spells.append((begin, _NEVER))
 
 
 def _request(tl: Timeline, op: Op, pending: dict[tuple[str, str, str], list[Request]]) -> None:

@@ -1030,7 +1030,9 @@ class _Run:
 
     async def network(self, step: Step) -> None:
         """A network fault at the proxy, or the heal of all: recorded once in effect, with
-        the open connections it hit (and, for the heal, the bytes it had held)."""
+        the open connections it hit and when it was asked of the proxy (``start``: a device
+        may record its cut connection before the marker is written); for the heal, the
+        bytes it had held."""
         kind = NETWORK_ACTIONS[step.action]
         if kind is None:
             answer = await self._proxy(heal=None)
@@ -1045,12 +1047,13 @@ class _Run:
         things = self.sample(pool, step.fraction)
         if kind in PARTITIONING:
             self.partitioned.update(things)
+        start = time.time()  # the proxy acts before it answers: a device may see it first
         answer = await self._proxy(fault=kind, things=things, seconds=step.seconds,
                                    rate=step.rate)
         detail = {"seconds": step.seconds} if kind == "delay" else \
             {"rate": step.rate} if kind == "throttle" else {}
         self.mark("network-fault", kind=kind, things=things, connections=answer["connections"],
-                  **detail)
+                  start=round(start, 6), **detail)
 
     async def deleted(self, controller: Controller, before: dict[str, int]) -> None:
         """Until each job's deletion completed: told by its ``deleted`` jobs event when
