@@ -212,9 +212,10 @@ class DeviceFleet:
     def _record(self, op: Op) -> None:  # the fleet's record hook, on its loop
         with self._changed:
             self._ops.append(op)
-            if op.f.startswith("device:"):
-                self._events.setdefault(op.f[len("device:"):], []).append(
-                    DeviceEvent.from_dict(op.value))
+            if not op.f.startswith("device:"):
+                return  # waiters wait for device events only
+            self._events.setdefault(op.f[len("device:"):], []).append(
+                DeviceEvent.from_dict(op.value))
             self._changed.notify_all()
             wakers = list(self._wakers)
         for loop, waker in wakers:
@@ -240,12 +241,22 @@ class DeviceFleet:
             found.sort(key=lambda e: (e.timestamp, e.seq or 0))
         return found
 
-    def _firsts(self, kind: str, job_id: str | None) -> dict[str, DeviceEvent]:
+    def _firsts(self, kind: str, job_id: str | None) -> Callable[[], dict[str, DeviceEvent]]:
+        """Each device's first ``kind`` event (about ``job_id``) so far, for a waiter:
+        each call (under the lock) reads only the events recorded since the last."""
         seen: dict[str, DeviceEvent] = {}
-        for event in self._events.get(kind, ()):
-            if job_id is None or event.job_id == job_id:
-                seen.setdefault(event.thing_name, event)
-        return seen
+        read = 0
+
+        def update() -> dict[str, DeviceEvent]:
+            nonlocal read
+            events = self._events.get(kind, [])
+            for event in events[read:]:
+                if job_id is None or event.job_id == job_id:
+                    seen.setdefault(event.thing_name, event)
+            read = len(events)
+            return seen
+
+        return update
 
     def _waited(self, things: Sequence[str] | None, kind: str) -> list[str]:
         if kind not in KINDS:
@@ -263,31 +274,30 @@ class DeviceFleet:
         (about ``job_id``, when given) since the fleet started; return the first such event
         of each, in the order of ``things``. TimeoutError names the devices still waited
         for."""
-        waited = self._waited(things, kind)
+        waited, firsts = self._waited(things, kind), self._firsts(kind, job_id)
         with self._changed:
-            if not self._changed.wait_for(
-                    lambda: set(waited) <= self._firsts(kind, job_id).keys(), timeout):
-                missing = sorted(set(waited) - self._firsts(kind, job_id).keys())
+            if not self._changed.wait_for(lambda: firsts().keys() >= set(waited), timeout):
+                missing = sorted(set(waited) - firsts().keys())
                 raise TimeoutError(
                     f"wait_for {kind!r}{f' of job {job_id!r}' if job_id else ''}: "
                     f"{len(missing)} of {len(waited)} devices had none after {timeout:g} s "
                     f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})")
-            seen = self._firsts(kind, job_id)
+            seen = firsts()
         return [seen[t] for t in waited]
 
     async def wait_for_async(self, kind: str, *, things: Sequence[str] | None = None,
                              job_id: str | None = None) -> list[DeviceEvent]:
         """:meth:`wait_for` without blocking the caller's loop; bound it with
         ``asyncio.timeout``."""
-        waited = self._waited(things, kind)
+        waited, firsts = self._waited(things, kind), self._firsts(kind, job_id)
         waker = (asyncio.get_running_loop(), asyncio.Event())
         with self._changed:
             self._wakers.add(waker)
         try:
             while True:
                 with self._changed:
-                    seen = self._firsts(kind, job_id)
-                    if set(waited) <= seen.keys():
+                    seen = firsts()
+                    if seen.keys() >= set(waited):
                         return [seen[t] for t in waited]
                     waker[1].clear()
                 await waker[1].wait()
