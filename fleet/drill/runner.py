@@ -229,7 +229,6 @@ class _Run:
         self.things = self.simulated + self.external
         self.progress.external = frozenset(self.external)
         self.certs: certs.CertDir | None = None
-        #: ops the live view saw (device events, progress batches)
         #: the control plane's URL (None: AWS's own)
         self.control_endpoint: str | None = None
         self.metrics = LiveMetrics() if options.metrics_port is not None else None
